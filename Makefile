@@ -1,0 +1,43 @@
+# appetence — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-unit test-integration lint typecheck bench schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Start broker + Redis + worker + simulator on 127.0.0.1 with a live view.
+run: $(STAMP)
+	$(BIN)/appetence up --demo
+
+## Unit + integration tests (real broker and Redis started by fixtures).
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit processors
+
+test-integration: $(STAMP)
+	$(BIN)/pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/appetence bench
+
+schemas: $(STAMP)
+	$(BIN)/appetence schemas export schemas/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

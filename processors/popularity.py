@@ -1,0 +1,78 @@
+"""Time-decayed popularity ("popular now"), globally and per category, bounded in memory.
+
+>>> index = PopularityIndex(PopularityConfig(half_life_ms=3_600_000))
+>>> index.observe("r1", "recipe", "pasta", t_ms=0, weight=1.0)
+>>> index.observe("r2", "recipe", "pasta", t_ms=0, weight=1.0)
+>>> index.observe("r2", "recipe", "pasta", t_ms=10, weight=1.0)
+>>> [item for item, _ in index.top_in_category("recipe", "pasta", 5)]
+['r2', 'r1']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from processors.decay import DecayedCounter
+
+
+@dataclass(frozen=True, slots=True)
+class PopularityConfig:
+    half_life_ms: float = 6 * 3600 * 1000
+    max_items_per_category: int = 200
+    max_items_global: int = 1000
+    max_categories: int = 500
+
+
+class PopularityIndex:
+    """Decayed item popularity per (item_type, category) and per item_type overall."""
+
+    def __init__(self, config: PopularityConfig) -> None:
+        self.config = config
+        self._by_category: dict[tuple[str, str], DecayedCounter] = {}
+        self._global: dict[str, DecayedCounter] = {}
+
+    def _counter(self, max_keys: int) -> DecayedCounter:
+        return DecayedCounter(half_life_ms=self.config.half_life_ms, max_keys=max_keys)
+
+    def observe(
+        self, item_id: str, item_type: str, category: str | None, t_ms: int, weight: float
+    ) -> None:
+        overall = self._global.get(item_type)
+        if overall is None:
+            overall = self._global[item_type] = self._counter(self.config.max_items_global)
+        overall.add(item_id, t_ms, weight)
+        if category is None:
+            return
+        key = (item_type, category)
+        counter = self._by_category.get(key)
+        if counter is None:
+            if len(self._by_category) >= self.config.max_categories:
+                return  # bounded: a flood of new category names cannot grow memory
+            counter = self._by_category[key] = self._counter(self.config.max_items_per_category)
+        counter.add(item_id, t_ms, weight)
+
+    def top_in_category(
+        self, item_type: str, category: str, n: int, exclude: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        counter = self._by_category.get((item_type, category))
+        return counter.top(n, exclude or set()) if counter else []
+
+    def top_overall(
+        self, item_type: str, n: int, exclude: set[str] | None = None
+    ) -> list[tuple[str, float]]:
+        counter = self._global.get(item_type)
+        return counter.top(n, exclude or set()) if counter else []
+
+    def peak_in_category(self, item_type: str, category: str) -> float:
+        best = self.top_in_category(item_type, category, 1)
+        return best[0][1] if best else 0.0
+
+    def peak_overall(self, item_type: str) -> float:
+        best = self.top_overall(item_type, 1)
+        return best[0][1] if best else 0.0
+
+    def size(self) -> int:
+        """Number of (counter, item) entries held: the gauge of this state's size."""
+        return sum(len(c) for c in self._by_category.values()) + sum(
+            len(c) for c in self._global.values()
+        )

@@ -1,0 +1,139 @@
+"""Per-user state: bounded recent history, decayed category interest, dedup window, version.
+
+The state is what a worker keeps per user in memory and persists (coalesced per batch) to
+a changelog so it moves with its partition. ``apply_event`` is the only way to change it.
+
+>>> from processors.events import Click
+>>> config = UserStateConfig()
+>>> state = UserState(user_id="u1", partition=0)
+>>> click = Click(event_id="e1", ts=1_000, user_id="u1", item_id="r1",
+...               item_type="recipe", category="pasta")
+>>> apply_event(state, click, config)
+True
+>>> apply_event(state, click, config)   # same event_id again: a duplicate, ignored
+False
+>>> state.version, [item.item_id for item in state.recent]
+(1000000, ['r1'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from processors.decay import DecayedCounter
+from processors.events import Event
+
+#: The version encodes (newest event time, events applied since it advanced); see
+#: ``UserState.version``. Up to 999 late events per millisecond keep it strictly growing.
+_VERSION_SLOTS = 1000
+
+#: How much an event of each type says about a user's interest.
+INTEREST_WEIGHTS = {"click": 1.0, "pageview": 0.5, "impression": 0.0}
+
+
+@dataclass(frozen=True, slots=True)
+class UserStateConfig:
+    history_size: int = 50
+    dedup_window_ms: int = 3600 * 1000
+    dedup_max_ids: int = 256
+    interest_half_life_ms: float = 7 * 24 * 3600 * 1000
+    max_categories: int = 20
+    session_gap_ms: int = 30 * 60 * 1000
+
+
+class RecentItem(msgspec.Struct, array_like=True, frozen=True):
+    item_id: str
+    item_type: str
+    category: str | None
+    ts: int
+
+
+class UserState(msgspec.Struct, kw_only=True):
+    """Everything the worker remembers about one user (bounded; see UserStateConfig)."""
+
+    user_id: str
+    partition: int
+    recent: list[RecentItem] = msgspec.field(default_factory=list)
+    seen_event_ids: dict[str, int] = msgspec.field(default_factory=dict)
+    interests: DecayedCounter | None = None
+    max_ts: int = 0
+    applied_since_max: int = 0
+    events_applied: int = 0
+    sessions: int = 0
+    last_event_ts: int = 0
+    last_seq: int | None = None
+
+    @property
+    def version(self) -> int:
+        """Monotonic, replay-stable version of everything derived from this state.
+
+        Replaying the same events (deduplicated) yields the same version; a new event either
+        advances ``max_ts`` or bumps the late-event counter, so the version only grows.
+        """
+        return self.max_ts * _VERSION_SLOTS + min(self.applied_since_max, _VERSION_SLOTS - 1)
+
+    def seen_items(self) -> set[str]:
+        return {item.item_id for item in self.recent}
+
+
+def _remember_event_id(state: UserState, event: Event, config: UserStateConfig) -> bool:
+    """Record the event id; False if it was already seen within the dedup window."""
+    seen = state.seen_event_ids
+    if event.event_id in seen:
+        return False
+    seen[event.event_id] = event.ts
+    if len(seen) > config.dedup_max_ids:
+        horizon = state.max_ts - config.dedup_window_ms
+        kept = {k: t for k, t in seen.items() if t >= horizon}
+        if len(kept) > config.dedup_max_ids:
+            newest = sorted(kept.items(), key=lambda kv: kv[1])[-config.dedup_max_ids :]
+            kept = dict(newest)
+        state.seen_event_ids = kept
+    return True
+
+
+def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool:
+    """Fold one valid event into ``state``. Returns False for a duplicate (state unchanged)."""
+    if not _remember_event_id(state, event, config):
+        return False
+    if event.ts > state.max_ts:
+        state.max_ts = event.ts
+        state.applied_since_max = 0
+    else:
+        state.applied_since_max += 1
+    state.events_applied += 1
+    if state.last_event_ts == 0 or event.ts - state.last_event_ts > config.session_gap_ms:
+        state.sessions += 1
+    state.last_event_ts = max(state.last_event_ts, event.ts)
+    if event.seq is not None:
+        state.last_seq = event.seq if state.last_seq is None else max(state.last_seq, event.seq)
+
+    item_type = event.item_type
+    if event.item_id is None or item_type is None or item_type == "banner" or item_type == "page":
+        return True
+    state.recent.append(RecentItem(event.item_id, item_type, event.category, event.ts))
+    if len(state.recent) > config.history_size:
+        del state.recent[: len(state.recent) - config.history_size]
+    weight = INTEREST_WEIGHTS[event.type]
+    if event.category is not None and weight > 0.0:
+        if state.interests is None:
+            state.interests = DecayedCounter(
+                half_life_ms=config.interest_half_life_ms, max_keys=config.max_categories
+            )
+        state.interests.add(event.category, event.ts, weight)
+    return True
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(UserState)
+
+
+def encode_user_state(state: UserState) -> bytes:
+    """Compact msgpack encoding used for the changelog."""
+    return _encoder.encode(state)
+
+
+def decode_user_state(data: bytes) -> UserState:
+    return _decoder.decode(data)

@@ -1,0 +1,133 @@
+"""Idempotent, monotonic, pipelined writes of per-user fields into one Redis hash per user.
+
+Key contract: ``{prefix}:user:{user_id}`` is a hash. Each logical field (``recipes``,
+``banners``, ``profile``...) is stored as ``<field>`` (JSON) plus ``<field>_version``. The
+Lua script writes a field only if its version is strictly greater than the stored one, so a
+replayed or stale write never overwrites a newer one, and refreshes the key's TTL on write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+log = logging.getLogger(__name__)
+
+CAS_SCRIPT = (Path(__file__).with_name("cas_hset.lua")).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldWrite:
+    """One versioned field value bound for one user's hash."""
+
+    field: str
+    version: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    written: int
+    stale: int
+
+
+class RedisUnavailable(RuntimeError):
+    """Raised when a flush still fails after the configured retries."""
+
+
+class UserHashWriter:
+    """Coalesces writes per user (latest version wins) and flushes them in one pipeline."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str,
+        ttl_seconds: int,
+        max_retries: int = 8,
+        base_backoff_seconds: float = 0.05,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.ttl_ms = ttl_seconds * 1000
+        self.max_retries = max_retries
+        self.base_backoff = base_backoff_seconds
+        self.max_backoff = max_backoff_seconds
+        self._sha: str | None = None
+        self._pending: dict[str, dict[str, FieldWrite]] = {}
+
+    def key(self, user_id: str) -> str:
+        return f"{self.key_prefix}:user:{user_id}"
+
+    @property
+    def pending_users(self) -> int:
+        return len(self._pending)
+
+    def stage(self, user_id: str, write: FieldWrite) -> None:
+        """Queue a write; a later version of the same field replaces an earlier one."""
+        fields = self._pending.setdefault(user_id, {})
+        current = fields.get(write.field)
+        if current is None or current.version < write.version:
+            fields[write.field] = write
+
+    async def _load_script(self) -> str:
+        sha: str = await self.client.script_load(CAS_SCRIPT)
+        self._sha = sha
+        return sha
+
+    async def _flush_once(self) -> FlushResult:
+        sha = self._sha or await self._load_script()
+        users = list(self._pending.items())
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, fields in users:
+            args: list[bytes | str | int] = [self.ttl_ms]
+            for write in fields.values():
+                args += [write.field, write.version, write.payload]
+            pipe.evalsha(sha, 1, self.key(user_id), *args)
+        try:
+            replies = await pipe.execute()
+        except NoScriptError:
+            self._sha = None  # Redis restarted and lost its script cache
+            raise
+        written = stale = 0
+        for reply in replies:
+            w, s = int(reply[0]), int(reply[1])
+            written += w
+            stale += s
+        self._pending.clear()
+        return FlushResult(written, stale)
+
+    async def flush(self) -> FlushResult:
+        """Write everything staged, retrying with exponential backoff.
+
+        Pending writes stay staged across failures (coalesced, so memory is bounded by the
+        number of distinct users); ``RedisUnavailable`` after ``max_retries`` attempts.
+        """
+        if not self._pending:
+            return FlushResult(0, 0)
+        delay = self.base_backoff
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._flush_once()
+            except (RedisError, OSError) as error:
+                if attempt == self.max_retries:
+                    raise RedisUnavailable(f"Redis flush failed: {error}") from error
+                log.warning("Redis flush failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+        raise AssertionError("unreachable")
+
+
+async def read_user(client: aioredis.Redis, key: str) -> Mapping[bytes, bytes]:
+    """What an ad server does: one HGETALL for all of a user's fields."""
+    started = time.perf_counter()
+    data: Mapping[bytes, bytes] = await client.hgetall(key)
+    log.debug("read %s in %.3f ms", key, (time.perf_counter() - started) * 1e3)
+    return data

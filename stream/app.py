@@ -1,0 +1,203 @@
+"""The composition root: ``create_app(settings, registry)`` wires the Faust app and its parts.
+
+Nothing here runs at import time; the CLI loads Settings once and calls ``create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from processors.events import EventDecoder
+from processors.pipeline import SliceProcessor
+from state.redis_writer import UserHashWriter
+from state.tables import USER_STATE_CODEC, UTF8_CODEC, UserStateTable, register_codecs
+from stream.config import Settings
+from stream.handler import EventHandler
+from stream.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATE_SWEEP_SECONDS = 60.0
+STATE_SWEEP_LIMIT = 10_000
+
+
+@dataclass
+class Appetence:
+    """Everything create_app built, for the CLI and the tests."""
+
+    app: faust.App
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: Metrics
+    handler: EventHandler
+    redis: aioredis.Redis
+
+
+def _broker_credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password
+        assert password is not None  # checked by Settings
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
+
+
+def make_redis(settings: Settings) -> aioredis.Redis:
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        password=password,
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+    )
+
+
+def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """Faust hard-codes aiokafka's fetch_max_wait_ms=1500; a broker that holds a fetch for
+    the full wait (Tansu does) then adds up to 1.5 s to every event's latency. We cap it.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = getattr(AIOKafkaConsumerThread, "_appetence_original", None)
+    if original is None:
+        original = AIOKafkaConsumerThread._create_worker_consumer
+        AIOKafkaConsumerThread._appetence_original = original
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Appetence:
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    register_codecs()
+    _limit_fetch_wait(settings.kafka_fetch_max_wait_ms)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.kafka_session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_seconds,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_seconds,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        producer_acks=-1,
+        table_cleanup_interval=STATE_SWEEP_SECONDS,
+    )
+    events_topic = app.topic(
+        settings.events_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    dead_letter_topic = app.topic(
+        settings.dead_letter_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    table = app.Table("user-state", partitions=settings.partitions)
+    # Faust derives serializers from model types; ours are msgspec codecs, so set them
+    # before the changelog topic and store are created (both are built lazily).
+    table.key_serializer = UTF8_CODEC
+    table.value_serializer = USER_STATE_CODEC
+    states = UserStateTable(table)
+    redis = make_redis(settings)
+    processor = SliceProcessor(settings.slice_config())
+    handler = EventHandler(
+        decoder=EventDecoder(settings.decode_limits()),
+        processor=processor,
+        states=states,
+        writer=UserHashWriter(
+            redis,
+            settings.redis_key_prefix,
+            settings.redis_ttl_seconds,
+            max_retries=settings.redis_max_retries,
+        ),
+        dead_letters=dead_letter_topic,
+        metrics=metrics,
+        events_topic=settings.events_topic,
+    )
+
+    @app.agent(events_topic, name="process-events")
+    async def process_events(stream: Any) -> None:
+        async for batch in stream.take_events(
+            settings.batch_max_records, within=settings.batch_within_seconds
+        ):
+            await handler.handle(batch)
+
+    @app.timer(interval=2.0)
+    async def update_gauges() -> None:
+        metrics.users_in_state.set(len(states))
+        metrics.popularity_entries.set(processor.popularity.size())
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.events_topic:
+                continue
+            highwater = app.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = handler.positions.get(tp.partition, 0)
+            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, highwater - position)
+            )
+
+    @app.timer(interval=STATE_SWEEP_SECONDS)
+    async def evict_idle_users() -> None:
+        horizon = int(time.time() * 1000) - settings.user_state_ttl_seconds * 1000
+        active = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic
+        }
+        evicted = states.evict_idle(horizon, STATE_SWEEP_LIMIT, active)
+        metrics.state_evictions.inc(evicted)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        # aiohttp rejects a charset in content_type=, so the header is set directly.
+        return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/health")
+    async def health_page(web: Any, request: Any) -> Any:
+        assigned = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic
+        )
+        healthy = app.rebalancing is False
+        return web.json(
+            {
+                "status": "ok" if healthy else "rebalancing",
+                "app_id": settings.app_id,
+                "assigned_partitions": assigned,
+                "users_in_state": len(states),
+            },
+            status=200 if healthy else 503,
+        )
+
+    return Appetence(app, settings, registry, metrics, handler, redis)

@@ -1,0 +1,172 @@
+"""The ``appetence`` command line: worker, up, simulate, topics, schemas, bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream.config import ConfigError, Settings, load_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+topics_cli = typer.Typer(no_args_is_help=True, help="Kafka topics.")
+schemas_cli = typer.Typer(no_args_is_help=True, help="Event JSON Schemas.")
+cli.add_typer(topics_cli, name="topics")
+cli.add_typer(schemas_cli, name="schemas")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as error:
+        typer.echo(f"appetence: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def worker() -> None:
+    """Run one stream worker (a Faust consumer-group member). Start more to scale out."""
+    import faust
+
+    from stream.app import create_app
+
+    settings = _settings()
+    built = create_app(settings)
+    faust.Worker(built.app, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()
+
+
+@topics_cli.command("create")
+def topics_create() -> None:
+    """Create the input and dead-letter topics if missing (idempotent)."""
+    from stream.topics import ensure_topics
+
+    created = ensure_topics(_settings())
+    typer.echo(json.dumps({"created": created}))
+
+
+@schemas_cli.command("export")
+def schemas_export(directory: Path = typer.Argument(Path("schemas"))) -> None:
+    """Write one JSON Schema per event type (generated from the code's own types)."""
+    from processors.events import event_json_schemas
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in event_json_schemas().items():
+        path = directory / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        typer.echo(str(path))
+
+
+@cli.command()
+def simulate(
+    events: Annotated[int | None, typer.Option(help="Stop after N events")] = None,
+    rate: Annotated[float, typer.Option(help="Target events per second")] = 2000.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds")] = None,
+    seed: int = 42,
+    users_per_minute: Annotated[float, typer.Option(help="New users per simulated minute")] = 120.0,
+    batch_size: Annotated[int, typer.Option(help="Events per batch envelope")] = 100,
+    single: Annotated[bool, typer.Option(help="One record per event, keyed by user_id")] = False,
+    malformed_rate: Annotated[float, typer.Option(help="Share of extra malformed records")] = 0.0,
+    backfill: Annotated[float, typer.Option(help="Event time starts this many seconds ago")] = 3600.0,
+    truth_out: Annotated[Path | None, typer.Option(help="Write the ground truth JSON here")] = None,
+    events_out: Annotated[Path | None, typer.Option(help="Also write events as JSONL here")] = None,
+) -> None:
+    """Produce realistic, seeded traffic to Kafka (kafka-python)."""
+    from processors.simulator import SimulationConfig
+    from stream.simulate import run_simulation
+    from stream.topics import ensure_topics
+
+    settings = _settings()
+    ensure_topics(settings)
+    report = run_simulation(
+        settings,
+        SimulationConfig(seed=seed, users_per_minute=users_per_minute),
+        events=events,
+        rate=rate,
+        duration=duration,
+        batch_size=batch_size,
+        malformed_rate=malformed_rate,
+        single=single,
+        backfill_seconds=backfill,
+        truth_out=truth_out,
+        events_out=events_out,
+    )
+    typer.echo(json.dumps(report.as_dict()))
+
+
+@cli.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Also run the traffic simulator")] = False,
+    duration: Annotated[float | None, typer.Option(help="Stop everything after S seconds")] = None,
+    rate: Annotated[float, typer.Option(help="Simulator events per second")] = 1000.0,
+    malformed_rate: Annotated[float, typer.Option(help="Simulator malformed share")] = 0.005,
+    broker_port: Annotated[int | None, typer.Option(help="Broker port (default: free)")] = None,
+    redis_port: Annotated[int | None, typer.Option(help="Redis port (default: free)")] = None,
+    web_port: Annotated[int | None, typer.Option(help="Worker /metrics port (default: free)")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Where child logs go")] = None,
+    live: Annotated[bool, typer.Option(help="Show the live view")] = True,
+) -> None:
+    """Start broker + Redis + worker (+ simulator) on 127.0.0.1, with a live view."""
+    from stream.supervisor import run_stack
+
+    _settings()  # fail fast on bad env before starting anything
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="appetence-up-"))
+    summary = run_stack(
+        demo=demo,
+        duration=duration,
+        rate=rate,
+        malformed_rate=malformed_rate,
+        broker_port=broker_port,
+        redis_port=redis_port,
+        web_port=web_port,
+        log_dir=log_dir,
+        live=live and sys.stdout.isatty(),
+    )
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@cli.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Simulated events to process")] = 200_000,
+    e2e: Annotated[bool, typer.Option(help="Also run end to end through broker and Redis")] = True,
+    e2e_events: Annotated[int, typer.Option(help="Events for the end-to-end run")] = 100_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+) -> None:
+    """Measure the hot path: decode, process, and end to end (events/s)."""
+    from stream.benchmark import run_benchmarks
+
+    results = run_benchmarks(events=events, e2e=e2e, e2e_events=e2e_events)
+    if as_json:
+        typer.echo(json.dumps(results))
+    else:
+        typer.echo(json.dumps(results, indent=2))
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops like Ctrl-C, so `finally` blocks stop child processes."""
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("APPETENCE_LOG_LEVEL", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    try:
+        cli()
+    finally:
+        logging.getLogger(__name__).debug("exit after %.1fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

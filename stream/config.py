@@ -1,0 +1,171 @@
+"""One frozen Settings object, loaded once at the entry point from APPETENCE_* env vars.
+
+Misconfiguration fails fast: ``load_settings`` raises ``ConfigError`` with one line per
+problem, naming the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from processors.events import DecodeLimits
+from processors.pipeline import SliceConfig
+from processors.popularity import PopularityConfig
+from processors.slates import SlateConfig
+from processors.user_state import UserStateConfig
+
+ENV_PREFIX = "APPETENCE_"
+
+
+class ConfigError(ValueError):
+    """Raised when settings are invalid; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    """All configuration. Every field maps to ``APPETENCE_<FIELD_NAME_UPPERCASE>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    # --- Kafka -----------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    #: Tansu (the embedded broker) completes a group join after session_timeout / 2; the
+    #: Faust default of 60 s made a worker wait 30 s. 10 s is Kafka's classic default.
+    kafka_session_timeout_seconds: float = Field(10.0, ge=6.0, le=300.0)
+    kafka_heartbeat_interval_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    kafka_rebalance_timeout_seconds: float = Field(20.0, ge=1.0, le=600.0)
+
+    kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000)
+
+    app_id: str = Field("appetence", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    topic_prefix: str = Field("appetence", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=10)
+
+    # --- Redis -----------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_key_prefix: str = Field("appetence:v1", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
+    redis_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    redis_max_retries: int = Field(8, ge=0, le=100)
+
+    # --- Input validation ------------------------------------------------------------
+    max_event_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
+    max_record_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_future_skew_seconds: int = Field(300, ge=0)
+    max_event_age_seconds: int = Field(7 * 24 * 3600, ge=60)
+    dedup_window_seconds: int = Field(3600, ge=0)
+    dedup_max_ids_per_user: int = Field(256, ge=1, le=100_000)
+
+    # --- Processing ------------------------------------------------------------------
+    batch_max_records: int = Field(500, ge=1, le=100_000)
+    batch_within_seconds: float = Field(0.05, gt=0.0, le=10.0)
+    history_size: int = Field(50, ge=1, le=10_000)
+    interest_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
+    popularity_half_life_seconds: float = Field(6 * 3600, gt=0)
+    popularity_items_per_category: int = Field(200, ge=10)
+    slate_size: int = Field(20, ge=1, le=500)
+    session_gap_seconds: int = Field(30 * 60, ge=60)
+    user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+
+    # --- HTTP (metrics and health) ---------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {server!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "SASL security protocol needs APPETENCE_KAFKA_SASL_MECHANISM, "
+                "APPETENCE_KAFKA_SASL_USERNAME and APPETENCE_KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_heartbeat_interval_seconds * 3 > self.kafka_session_timeout_seconds:
+            raise ValueError(
+                "APPETENCE_KAFKA_HEARTBEAT_INTERVAL_SECONDS must be at most a third of "
+                "APPETENCE_KAFKA_SESSION_TIMEOUT_SECONDS"
+            )
+        return self
+
+    # --- Derived values --------------------------------------------------------------
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.events.dlq"
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_event_bytes=self.max_event_bytes,
+            max_record_bytes=self.max_record_bytes,
+            max_future_skew_ms=self.max_future_skew_seconds * 1000,
+            max_age_ms=self.max_event_age_seconds * 1000,
+        )
+
+    def slice_config(self) -> SliceConfig:
+        return SliceConfig(
+            user=UserStateConfig(
+                history_size=self.history_size,
+                dedup_window_ms=self.dedup_window_seconds * 1000,
+                dedup_max_ids=self.dedup_max_ids_per_user,
+                interest_half_life_ms=self.interest_half_life_seconds * 1000,
+                session_gap_ms=self.session_gap_seconds * 1000,
+            ),
+            popularity=PopularityConfig(
+                half_life_ms=self.popularity_half_life_seconds * 1000,
+                max_items_per_category=self.popularity_items_per_category,
+            ),
+            slate=SlateConfig(size=self.slate_size),
+        )
+
+    def user_key(self, user_id: str) -> str:
+        return f"{self.redis_key_prefix}:user:{user_id}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment plus explicit overrides (CLI flags); fail fast."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = ".".join(str(part) for part in problem["loc"]) or "settings"
+            variable = f"{ENV_PREFIX}{name.upper()}" if problem["loc"] else name
+            lines.append(f"  {variable}: {problem['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

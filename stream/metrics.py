@@ -1,0 +1,107 @@
+"""Prometheus metrics, registered on an injected registry (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from processors.events import REJECT_REASONS
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+class Metrics:
+    """Every metric the worker exports. Labels never carry user or item ids."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_consumed = Counter(
+            "appetence_events_consumed_total",
+            "Valid events applied to state, by event type",
+            ["type"],
+            registry=registry,
+        )
+        self.events_rejected = Counter(
+            "appetence_events_rejected_total",
+            "Events sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.events_duplicate = Counter(
+            "appetence_events_duplicate_total",
+            "Events ignored because their event_id was already applied",
+            registry=registry,
+        )
+        self.sequence_gaps = Counter(
+            "appetence_sequence_gaps_total",
+            "Per-user sequence numbers that skipped ahead (events carrying seq)",
+            registry=registry,
+        )
+        self.records_consumed = Counter(
+            "appetence_records_consumed_total",
+            "Kafka records consumed (a record holds one event or a batch of events)",
+            registry=registry,
+        )
+        self.processing_seconds = Histogram(
+            "appetence_batch_processing_seconds",
+            "Wall time to decode, process, persist and write one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.event_to_redis_seconds = Histogram(
+            "appetence_event_to_redis_seconds",
+            "From the Kafka record timestamp to the Redis write that reflects it",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_records = Histogram(
+            "appetence_batch_records",
+            "Records per processed batch",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "appetence_batch_events",
+            "Events per processed batch",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.redis_writes = Counter(
+            "appetence_redis_writes_total",
+            "Per-user Redis writes by result (ok, stale, error)",
+            ["result"],
+            registry=registry,
+        )
+        self.redis_write_seconds = Histogram(
+            "appetence_redis_write_seconds",
+            "Wall time of one pipelined Redis flush",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "appetence_consumer_lag_messages",
+            "Highwater minus next offset to process, per input partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.users_in_state = Gauge(
+            "appetence_users_in_state",
+            "Users whose state this worker holds",
+            registry=registry,
+        )
+        self.popularity_entries = Gauge(
+            "appetence_popularity_entries",
+            "Entries in the decayed popularity index (bounded)",
+            registry=registry,
+        )
+        self.state_evictions = Counter(
+            "appetence_user_state_evictions_total",
+            "User states deleted after the idle TTL",
+            registry=registry,
+        )
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(reason=reason)
+        for result in ("ok", "stale", "error"):
+            self.redis_writes.labels(result=result)
+        for event_type in ("pageview", "click", "impression"):
+            self.events_consumed.labels(type=event_type)
