@@ -52,8 +52,9 @@ class DecayedCounter(msgspec.Struct, kw_only=True):
 
     def add(self, key: str, t_ms: int, amount: float = 1.0) -> None:
         """Add ``amount`` for ``key`` at event time ``t_ms``."""
+        weight = self._weight(t_ms)  # may rescale, replacing self.scores
         scores = self.scores
-        scores[key] = scores.get(key, 0.0) + amount * self._weight(t_ms)
+        scores[key] = scores.get(key, 0.0) + amount * weight
         if len(scores) > 2 * self.max_keys:
             self._prune()
 

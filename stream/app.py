@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from processors.events import EventDecoder
 from processors.pipeline import SliceProcessor
 from state.redis_writer import UserHashWriter
-from state.tables import USER_STATE_CODEC, UTF8_CODEC, UserStateTable, register_codecs
+from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
+from state.tables import UserStateStore
 from stream.config import Settings
 from stream.handler import EventHandler
 from stream.metrics import Metrics
@@ -59,6 +60,20 @@ def _broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
+def aiokafka_client_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism and settings.kafka_sasl_password is not None:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 def make_redis(settings: Settings) -> aioredis.Redis:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return aioredis.Redis.from_url(
@@ -92,7 +107,6 @@ def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Appetence:
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    register_codecs()
     _limit_fetch_wait(settings.kafka_fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
@@ -111,7 +125,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         web_host=settings.web_host,
         web_port=settings.web_port,
         producer_acks=-1,
-        table_cleanup_interval=STATE_SWEEP_SECONDS,
+        producer_max_batch_size=settings.kafka_producer_batch_bytes,
     )
     events_topic = app.topic(
         settings.events_topic,
@@ -125,12 +139,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    table = app.Table("user-state", partitions=settings.partitions)
-    # Faust derives serializers from model types; ours are msgspec codecs, so set them
-    # before the changelog topic and store are created (both are built lazily).
-    table.key_serializer = UTF8_CODEC
-    table.value_serializer = USER_STATE_CODEC
-    states = UserStateTable(table)
+    changelog_topic = app.topic(
+        settings.user_state_changelog_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    states = UserStateStore(
+        settings.user_state_changelog_topic,
+        FaustTopicWriter(changelog_topic),
+        AIOKafkaPartitionReader(aiokafka_client_options(settings)),
+    )
     redis = make_redis(settings)
     processor = SliceProcessor(settings.slice_config())
     handler = EventHandler(
@@ -173,11 +192,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=STATE_SWEEP_SECONDS)
     async def evict_idle_users() -> None:
         horizon = int(time.time() * 1000) - settings.user_state_ttl_seconds * 1000
-        active = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic
-        }
-        evicted = states.evict_idle(horizon, STATE_SWEEP_LIMIT, active)
-        metrics.state_evictions.inc(evicted)
+        metrics.state_evictions.inc(states.evict_idle(horizon, STATE_SWEEP_LIMIT))
+
+    @app.on_partitions_revoked.connect
+    async def release_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        states.release(tp.partition for tp in revoked if tp.topic == settings.events_topic)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

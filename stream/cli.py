@@ -102,6 +102,41 @@ def simulate(
 
 
 @cli.command()
+def produce(
+    file: Annotated[typer.FileBinaryRead, typer.Argument(help="JSONL file, - for stdin")] = "-",  # type: ignore[assignment]
+) -> None:
+    """Send raw records, one per line (an event or a JSON array), keyed by their user_id.
+
+    A kcat-like producer for the embedded broker (Debian's kcat cannot talk to Tansu):
+    lines are sent as-is, so malformed lines reach the dead-letter topic too.
+    """
+    import msgspec
+
+    from stream.topics import make_producer
+
+    settings = _settings()
+    producer = make_producer(settings)
+    sent = 0
+    for line in file:
+        record = line.rstrip(b"\r\n")
+        if not record:
+            continue
+        key = None
+        try:
+            value = msgspec.json.decode(record)
+            first = value[0] if isinstance(value, list) and value else value
+            if isinstance(first, dict) and isinstance(first.get("user_id"), str):
+                key = first["user_id"].encode()
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass
+        producer.send(settings.events_topic, value=record, key=key)
+        sent += 1
+    producer.flush()
+    producer.close()
+    typer.echo(json.dumps({"sent": sent, "topic": settings.events_topic}))
+
+
+@cli.command()
 def up(
     demo: Annotated[bool, typer.Option(help="Also run the traffic simulator")] = False,
     duration: Annotated[float | None, typer.Option(help="Stop everything after S seconds")] = None,

@@ -6,6 +6,8 @@ problem, naming the environment variable to fix.
 
 from __future__ import annotations
 
+import difflib
+import os
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     kafka_rebalance_timeout_seconds: float = Field(20.0, ge=1.0, le=600.0)
 
     kafka_fetch_max_wait_ms: int = Field(100, ge=1, le=10_000)
+    #: Producer record-batch size in bytes (Kafka's ``batch.size``, default 16384).
+    kafka_producer_batch_bytes: int = Field(16384, ge=1, le=16 * 1024 * 1024)
 
     app_id: str = Field("appetence", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     topic_prefix: str = Field("appetence", pattern=r"^[A-Za-z0-9._-]{1,100}$")
@@ -127,6 +131,10 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.events"
 
     @property
+    def user_state_changelog_topic(self) -> str:
+        return f"{self.app_id}-user-state-changelog"
+
+    @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.events.dlq"
 
@@ -158,8 +166,23 @@ class Settings(BaseSettings):
         return f"{self.redis_key_prefix}:user:{user_id}"
 
 
+def _unknown_variables() -> list[str]:
+    """APPETENCE_* variables that name no setting: a typo must not be silently ignored."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    problems = []
+    for variable in sorted(os.environ):
+        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
+            close = difflib.get_close_matches(variable.upper(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"  {variable}: not a setting{hint}")
+    return problems
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Load settings from the environment plus explicit overrides (CLI flags); fail fast."""
+    unknown = _unknown_variables()
+    if unknown:
+        raise ConfigError("invalid configuration:\n" + "\n".join(unknown))
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as error:

@@ -21,7 +21,7 @@ from processors.pipeline import BatchResult, SliceProcessor
 from processors.slates import encode_slate
 from processors.user_state import UserState
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
-from state.tables import UserStateTable
+from state.tables import UserStateStore
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class EventHandler:
         self,
         decoder: EventDecoder,
         processor: SliceProcessor,
-        states: UserStateTable,
+        states: UserStateStore,
         writer: UserHashWriter,
         dead_letters: Any,
         metrics: Metrics,
@@ -99,6 +99,7 @@ class EventHandler:
             timestamps.append(message.timestamp)
             self.positions[partition] = max(self.positions.get(partition, 0), message.offset + 1)
 
+        await self.states.ensure_recovered({partition for partition, _ in decoded})
         result = self.processor.process_batch(decoded, self.states, now_ms)
         for user_id, slate in result.slates.items():
             state = result.touched[user_id]

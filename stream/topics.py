@@ -4,7 +4,7 @@
 |--------------------------------|----------|--------------------------------|------------|
 | ``{prefix}.events``            | user_id  | one event or a JSON array      | settings   |
 | ``{prefix}.events.dlq``        | as input | DeadLetter JSON                | settings   |
-| ``{app_id}-user-state-changelog`` | user_id | msgpack UserState (Faust table) | settings |
+| ``{app_id}-user-state-changelog`` | user_id | msgpack UserState (compacted) | settings |
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.events_topic, settings.partitions, {"retention.ms": retention_ms}),
         TopicSpec(settings.dead_letter_topic, settings.partitions, {"retention.ms": retention_ms}),
+        TopicSpec(
+            settings.user_state_changelog_topic, settings.partitions, {"cleanup.policy": "compact"}
+        ),
     ]
 
 
@@ -98,6 +101,7 @@ def make_producer(settings: Settings, **extra: Any) -> KafkaProducer:
     options: dict[str, Any] = {
         "acks": "all",
         "linger_ms": 5,
+        "batch_size": settings.kafka_producer_batch_bytes,
         "max_request_size": max(settings.max_record_bytes + 1024, 1_048_576),
         "client_id": f"{settings.app_id}-producer",
         **kafka_client_options(settings),

@@ -1,0 +1,57 @@
+"""Settings: env prefix, frozen, secrets hidden, misconfiguration fails fast and clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from stream.config import ConfigError, Settings, load_settings
+
+
+def test_env_prefix_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPETENCE_PARTITIONS", "8")
+    monkeypatch.setenv("APPETENCE_REDIS_PASSWORD", "hunter2")
+    settings = load_settings(slate_size=7)
+    assert settings.partitions == 8 and settings.slate_size == 7
+    assert "hunter2" not in repr(settings)
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == "hunter2"
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.partitions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("APPETENCE_PARTITIONS", "0", "APPETENCE_PARTITIONS"),
+        ("APPETENCE_KAFKA_BOOTSTRAP", "localhost", "host:port"),
+        ("APPETENCE_REDIS_URL", "http://x", "redis://"),
+        ("APPETENCE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "APPETENCE_KAFKA_SASL_MECHANISM"),
+        ("APPETENCE_NOT_A_SETTING", "1", "APPETENCE_NOT_A_SETTING"),
+    ],
+)
+def test_misconfiguration_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_cli_fails_fast_with_exit_code_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "topics", "create"],
+        env={"APPETENCE_PARTITIONS": "-1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "APPETENCE_PARTITIONS" in result.stderr

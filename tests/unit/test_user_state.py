@@ -1,0 +1,84 @@
+"""Per-user state: dedup, bounded history, monotonic replay-stable version, codec."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.events import Click, PageView
+from processors.user_state import (
+    UserState,
+    UserStateConfig,
+    apply_event,
+    decode_user_state,
+    encode_user_state,
+)
+
+CONFIG = UserStateConfig(history_size=5, dedup_max_ids=8, dedup_window_ms=10_000)
+
+
+def click(i: int, ts: int, item: str = "r1", category: str = "pasta") -> Click:
+    return Click(event_id=f"e{i}", ts=ts, user_id="u", item_id=item, item_type="recipe",
+                 category=category)
+
+
+def test_history_is_bounded_and_keeps_the_newest() -> None:
+    state = UserState(user_id="u", partition=0)
+    for i in range(20):
+        apply_event(state, click(i, 1000 + i, item=f"r{i}"), CONFIG)
+    assert [item.item_id for item in state.recent] == [f"r{i}" for i in range(15, 20)]
+
+
+def test_dedup_memory_is_bounded() -> None:
+    state = UserState(user_id="u", partition=0)
+    for i in range(100):
+        apply_event(state, click(i, 1000 + i * 1000), CONFIG)
+    assert len(state.seen_event_ids) <= 2 * CONFIG.dedup_max_ids
+
+
+def test_late_event_still_advances_the_version() -> None:
+    state = UserState(user_id="u", partition=0)
+    apply_event(state, click(1, 5000), CONFIG)
+    first = state.version
+    apply_event(state, click(2, 4000), CONFIG)
+    assert state.version > first
+    assert state.max_ts == 5000
+
+
+def test_sessions_split_on_the_inactivity_gap() -> None:
+    state = UserState(user_id="u", partition=0)
+    gap = CONFIG.session_gap_ms
+    for i, ts in enumerate([0, 60_000, 60_000 + gap + 1, 60_000 + 2 * gap + 2]):
+        apply_event(state, PageView(event_id=f"p{i}", ts=ts + 1, user_id="u"), CONFIG)
+    assert state.sessions == 3
+
+
+event_times = st.lists(st.integers(min_value=1, max_value=10**7), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_times, st.randoms(use_true_random=False))
+def test_version_never_decreases_and_replays_change_nothing(times: list[int], rnd: object) -> None:
+    events = [click(i, ts) for i, ts in enumerate(times)]
+    state = UserState(user_id="u", partition=0)
+    versions = []
+    for event in events:
+        apply_event(state, event, UserStateConfig())
+        versions.append(state.version)
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)  # strictly increasing: every event is visible
+    snapshot = encode_user_state(state)
+    replay = list(events)
+    rnd.shuffle(replay)  # type: ignore[attr-defined]
+    for event in replay:
+        assert apply_event(state, event, UserStateConfig()) is False
+    assert encode_user_state(state) == snapshot
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_times)
+def test_codec_round_trips(times: list[int]) -> None:
+    state = UserState(user_id="u", partition=3)
+    for i, ts in enumerate(times):
+        apply_event(state, click(i, ts, item=f"r{i % 7}", category=f"c{i % 3}"), CONFIG)
+    assert decode_user_state(encode_user_state(state)) == state
