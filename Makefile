@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/appetence up --demo
 
-## Unit + integration tests (real broker and Redis started by fixtures).
+## Lint, type-check, then unit + integration tests (real broker and Redis started by fixtures).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-unit: $(STAMP)

@@ -69,7 +69,9 @@ class DecayedCounter(msgspec.Struct, kw_only=True):
             return 0.0
         return raw * math.pow(2.0, -(t_ms - self.landmark_ms) / self.half_life_ms)
 
-    def top(self, n: int, exclude: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, float]]:
+    def top(
+        self, n: int, exclude: frozenset[str] | set[str] = frozenset()
+    ) -> list[tuple[str, float]]:
         """The ``n`` strongest keys not in ``exclude``, with scores relative to the landmark."""
         if not exclude:
             return heapq.nlargest(n, self.scores.items(), key=lambda kv: kv[1])

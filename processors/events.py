@@ -70,9 +70,12 @@ class EventBase(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, t
     plan: ShortStr | None = None
     referrer: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
     dwell_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    seq: Annotated[
-        int, msgspec.Meta(ge=0, description="Optional per-user sequence number (gap detection)")
-    ] | None = None
+    seq: (
+        Annotated[
+            int, msgspec.Meta(ge=0, description="Optional per-user sequence number (gap detection)")
+        ]
+        | None
+    ) = None
     v: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
     @property
@@ -158,9 +161,7 @@ class EventDecoder:
             out.rejections.append(Rejection("invalid_json", "empty record value", value or b""))
             return out
         if len(value) > self.limits.max_record_bytes:
-            out.rejections.append(
-                Rejection("too_large", f"record of {len(value)} bytes", value)
-            )
+            out.rejections.append(Rejection("too_large", f"record of {len(value)} bytes", value))
             return out
         first = value.lstrip()[:1]
         if first == b"[":

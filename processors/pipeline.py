@@ -12,8 +12,8 @@ events in the batch gets one slate). The worker and the in-process oracle share 
 >>> result = processor.process_batch([(0, e) for e in events], states, now_ms=2_000)
 >>> sorted(result.touched), result.duplicates
 (['u0', 'u1'], 0)
->>> [item.id for item in result.slates["u0"].items]   # u0 saw r0 and r2
-['r1', 'r3']
+>>> [item.id for item in result.slates["u0"].items]   # u0 saw r0, r2; r3 is newer
+['r3', 'r1']
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ class SliceProcessor:
                 self.popularity.observe(
                     event.item_id, event.item_type, event.category, event.ts, weight
                 )
+        ranked = self.popularity.snapshot(config.slate.size + config.user.history_size)
         for user_id, state in result.touched.items():
-            result.slates[user_id] = popular_in_your_categories(
-                state, self.popularity, config.slate, now_ms
-            )
+            result.slates[user_id] = popular_in_your_categories(state, ranked, config.slate, now_ms)
         return result

@@ -71,8 +71,40 @@ class PopularityIndex:
         best = self.top_overall(item_type, 1)
         return best[0][1] if best else 0.0
 
+    def snapshot(self, depth: int) -> RankedSnapshot:
+        """A memoising view of the current top ``depth`` items per list (one batch's worth)."""
+        return RankedSnapshot(self, depth)
+
     def size(self) -> int:
         """Number of (counter, item) entries held: the gauge of this state's size."""
         return sum(len(c) for c in self._by_category.values()) + sum(
             len(c) for c in self._global.values()
         )
+
+
+class RankedSnapshot:
+    """Top-``depth`` lists computed once per batch and shared by every slate built in it.
+
+    Building a slate then costs O(depth) per category instead of a scan of the whole counter.
+    """
+
+    def __init__(self, index: PopularityIndex, depth: int) -> None:
+        self.index = index
+        self.depth = depth
+        self._category: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        self._overall: dict[str, list[tuple[str, float]]] = {}
+
+    def in_category(self, item_type: str, category: str) -> list[tuple[str, float]]:
+        key = (item_type, category)
+        ranked = self._category.get(key)
+        if ranked is None:
+            ranked = self._category[key] = self.index.top_in_category(
+                item_type, category, self.depth
+            )
+        return ranked
+
+    def overall(self, item_type: str) -> list[tuple[str, float]]:
+        ranked = self._overall.get(item_type)
+        if ranked is None:
+            ranked = self._overall[item_type] = self.index.top_overall(item_type, self.depth)
+        return ranked

@@ -22,20 +22,48 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from processors.events import Click, Event, Impression, PageView
+from processors.events import Click, Event, Impression, ItemType, PageView
 
 CATEGORIES = (
-    "pasta", "soup", "salad", "dessert", "baking", "vegan", "grill", "seafood",
-    "breakfast", "curry", "asian", "drinks",
-)  # fmt: skip
+    "pasta",
+    "soup",
+    "salad",
+    "dessert",
+    "baking",
+    "vegan",
+    "grill",
+    "seafood",
+    "breakfast",
+    "curry",
+    "asian",
+    "drinks",
+)
 TAGS = (
-    "quick", "easy", "healthy", "spicy", "kids", "budget", "gluten-free", "dairy-free",
-    "one-pot", "meal-prep", "festive", "summer", "winter", "comfort", "low-carb", "high-protein",
-    "vegetarian", "party", "brunch", "classic",
-)  # fmt: skip
+    "quick",
+    "easy",
+    "healthy",
+    "spicy",
+    "kids",
+    "budget",
+    "gluten-free",
+    "dairy-free",
+    "one-pot",
+    "meal-prep",
+    "festive",
+    "summer",
+    "winter",
+    "comfort",
+    "low-carb",
+    "high-protein",
+    "vegetarian",
+    "party",
+    "brunch",
+    "classic",
+)
 DEVICES = (("mobile", 0.6), ("desktop", 0.3), ("tablet", 0.1))
 OS_BY_DEVICE = {
     "mobile": (("android", 0.55), ("ios", 0.45)),
@@ -46,9 +74,11 @@ BROWSERS = (("chrome", 0.6), ("safari", 0.25), ("firefox", 0.1), ("edge", 0.05))
 PLANS = (("free", 0.85), ("premium", 0.15))
 COUNTRIES = (("de", 0.3), ("fr", 0.2), ("it", 0.15), ("es", 0.15), ("nl", 0.1), ("us", 0.1))
 REFERRERS = (
-    ("", 0.4), ("https://www.google.com/", 0.35), ("https://www.instagram.com/", 0.15),
+    ("", 0.4),
+    ("https://www.google.com/", 0.35),
+    ("https://www.instagram.com/", 0.15),
     ("https://www.pinterest.com/", 0.1),
-)  # fmt: skip
+)
 MINUTE_MS = 60_000
 SESSION_GAP_MS = 30 * MINUTE_MS
 
@@ -91,7 +121,7 @@ class BannerTruth(msgspec.Struct, frozen=True):
 
 class ItemTruth(msgspec.Struct, frozen=True):
     item_id: str
-    item_type: str
+    item_type: ItemType
     category: str
     tags: list[str]
     popularity: float
@@ -144,7 +174,11 @@ class TrafficModel:
         rng, cfg = self.rng, self.config
         self.items: list[ItemTruth] = []
         self.by_category: dict[tuple[str, str], tuple[list[str], list[float]]] = {}
-        for item_type, count, prefix in (("recipe", cfg.recipes, "r"), ("product", cfg.products, "p")):
+        kinds: tuple[tuple[ItemType, int, str], ...] = (
+            ("recipe", cfg.recipes, "r"),
+            ("product", cfg.products, "p"),
+        )
+        for item_type, count, prefix in kinds:
             for rank in range(count):
                 category = CATEGORIES[rng.randrange(len(CATEGORIES))]
                 item = ItemTruth(
@@ -189,7 +223,9 @@ class TrafficModel:
         total = sum(raw)
         device = _pick(rng, DEVICES)
         os_name = _pick(rng, OS_BY_DEVICE[device])
-        browser = "safari" if os_name in ("ios", "macos") and rng.random() < 0.7 else _pick(rng, BROWSERS)
+        browser = (
+            "safari" if os_name in ("ios", "macos") and rng.random() < 0.7 else _pick(rng, BROWSERS)
+        )
         plan = _pick(rng, PLANS)
         country = _pick(rng, COUNTRIES)
         user = UserTruth(
@@ -218,11 +254,16 @@ class TrafficModel:
     def _session(self, user: UserTruth, start: int) -> list[Event]:
         rng, cfg = self.rng, self.config
         session_id = f"s{self._next_id()}"
-        context = {
-            "user_id": user.user_id, "session_id": session_id, "site": cfg.site,
-            "device": user.device, "os": user.os, "browser": user.browser,
-            "country": user.country, "plan": user.plan,
-        }  # fmt: skip
+        context: dict[str, Any] = {
+            "user_id": user.user_id,
+            "session_id": session_id,
+            "site": cfg.site,
+            "device": user.device,
+            "os": user.os,
+            "browser": user.browser,
+            "country": user.country,
+            "plan": user.plan,
+        }
         referrer = _pick(rng, REFERRERS) or None
         pages = max(1, int(rng.expovariate(1.0 / cfg.mean_pages_per_session)) + 1)
         categories = list(user.taste)
@@ -232,48 +273,70 @@ class TrafficModel:
         for page in range(pages):
             item_type = "product" if rng.random() < 0.15 else "recipe"
             category = rng.choices(categories, weights)[0]
-            ids, pops = self.by_category.get((item_type, category)) or self.by_category[
-                ("recipe", category)
-            ]
+            ids, pops = (
+                self.by_category.get((item_type, category))
+                or self.by_category[("recipe", category)]
+            )
             item = self.item_by_id[rng.choices(ids, pops)[0]]
             dwell = int(rng.lognormvariate(math.log(40_000), 0.8))
             events.append(
                 PageView(
-                    event_id=self._next_id(), ts=t, item_id=item.item_id,
-                    item_type=item.item_type, category=item.category, tags=item.tags,
-                    referrer=referrer if page == 0 else None, dwell_ms=dwell,
-                    seq=self._next_seq(user.user_id), **context,
-                )  # fmt: skip
+                    event_id=self._next_id(),
+                    ts=t,
+                    item_id=item.item_id,
+                    item_type=item.item_type,
+                    category=item.category,
+                    tags=item.tags,
+                    referrer=referrer if page == 0 else None,
+                    dwell_ms=dwell,
+                    seq=self._next_seq(user.user_id),
+                    **context,
+                )
             )
             if rng.random() < cfg.recipe_click_probability:
                 t += rng.randint(2_000, 20_000)
                 events.append(
                     Click(
-                        event_id=self._next_id(), ts=t, item_id=item.item_id,
-                        item_type=item.item_type, category=item.category, tags=item.tags,
-                        seq=self._next_seq(user.user_id), **context,
-                    )  # fmt: skip
+                        event_id=self._next_id(),
+                        ts=t,
+                        item_id=item.item_id,
+                        item_type=item.item_type,
+                        category=item.category,
+                        tags=item.tags,
+                        seq=self._next_seq(user.user_id),
+                        **context,
+                    )
                 )
             if page % cfg.banner_every_pages == 0 and self.banners:
                 banner = rng.choice(self.banners)
                 t += rng.randint(100, 1_000)
                 events.append(
                     Impression(
-                        event_id=self._next_id(), ts=t, item_id=banner.banner_id,
-                        category=banner.categories[0], tags=banner.tags,
-                        placement="sidebar", position=0,
-                        seq=self._next_seq(user.user_id), **context,
-                    )  # fmt: skip
+                        event_id=self._next_id(),
+                        ts=t,
+                        item_id=banner.banner_id,
+                        category=banner.categories[0],
+                        tags=banner.tags,
+                        placement="sidebar",
+                        position=0,
+                        seq=self._next_seq(user.user_id),
+                        **context,
+                    )
                 )
                 if rng.random() < banner.ctr_by_segment[user.segment]:
                     t += rng.randint(500, 5_000)
                     events.append(
                         Click(
-                            event_id=self._next_id(), ts=t, item_id=banner.banner_id,
-                            item_type="banner", category=banner.categories[0],
-                            placement="sidebar", position=0,
-                            seq=self._next_seq(user.user_id), **context,
-                        )  # fmt: skip
+                            event_id=self._next_id(),
+                            ts=t,
+                            item_id=banner.banner_id,
+                            item_type="banner",
+                            category=banner.categories[0],
+                            placement="sidebar",
+                            position=0,
+                            seq=self._next_seq(user.user_id),
+                            **context,
+                        )
                     )
             t += min(dwell, 10 * MINUTE_MS)
         return events
@@ -309,7 +372,9 @@ class TrafficModel:
                 tiebreak += 1
                 heapq.heappush(pending, (event.ts, tiebreak, event))
             if rng.random() < user.return_probability:
-                gap = SESSION_GAP_MS + int(rng.expovariate(1.0 / (cfg.mean_days_between_sessions * 86_400_000)))
+                gap = SESSION_GAP_MS + int(
+                    rng.expovariate(1.0 / (cfg.mean_days_between_sessions * 86_400_000))
+                )
                 tiebreak += 1
                 heapq.heappush(sessions, (session[-1].ts + gap, tiebreak, user.user_id))
 
@@ -332,7 +397,10 @@ def malformed_record(rng: random.Random, now_ms: int, user_id: str) -> tuple[str
         ("unknown_type", f'{{"type":"shout",{base},"ts":{now_ms}}}'.encode()),
         ("missing_field", f'{{"type":"click",{base},"ts":{now_ms}}}'.encode()),
         ("invalid_field", f'{{"type":"pageview",{base},"ts":"yesterday"}}'.encode()),
-        ("too_large", f'{{"type":"pageview",{base},"ts":{now_ms},"referrer":"{"x" * 20000}"}}'.encode()),
+        (
+            "too_large",
+            f'{{"type":"pageview",{base},"ts":{now_ms},"referrer":"{"x" * 20000}"}}'.encode(),
+        ),
         ("ts_in_future", f'{{"type":"pageview",{base},"ts":{now_ms + 86_400_000}}}'.encode()),
         ("ts_too_old", f'{{"type":"pageview",{base},"ts":{now_ms - 400 * 86_400_000}}}'.encode()),
         ("not_an_object", b"[[1,2,3]]"),

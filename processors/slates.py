@@ -13,7 +13,7 @@ user has already seen, with a trending fallback for users with no category signa
 >>> user = UserState(user_id="u1", partition=0,
 ...                  interests=DecayedCounter(half_life_ms=1e9, max_keys=5))
 >>> user.interests.add("pasta", 0)
->>> slate = popular_in_your_categories(user, index, SlateConfig(size=3), now_ms=5)
+>>> slate = popular_in_your_categories(user, index.snapshot(10), SlateConfig(size=3), now_ms=5)
 >>> [(item.id, item.reason) for item in slate.items]
 [('r1', 'popular in pasta'), ('r2', 'popular in pasta'), ('r3', 'trending now')]
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from processors.popularity import PopularityIndex
+from processors.popularity import RankedSnapshot
 from processors.user_state import UserState
 
 SLATE_SCHEMA_VERSION = 1
@@ -55,37 +55,51 @@ class SlateConfig:
     exclude_seen: bool = True
 
 
+def _take(ranked: list[tuple[str, float]], n: int, exclude: set[str]) -> list[tuple[str, float]]:
+    out = []
+    for item_id, score in ranked:
+        if item_id not in exclude:
+            out.append((item_id, score))
+            if len(out) == n:
+                break
+    return out
+
+
 def popular_in_your_categories(
-    user: UserState, popularity: PopularityIndex, config: SlateConfig, now_ms: int
+    user: UserState, popularity: RankedSnapshot, config: SlateConfig, now_ms: int
 ) -> Slate:
-    """Rank items popular now in the user's top categories, then trending items."""
+    """Rank items popular now in the user's top categories, then trending items.
+
+    ``popularity`` lists must reach deeper than ``size`` plus the user's history so that
+    excluding seen items still leaves ``size`` candidates.
+    """
     exclude = user.seen_items() if config.exclude_seen else set()
-    scored: dict[str, SlateItem] = {}
+    best: dict[str, tuple[float, str]] = {}  # item -> (score, category); SlateItems at the end
     interests = user.interests.normalised_top(config.top_categories) if user.interests else []
     for category, interest in interests:
-        peak = popularity.peak_in_category(config.item_type, category)
-        if peak <= 0.0:
+        ranked = popularity.in_category(config.item_type, category)
+        if not ranked or ranked[0][1] <= 0.0:
             continue
-        for item_id, pop in popularity.top_in_category(
-            config.item_type, category, config.size, exclude
-        ):
-            score = interest * pop / peak
-            current = scored.get(item_id)
-            if current is None or current.score < score:
-                scored[item_id] = SlateItem(
-                    item_id, round(score, 6), f"popular in {category}", category
-                )
-    ranked = sorted(scored.values(), key=lambda item: (-item.score, item.id))[: config.size]
-    if len(ranked) < config.size:
+        scale = interest / ranked[0][1]
+        for item_id, pop in _take(ranked, config.size, exclude):
+            score = pop * scale
+            current = best.get(item_id)
+            if current is None or current[0] < score:
+                best[item_id] = (score, category)
+    top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[: config.size]
+    ranked_items = [
+        SlateItem(item_id, round(score, 6), f"popular in {category}", category)
+        for item_id, (score, category) in top
+    ]
+    if len(ranked_items) < config.size:
         # Trending fill-in scores below every category match (at most 0.1 of the peak).
-        peak = popularity.peak_overall(config.item_type)
-        taken = exclude | {item.id for item in ranked}
-        for item_id, pop in popularity.top_overall(
-            config.item_type, config.size - len(ranked), taken
-        ):
-            ranked.append(SlateItem(item_id, round(0.1 * pop / peak, 6), "trending now"))
+        trending = popularity.overall(config.item_type)
+        peak = trending[0][1] if trending else 1.0
+        taken = exclude | best.keys()
+        for item_id, pop in _take(trending, config.size - len(ranked_items), taken):
+            ranked_items.append(SlateItem(item_id, round(0.1 * pop / peak, 6), "trending now"))
     return Slate(
-        items=ranked, version=user.version, generated_at=now_ms, model="popular_in_category"
+        items=ranked_items, version=user.version, generated_at=now_ms, model="popular_in_category"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -59,7 +58,7 @@ class AIOKafkaPartitionReader:
                 if records and records[-1].offset >= until_offset:
                     return records
                 if time.monotonic() > deadline:
-                    raise asyncio.TimeoutError(
+                    raise TimeoutError(
                         f"changelog {topic}[{partition}] not read through offset {until_offset} "
                         f"in {self.timeout}s (got {len(records)} records)"
                     )

@@ -17,8 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from processors.events import EventDecoder
 from processors.pipeline import SliceProcessor
-from state.redis_writer import UserHashWriter
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
+from state.redis_writer import UserHashWriter
 from state.tables import UserStateStore
 from stream.config import Settings
 from stream.handler import EventHandler
@@ -94,14 +94,14 @@ def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
     original = getattr(AIOKafkaConsumerThread, "_appetence_original", None)
     if original is None:
         original = AIOKafkaConsumerThread._create_worker_consumer
-        AIOKafkaConsumerThread._appetence_original = original
+        AIOKafkaConsumerThread._appetence_original = original  # type: ignore[attr-defined]
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = fetch_max_wait_ms
         return consumer
 
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Appetence:
@@ -194,7 +194,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         horizon = int(time.time() * 1000) - settings.user_state_ttl_seconds * 1000
         metrics.state_evictions.inc(states.evict_idle(horizon, STATE_SWEEP_LIMIT))
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def release_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         states.release(tp.partition for tp in revoked if tp.topic == settings.events_topic)
 

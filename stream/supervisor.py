@@ -77,12 +77,18 @@ def run_stack(
                     spawn(
                         "simulator",
                         [
-                            sys.executable, "-m", "stream.cli", "simulate",
-                            "--rate", str(rate), "--malformed-rate", str(malformed_rate),
+                            sys.executable,
+                            "-m",
+                            "stream.cli",
+                            "simulate",
+                            "--rate",
+                            str(rate),
+                            "--malformed-rate",
+                            str(malformed_rate),
                         ],
                         log_dir / "simulator.log",
                         env=env,
-                    )  # fmt: skip
+                    )
                 )
             client = redis.Redis.from_url(stack.redis_url)
             state = LiveState(

@@ -114,7 +114,7 @@ def partition_for(user_id: str, partitions: int) -> int:
     """The partition Kafka's default (murmur2) partitioner picks for this user key."""
     from kafka.partitioner.default import murmur2
 
-    return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 __all__ = [

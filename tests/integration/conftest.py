@@ -47,8 +47,11 @@ class WorkerHandle:
             **extra_env,
         )
         self.settings: Settings = load_settings(
-            **{k[len("APPETENCE_"):].lower(): v for k, v in self.env.items()
-               if k.startswith("APPETENCE_")}
+            **{
+                k[len("APPETENCE_") :].lower(): v
+                for k, v in self.env.items()
+                if k.startswith("APPETENCE_")
+            }
         )
         self.log_dir = log_dir
         self.processes: list[ManagedProcess] = []

@@ -52,14 +52,19 @@ def test_worker_killed_mid_stream_resumes_to_the_oracle_state(
     producer = threading.Thread(
         target=run_simulation,
         kwargs=dict(
-            settings=settings, config=SimulationConfig(seed=23, users_per_minute=300),
-            events=30_000, rate=3_000, duration=None, events_out=events_file,
+            settings=settings,
+            config=SimulationConfig(seed=23, users_per_minute=300),
+            events=30_000,
+            rate=3_000,
+            duration=None,
+            events_out=events_file,
         ),
     )
     producer.start()
     worker.wait_for(
         lambda: worker.metric("appetence_events_consumed_total") > 3_000,
-        timeout=60, what="the first worker to make progress",
+        timeout=60,
+        what="the first worker to make progress",
     )
     # Watch the users seen so far while we kill and replace the worker.
     seen = list(redis_client.scan_iter(match=f"{settings.redis_key_prefix}:user:*", count=1000))

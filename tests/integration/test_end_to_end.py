@@ -99,8 +99,7 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
             pipe.hget(settings.user_key(user_id), "recipes_version")
         versions = pipe.execute()
         return all(
-            v is not None and int(v) == expected[u]
-            for u, v in zip(expected, versions, strict=True)
+            v is not None and int(v) == expected[u] for u, v in zip(expected, versions, strict=True)
         )
 
     worker.wait_for(all_users_current, timeout=120, what="every user's slate at its version")

@@ -21,7 +21,9 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def write(url: str, prefix: str, writes: list[tuple[str, FieldWrite]], ttl: int = 600) -> tuple[int, int]:
+async def write(
+    url: str, prefix: str, writes: list[tuple[str, FieldWrite]], ttl: int = 600
+) -> tuple[int, int]:
     client = aioredis.Redis.from_url(url)
     writer = UserHashWriter(client, prefix, ttl)
     for user_id, field_write in writes:
@@ -31,22 +33,37 @@ async def write(url: str, prefix: str, writes: list[tuple[str, FieldWrite]], ttl
     return result.written, result.stale
 
 
-def test_newer_versions_win_and_stale_ones_are_refused(stack: EmbeddedStack, redis_client: redis.Redis) -> None:
+def test_newer_versions_win_and_stale_ones_are_refused(
+    stack: EmbeddedStack, redis_client: redis.Redis
+) -> None:
     prefix = f"w{uuid.uuid4().hex[:6]}"
     key = f"{prefix}:user:u1"
     assert run(write(stack.redis_url, prefix, [("u1", FieldWrite("recipes", 5, b"v5"))])) == (1, 0)
     assert run(write(stack.redis_url, prefix, [("u1", FieldWrite("recipes", 3, b"v3"))])) == (0, 1)
-    assert run(write(stack.redis_url, prefix, [("u1", FieldWrite("recipes", 5, b"again"))])) == (0, 1)
+    assert run(write(stack.redis_url, prefix, [("u1", FieldWrite("recipes", 5, b"again"))])) == (
+        0,
+        1,
+    )
     assert redis_client.hget(key, "recipes") == b"v5"
-    assert run(write(stack.redis_url, prefix, [("u1", FieldWrite("recipes", 9, b"v9")),
-                                               ("u1", FieldWrite("profile", 1, b"p1"))])) == (2, 0)
+    assert run(
+        write(
+            stack.redis_url,
+            prefix,
+            [("u1", FieldWrite("recipes", 9, b"v9")), ("u1", FieldWrite("profile", 1, b"p1"))],
+        )
+    ) == (2, 0)
     assert redis_client.hgetall(key) == {
-        b"recipes": b"v9", b"recipes_version": b"9", b"profile": b"p1", b"profile_version": b"1"
+        b"recipes": b"v9",
+        b"recipes_version": b"9",
+        b"profile": b"p1",
+        b"profile_version": b"1",
     }
     assert 0 < redis_client.pttl(key) <= 600_000
 
 
-def test_staging_coalesces_to_the_latest_version_per_user(stack: EmbeddedStack, redis_client: redis.Redis) -> None:
+def test_staging_coalesces_to_the_latest_version_per_user(
+    stack: EmbeddedStack, redis_client: redis.Redis
+) -> None:
     prefix = f"w{uuid.uuid4().hex[:6]}"
     writes = [("u1", FieldWrite("recipes", v, f"v{v}".encode())) for v in (1, 7, 3)]
     writes += [(f"u{i}", FieldWrite("recipes", 1, b"x")) for i in range(2, 500)]
@@ -56,7 +73,9 @@ def test_staging_coalesces_to_the_latest_version_per_user(stack: EmbeddedStack, 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=15))
-def test_any_delivery_order_ends_at_the_highest_version(stack: EmbeddedStack, versions: list[int]) -> None:
+def test_any_delivery_order_ends_at_the_highest_version(
+    stack: EmbeddedStack, versions: list[int]
+) -> None:
     prefix = f"w{uuid.uuid4().hex[:6]}"
 
     async def deliver_one_by_one() -> None:
@@ -75,7 +94,9 @@ def test_any_delivery_order_ends_at_the_highest_version(stack: EmbeddedStack, ve
 
 def test_unreachable_redis_raises_after_retries_and_keeps_the_writes() -> None:
     async def scenario() -> int:
-        client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+        client = aioredis.Redis.from_url(
+            f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2
+        )
         writer = UserHashWriter(client, "x", 60, max_retries=2, base_backoff_seconds=0.01)
         writer.stage("u", FieldWrite("recipes", 1, b"x"))
         with pytest.raises(RedisUnavailable):

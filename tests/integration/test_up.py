@@ -41,9 +41,26 @@ def wait(predicate: object, timeout: float) -> bool:
 def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_path: Path) -> None:
     broker_port, redis_port, web_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "up", "--demo", "--duration", "120", "--no-live",
-         "--rate", "500", "--broker-port", str(broker_port), "--redis-port", str(redis_port),
-         "--web-port", str(web_port), "--log-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "up",
+            "--demo",
+            "--duration",
+            "120",
+            "--no-live",
+            "--rate",
+            "500",
+            "--broker-port",
+            str(broker_port),
+            "--redis-port",
+            str(redis_port),
+            "--web-port",
+            str(web_port),
+            "--log-dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -51,27 +68,42 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
     try:
         client = redis.Redis(port=redis_port)
         assert wait(lambda: any(client.scan_iter(match="appetence:v1:user:*", count=100)), 60), (
-            (tmp_path / "worker.log").read_text()[-3000:]
-        )
+            tmp_path / "worker.log"
+        ).read_text()[-3000:]
         key = next(client.scan_iter(match="appetence:v1:user:*", count=100))
         slate = json.loads(client.hget(key, "recipes") or b"{}")
         assert slate["items"] and slate["version"] > 0 and "generated_at" in slate
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics").read().decode()
-        for name in ("appetence_events_consumed_total", "appetence_events_rejected_total",
-                     "appetence_event_to_redis_seconds_bucket", "appetence_redis_writes_total",
-                     "appetence_batch_processing_seconds", "appetence_consumer_lag_messages"):
+        for name in (
+            "appetence_events_consumed_total",
+            "appetence_events_rejected_total",
+            "appetence_event_to_redis_seconds_bucket",
+            "appetence_redis_writes_total",
+            "appetence_batch_processing_seconds",
+            "appetence_consumer_lag_messages",
+        ):
             assert name in metrics
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{web_port}/health").read())
         assert health["status"] == "ok"
 
         # A hand-made event from outside (what a website backend would send) is processed.
         now = int(time.time() * 1000)
-        event = {"type": "click", "event_id": "hand-1", "ts": now, "user_id": "hand-user",
-                 "item_id": "r1", "item_type": "recipe", "category": "pasta"}
+        event = {
+            "type": "click",
+            "event_id": "hand-1",
+            "ts": now,
+            "user_id": "hand-user",
+            "item_id": "r1",
+            "item_type": "recipe",
+            "category": "pasta",
+        }
         subprocess.run(
             [sys.executable, "-m", "stream.cli", "produce", "-"],
-            input=json.dumps(event), text=True, check=True, timeout=60,
+            input=json.dumps(event),
+            text=True,
+            check=True,
+            timeout=60,
             env={**os.environ, "APPETENCE_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}"},
         )
         assert wait(lambda: client.hget("appetence:v1:user:hand-user", "recipes"), 30)
@@ -81,7 +113,7 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-3000:]
-    summary = json.loads(output[output.index("{\n"):])
+    summary = json.loads(output[output.index("{\n") :])
     assert summary["events_consumed"] > 0
     assert summary["children_exit_codes"]["worker"] == 0
     assert not listening(broker_port) and not listening(redis_port) and not listening(web_port)

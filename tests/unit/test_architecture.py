@@ -5,8 +5,21 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-FORBIDDEN = {"faust", "redis", "aiokafka", "kafka", "prometheus_client", "mode", "aiohttp",
-             "socket", "asyncio", "requests", "urllib", "stream", "state"}
+FORBIDDEN = {
+    "faust",
+    "redis",
+    "aiokafka",
+    "kafka",
+    "prometheus_client",
+    "mode",
+    "aiohttp",
+    "socket",
+    "asyncio",
+    "requests",
+    "urllib",
+    "stream",
+    "state",
+}
 PROCESSORS = Path(__file__).resolve().parents[2] / "processors"
 
 

@@ -29,8 +29,9 @@ def test_order_does_not_change_scores(pairs: list[tuple[str, int]], rnd: object)
         second.add(key, t)
     query = max(t for _, t in pairs)
     for key in "abcdef":
-        assert math.isclose(first.value_at(key, query), second.value_at(key, query),
-                            rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(
+            first.value_at(key, query), second.value_at(key, query), rel_tol=1e-9, abs_tol=1e-12
+        )
 
 
 def test_half_life_halves_the_score() -> None:

@@ -50,8 +50,18 @@ def test_single_event_round_trips() -> None:
 
 def test_batch_envelope_rejects_only_its_bad_event() -> None:
     good = [click(event_id=f"e{i}") for i in range(3)]
-    raw = b"[" + b",".join([encode_event(good[0]), b'{"type":"nope"}', encode_event(good[1]),
-                           encode_event(good[2])]) + b"]"
+    raw = (
+        b"["
+        + b",".join(
+            [
+                encode_event(good[0]),
+                b'{"type":"nope"}',
+                encode_event(good[1]),
+                encode_event(good[2]),
+            ]
+        )
+        + b"]"
+    )
     result = decoder().decode_record(raw, NOW)
     assert result.events == good
     assert [(r.reason, r.raw) for r in result.rejections] == [("unknown_type", b'{"type":"nope"}')]
@@ -76,15 +86,24 @@ def test_batch_encoding_matches_envelope() -> None:
         (b'{"type":"pageview","event_id":"","ts":1750000000000,"user_id":"u"}', "invalid_field"),
         (b'{"type":"pageview","event_id":"a","ts":1e400,"user_id":"u"}', "invalid_field"),
         (b'{"type":"pageview","event_id":"a","ts":NaN,"user_id":"u"}', "invalid_json"),
-        (b'{"type":"pageview","event_id":"a","ts":1750000000000,"user_id":"u","tags":[1]}',
-         "invalid_field"),
-        (b'{"type":"impression","event_id":"a","ts":1750000000000,"user_id":"u",'
-         b'"item_id":"b1","item_type":"recipe"}', "invalid_field"),
+        (
+            b'{"type":"pageview","event_id":"a","ts":1750000000000,"user_id":"u","tags":[1]}',
+            "invalid_field",
+        ),
+        (
+            b'{"type":"impression","event_id":"a","ts":1750000000000,"user_id":"u",'
+            b'"item_id":"b1","item_type":"recipe"}',
+            "invalid_field",
+        ),
         (b"42", "not_an_object"),
         (b"[]", "empty_batch"),
         (b"", "invalid_json"),
-        (b'{"type":"pageview","event_id":"a","ts":1750000000000,"user_id":"u","site":"'
-         + b"x" * 20_000 + b'"}', "too_large"),
+        (
+            b'{"type":"pageview","event_id":"a","ts":1750000000000,"user_id":"u","site":"'
+            + b"x" * 20_000
+            + b'"}',
+            "too_large",
+        ),
         (b'{"type":"pageview","event_id":"a","ts":1750090000000,"user_id":"u"}', "ts_in_future"),
         (b'{"type":"pageview","event_id":"a","ts":1000,"user_id":"u"}', "ts_too_old"),
     ],
@@ -124,10 +143,15 @@ def test_decoder_never_raises_and_never_loses_input(raw: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.recursive(
-        st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=20)
+        st.none()
+        | st.booleans()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=20)
         | st.integers(),
-        lambda children: st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=10), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=10), children, max_size=4)
+        ),
         max_leaves=30,
     )
 )
@@ -148,7 +172,12 @@ def test_schema_requires_what_the_decoder_requires() -> None:
     schemas = event_json_schemas()
     defs = {name: s["$defs"] for name, s in schemas.items()}  # type: ignore[index]
     assert set(defs["click"]["Click"]["required"]) >= {  # type: ignore[index]
-        "type", "event_id", "ts", "user_id", "item_id", "item_type"
+        "type",
+        "event_id",
+        "ts",
+        "user_id",
+        "item_id",
+        "item_type",
     }
     assert "item_id" in defs["impression"]["Impression"]["required"]  # type: ignore[index]
     raw = encode_event(Impression(event_id="i", ts=NOW, user_id="u", item_id="b1"))

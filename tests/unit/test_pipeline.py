@@ -11,8 +11,14 @@ from processors.user_state import UserState
 def test_one_slate_per_user_per_batch_reflecting_the_whole_batch() -> None:
     processor = SliceProcessor(SliceConfig())
     events = [
-        Click(event_id=f"e{i}", ts=1000 + i, user_id="u1", item_id=f"r{i}",
-              item_type="recipe", category="pasta")
+        Click(
+            event_id=f"e{i}",
+            ts=1000 + i,
+            user_id="u1",
+            item_id=f"r{i}",
+            item_type="recipe",
+            category="pasta",
+        )
         for i in range(30)
     ]
     result = processor.process_batch([(2, e) for e in events], {}, now_ms=5000)
@@ -25,16 +31,23 @@ def test_one_slate_per_user_per_batch_reflecting_the_whole_batch() -> None:
 def test_slate_excludes_seen_items_and_follows_interest() -> None:
     processor = SliceProcessor(SliceConfig())
     others = [
-        Click(event_id=f"o{i}", ts=1000, user_id=f"x{i}", item_id=item, item_type="recipe",
-              category=category)
+        Click(
+            event_id=f"o{i}",
+            ts=1000,
+            user_id=f"x{i}",
+            item_id=item,
+            item_type="recipe",
+            category=category,
+        )
         for i, (item, category) in enumerate(
             [("p1", "pasta"), ("p2", "pasta"), ("p2", "pasta"), ("s1", "soup"), ("s1", "soup")]
         )
     ]
     states: dict[str, UserState] = {}
     processor.process_batch([(0, e) for e in others], states, now_ms=2000)
-    mine = Click(event_id="m1", ts=1500, user_id="me", item_id="p1", item_type="recipe",
-                 category="pasta")
+    mine = Click(
+        event_id="m1", ts=1500, user_id="me", item_id="p1", item_type="recipe", category="pasta"
+    )
     slate = processor.process_batch([(0, mine)], states, now_ms=2000).slates["me"]
     ids = [item.id for item in slate.items]
     assert "p1" not in ids  # seen

@@ -18,8 +18,9 @@ CONFIG = UserStateConfig(history_size=5, dedup_max_ids=8, dedup_window_ms=10_000
 
 
 def click(i: int, ts: int, item: str = "r1", category: str = "pasta") -> Click:
-    return Click(event_id=f"e{i}", ts=ts, user_id="u", item_id=item, item_type="recipe",
-                 category=category)
+    return Click(
+        event_id=f"e{i}", ts=ts, user_id="u", item_id=item, item_type="recipe", category=category
+    )
 
 
 def test_history_is_bounded_and_keeps_the_newest() -> None:

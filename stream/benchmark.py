@@ -1,0 +1,178 @@
+"""``appetence bench``: throughput of each stage of the hot path, and end to end.
+
+Stages run in-process on simulated events (the same code the worker runs); the end-to-end
+run starts the embedded broker and Redis, a real worker process, and produces with the
+simulator as fast as it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
+from processors.pipeline import SliceConfig, SliceProcessor
+from processors.simulator import SimulationConfig, TrafficModel
+from processors.slates import encode_slate
+from processors.user_state import UserState
+from state.redis_writer import FieldWrite, UserHashWriter
+from stream.config import load_settings
+from stream.embedded import embedded_stack, free_port
+from stream.live import buckets, quantile, scrape, total
+from stream.simulate import run_simulation
+from stream.supervisor import spawn_worker, worker_env
+from stream.topics import ensure_topics
+
+
+def _events(n: int) -> list[Event]:
+    now = int(time.time() * 1000)
+    model = TrafficModel(SimulationConfig(seed=1), start_ms=now - 3_600_000)
+    return [event for _, event in zip(range(n), model.events(), strict=False)]
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else float("inf")
+
+
+def bench_decode(events: list[Event]) -> dict[str, float]:
+    decoder = EventDecoder(DecodeLimits())
+    now = int(time.time() * 1000)
+    singles = [encode_event(e) for e in events]
+    started = time.perf_counter()
+    for raw in singles:
+        decoder.decode_record(raw, now)
+    single_seconds = time.perf_counter() - started
+    batches = [encode_batch(events[i : i + 100]) for i in range(0, len(events), 100)]
+    started = time.perf_counter()
+    for raw in batches:
+        decoder.decode_record(raw, now)
+    batch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for raw in singles:
+        json.loads(raw)
+    stdlib_seconds = time.perf_counter() - started
+    return {
+        "msgspec_validated_single_records_events_per_second": _rate(len(events), single_seconds),
+        "msgspec_validated_batch_records_events_per_second": _rate(len(events), batch_seconds),
+        "stdlib_json_untyped_events_per_second": _rate(len(events), stdlib_seconds),
+    }
+
+
+def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
+    processor = SliceProcessor(SliceConfig())
+    states: dict[str, UserState] = {}
+    now = int(time.time() * 1000)
+    slates = 0
+    started = time.perf_counter()
+    for i in range(0, len(events), batch_size):
+        result = processor.process_batch([(0, e) for e in events[i : i + batch_size]], states, now)
+        states.update(result.touched)
+        for slate in result.slates.values():
+            encode_slate(slate)
+        slates += len(result.slates)
+    seconds = time.perf_counter() - started
+    return {
+        "slice_events_per_second": _rate(len(events), seconds),
+        "slates_per_second": _rate(slates, seconds),
+        "users": len(states),
+    }
+
+
+async def _bench_redis(url: str, users: int) -> dict[str, float]:
+    client = aioredis.Redis.from_url(url)
+    writer = UserHashWriter(client, "bench:v1", 3600)
+    payload = b"x" * 1200  # a 20-item slate is about this size
+    started = time.perf_counter()
+    for version in (1, 2):
+        for i in range(users):
+            writer.stage(f"u{i}", FieldWrite("recipes", version, payload))
+            writer.stage(f"u{i}", FieldWrite("profile", version, payload[:200]))
+            if writer.pending_users >= 1000:
+                await writer.flush()
+        await writer.flush()
+    seconds = time.perf_counter() - started
+    await client.aclose()
+    return {"redis_cas_users_per_second": _rate(2 * users, seconds)}
+
+
+def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
+    with embedded_stack(log_dir) as stack:
+        web_port = free_port()
+        env = worker_env(stack.bootstrap, stack.redis_url, web_port)
+        settings = load_settings(
+            kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, app_id="bench"
+        )
+        env["APPETENCE_APP_ID"] = "bench"
+        ensure_topics(settings)
+        redis_result = asyncio.run(_bench_redis(stack.redis_url, 20_000))
+        worker = spawn_worker(env, log_dir / "worker.log")
+        metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        try:
+            while not scrape(metrics_url):
+                time.sleep(0.2)
+            time.sleep(5)  # let the group join finish before timing
+            produce_started = time.monotonic()
+            report = run_simulation(
+                settings,
+                SimulationConfig(seed=3),
+                events=events,
+                rate=1e9,
+                duration=None,
+                backfill_seconds=6 * 3600,
+            )
+            produced = time.monotonic() - produce_started
+            while total(scrape(metrics_url), "appetence_events_consumed_total") < report.events:
+                if time.monotonic() - produce_started > 600:
+                    raise TimeoutError("end-to-end run did not finish in 600 s")
+                time.sleep(0.1)
+            consumed = time.monotonic() - produce_started
+            samples = scrape(metrics_url)
+        finally:
+            worker.stop()
+    latency = buckets(samples, "appetence_event_to_redis_seconds")
+    return {
+        **redis_result,
+        "e2e_events": report.events,
+        "e2e_produce_seconds": round(produced, 2),
+        "e2e_seconds_until_all_in_redis": round(consumed, 2),
+        "e2e_events_per_second": _rate(report.events, consumed),
+        "e2e_event_to_redis_p50_seconds_upper_bound": quantile(latency, 0.5),
+        "e2e_event_to_redis_p99_seconds_upper_bound": quantile(latency, 0.99),
+        "e2e_redis_writes_ok": total(
+            {
+                "x": [
+                    s
+                    for s in samples.get("appetence_redis_writes_total", [])
+                    if s[0].get("result") == "ok"
+                ]
+            },
+            "x",
+        ),
+    }
+
+
+def run_benchmarks(events: int, e2e: bool, e2e_events: int) -> dict[str, Any]:
+    simulated = _events(events)
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "events": len(simulated),
+    }
+    results.update(bench_decode(simulated))
+    results.update(bench_slice(simulated))
+    if e2e:
+        results.update(
+            bench_end_to_end(e2e_events, Path(tempfile.mkdtemp(prefix="appetence-bench-")))
+        )
+    return results
