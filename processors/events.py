@@ -38,6 +38,7 @@ REJECT_REASONS = (
     "ts_in_future",
     "ts_too_old",
     "empty_batch",
+    "processing_error",  # not the input's fault: the worker failed on this batch
 )
 
 ItemType: TypeAlias = Literal["recipe", "product", "banner", "page"]

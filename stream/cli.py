@@ -23,9 +23,32 @@ cli.add_typer(topics_cli, name="topics")
 cli.add_typer(schemas_cli, name="schemas")
 
 
+#: Settings given as global CLI flags; they take precedence over APPETENCE_* variables.
+_flag_overrides: dict[str, Any] = {}
+
+
+@cli.callback()
+def global_options(
+    kafka_bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka host:port list [APPETENCE_KAFKA_BOOTSTRAP]")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL [APPETENCE_REDIS_URL]")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="Input partitions [APPETENCE_PARTITIONS]")
+    ] = None,
+    app_id: Annotated[
+        str | None, typer.Option(help="Consumer group / app id [APPETENCE_APP_ID]")
+    ] = None,
+) -> None:
+    """appetence: real-time recommendations from clickstreams, Kafka → Faust → Redis."""
+    _flag_overrides.update(
+        kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, partitions=partitions, app_id=app_id
+    )
+
+
 def _settings(**overrides: Any) -> Settings:
     try:
-        return load_settings(**overrides)
+        return load_settings(**{**_flag_overrides, **overrides})
     except ConfigError as error:
         typer.echo(f"appetence: {error}", err=True)
         raise typer.Exit(2) from None

@@ -73,7 +73,47 @@ class EventHandler:
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
 
-    async def handle(self, batch: Sequence[Any]) -> BatchResult:
+    async def handle(self, batch: Sequence[Any]) -> BatchResult | None:
+        """Process one batch; a failure that is not the input's fault never stops the partition.
+
+        Should processing raise (a bug meeting an event nobody foresaw), every record of the
+        batch goes to the dead-letter topic with reason ``processing_error`` and the error,
+        so it is neither lost nor retried forever.
+        """
+        try:
+            return await self._handle(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("batch of %d records failed; dead-lettering it", len(batch))
+            now_ms = int(time.time() * 1000)
+            for faust_event in batch:
+                message = faust_event.message
+                await self._dead_letter(
+                    message,
+                    "processing_error",
+                    repr(error)[:1000],
+                    faust_event.value or b"",
+                    now_ms,
+                )
+            return None
+
+    async def _dead_letter(
+        self, message: Any, reason: str, detail: str, raw: bytes, now_ms: int
+    ) -> None:
+        self.metrics.events_rejected.labels(reason=reason).inc()
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            rejected_at=now_ms,
+            original=raw,
+        )
+        await self.dead_letters.send(key=message.key, value=encode_dead_letter(letter))
+
+    async def _handle(self, batch: Sequence[Any]) -> BatchResult:
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
         metrics = self.metrics
@@ -85,17 +125,9 @@ class EventHandler:
             partition = message.partition
             decoded.extend((partition, event) for event in record.events)
             for rejection in record.rejections:
-                metrics.events_rejected.labels(reason=rejection.reason).inc()
-                letter = DeadLetter(
-                    reason=rejection.reason,
-                    detail=rejection.detail,
-                    source_topic=message.topic,
-                    source_partition=partition,
-                    source_offset=message.offset,
-                    rejected_at=now_ms,
-                    original=rejection.raw,
+                await self._dead_letter(
+                    message, rejection.reason, rejection.detail, rejection.raw, now_ms
                 )
-                await self.dead_letters.send(key=message.key, value=encode_dead_letter(letter))
             timestamps.append(message.timestamp)
             self.positions[partition] = max(self.positions.get(partition, 0), message.offset + 1)
 

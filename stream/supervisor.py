@@ -62,7 +62,8 @@ def run_stack(
         env = worker_env(stack.bootstrap, stack.redis_url, web_port)
         settings = load_settings(kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
         header = (
-            f"broker  {stack.bootstrap}   (kcat -b {stack.bootstrap} -L)\n"
+            f"broker  {stack.bootstrap}   "
+            f"(APPETENCE_KAFKA_BOOTSTRAP={stack.bootstrap} appetence produce < events.jsonl)\n"
             f"redis   {stack.redis_url}   (redis-cli -p {stack.redis_port})\n"
             f"metrics http://127.0.0.1:{web_port}/metrics   health http://127.0.0.1:{web_port}/health\n"
             f"topic   {settings.events_topic}  dead letters {settings.dead_letter_topic}\n"

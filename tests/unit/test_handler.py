@@ -1,0 +1,79 @@
+"""The worker shell: a failing batch is dead-lettered whole instead of stopping the partition."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from processors.events import DeadLetter, DecodeLimits, EventDecoder, PageView, encode_event
+from processors.pipeline import SliceConfig, SliceProcessor
+from stream.handler import EventHandler
+from stream.metrics import Metrics
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp: float = 0.0
+
+
+@dataclass
+class FaustEvent:
+    message: Message
+    value: bytes
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        self.sent.append(value)
+
+
+class ExplodingProcessor(SliceProcessor):
+    def process_batch(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+
+class NoStates:
+    async def ensure_recovered(self, partitions: Any) -> None:
+        return None
+
+    def get(self, user_id: str) -> None:
+        return None
+
+
+def test_a_failing_batch_goes_to_the_dead_letter_topic_and_is_counted() -> None:
+    registry = CollectorRegistry()
+    dead = Collector()
+    handler = EventHandler(
+        decoder=EventDecoder(DecodeLimits(max_age_ms=10**15)),
+        processor=ExplodingProcessor(SliceConfig()),
+        states=NoStates(),  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]
+        dead_letters=dead,
+        metrics=Metrics(registry),
+        events_topic="t",
+    )
+    raw = encode_event(PageView(event_id="e", ts=1, user_id="u"))
+    batch = [FaustEvent(Message("t", 0, offset, b"u"), raw) for offset in range(3)]
+    assert asyncio.run(handler.handle(batch)) is None
+    letters = [msgspec.json.decode(v, type=DeadLetter) for v in dead.sent]
+    assert [(letter.reason, letter.source_offset) for letter in letters] == [
+        ("processing_error", 0),
+        ("processing_error", 1),
+        ("processing_error", 2),
+    ]
+    assert "boom" in letters[0].detail and letters[0].original == raw
+    value = registry.get_sample_value(
+        "appetence_events_rejected_total", {"reason": "processing_error"}
+    )
+    assert value == 3
