@@ -198,6 +198,71 @@ def up(
     typer.echo(json.dumps(summary, indent=2))
 
 
+evaluate_cli = typer.Typer(no_args_is_help=True, help="Offline evaluation on real data.")
+cli.add_typer(evaluate_cli, name="evaluate")
+
+
+@evaluate_cli.command("next-click")
+def evaluate_next_click_command(
+    train: Annotated[Path, typer.Option(help="Training sessions file")],
+    test: Annotated[Path | None, typer.Option(help="Test sessions (diginetica: split)")] = None,
+    mode: Annotated[str, typer.Option(help="static or streaming")] = "streaming",
+    k: int = 20,
+    fmt: Annotated[
+        str, typer.Option("--format", help="session-rec | diginetica | csv")
+    ] = "session-rec",
+    similarity: Annotated[str, typer.Option(help="rules|count|jaccard|cosine|lift|llr")] = "rules",
+    steps: int = 5,
+    recent_items: int = 5,
+    recency_decay: float = 0.3,
+    symmetric_weight: float = 0.1,
+    max_neighbours: int = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+) -> None:
+    """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""
+    from rich.progress import Progress
+
+    from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+    from processors.evaluation import evaluate_next_click
+    from stream.datasets import read_diginetica_split, read_sessions
+
+    if mode not in ("static", "streaming"):
+        raise typer.BadParameter("--mode must be static or streaming")
+    if fmt == "diginetica":
+        train_sessions, test_sessions = read_diginetica_split(train)
+    else:
+        if test is None:
+            raise typer.BadParameter("--test is required for this format")
+        train_sessions = read_sessions(train, fmt)  # type: ignore[arg-type]
+        test_sessions = read_sessions(test, fmt)  # type: ignore[arg-type]
+    config = CooccurrenceConfig(
+        steps=steps,
+        max_neighbours=max_neighbours,
+        similarity=similarity,  # type: ignore[arg-type]
+        recent_items=recent_items,
+        recency_decay=recency_decay,
+        symmetric_weight=symmetric_weight,
+    )
+    show = sys.stderr.isatty() and not as_json
+    with Progress(disable=not show, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(test_sessions))
+        result = evaluate_next_click(
+            CooccurrenceModel(config),
+            train_sessions,
+            test_sessions,
+            k=k,
+            streaming=mode == "streaming",
+            progress=lambda done: bar.update(task, completed=done),
+        )
+    report = {"train": str(train), "test": str(test), "format": fmt, **result.as_dict()}
+    report["config"] = {
+        "similarity": similarity, "steps": steps, "recent_items": recent_items,
+        "recency_decay": recency_decay, "symmetric_weight": symmetric_weight,
+        "max_neighbours": max_neighbours,
+    }  # fmt: skip
+    typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
+
+
 @cli.command()
 def bench(
     events: Annotated[int, typer.Option(help="Simulated events to process")] = 200_000,
