@@ -51,6 +51,11 @@ def read_topic(settings_obj: object, topic: str, expected: int, timeout: float) 
 
 
 def oracle_versions(events_file: Path, settings_obj: object) -> dict[str, int]:
+    """Each user's final version, from the same processors run in-process."""
+    return {u: s.version for u, s in oracle_states(events_file, settings_obj).items()}
+
+
+def oracle_states(events_file: Path, settings_obj: object) -> dict[str, UserState]:
     """Replay the produced events through the same processors, in-process."""
     processor = SliceProcessor(settings_obj.slice_config())  # type: ignore[attr-defined]
     decoder = EventDecoder(settings_obj.decode_limits())  # type: ignore[attr-defined]
@@ -60,7 +65,7 @@ def oracle_versions(events_file: Path, settings_obj: object) -> dict[str, int]:
         for event in decoder.decode_record(line, now).events:
             result = processor.process_batch([(0, event)], states, now)
             states.update(result.touched)
-    return {user_id: state.version for user_id, state in states.items()}
+    return states
 
 
 def snapshot(client: redis.Redis, prefix: str) -> dict[bytes, dict[bytes, bytes]]:
