@@ -87,6 +87,17 @@ class WorkerHandle:
             proc.stop(timeout=20)
 
 
+def versions_match(client: redis.Redis, settings: Settings, expected: dict[str, int]) -> bool:
+    """True when every user's recipes_version in Redis equals the expected one."""
+    pipe = client.pipeline(transaction=False)
+    for user_id in expected:
+        pipe.hget(settings.user_key(user_id), "recipes_version")
+    return all(
+        raw is not None and int(raw) == expected[user_id]
+        for user_id, raw in zip(expected, pipe.execute(), strict=True)
+    )
+
+
 @pytest.fixture()
 def worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle]:
     handle = WorkerHandle(stack, tmp_path, {})

@@ -12,7 +12,7 @@ import redis
 from processors.simulator import SimulationConfig
 from stream.simulate import run_simulation
 
-from .conftest import WorkerHandle
+from .conftest import WorkerHandle, versions_match
 from .test_end_to_end import oracle_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,17 +77,12 @@ def test_worker_killed_mid_stream_resumes_to_the_oracle_state(
 
     expected = oracle_versions(events_file, settings)
 
-    def all_current() -> bool:
-        pipe = redis_client.pipeline(transaction=False)
-        for user_id in expected:
-            pipe.hget(settings.user_key(user_id), "recipes_version")
-        return all(
-            v is not None and int(v) == expected[u]
-            for u, v in zip(expected, pipe.execute(), strict=True)
-        )
-
     worker.processes = [replacement]  # the killed one is expected to be dead
-    worker.wait_for(all_current, timeout=180, what="Redis to match the oracle after the crash")
+    worker.wait_for(
+        lambda: versions_match(redis_client, settings, expected),
+        timeout=180,
+        what="Redis to match the oracle after the crash",
+    )
     recovery_seconds = time.monotonic() - killed_at
     watcher.stopped.set()
     watcher.join()

@@ -24,7 +24,7 @@ from processors.user_state import UserState
 from stream.simulate import run_simulation
 from stream.topics import kafka_client_options, make_producer
 
-from .conftest import WorkerHandle
+from .conftest import WorkerHandle, versions_match
 
 pytestmark = pytest.mark.integration
 
@@ -98,16 +98,11 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
     expected = oracle_versions(events_file, settings)
     assert len(expected) > 500
 
-    def all_users_current() -> bool:
-        pipe = redis_client.pipeline(transaction=False)
-        for user_id in expected:
-            pipe.hget(settings.user_key(user_id), "recipes_version")
-        versions = pipe.execute()
-        return all(
-            v is not None and int(v) == expected[u] for u, v in zip(expected, versions, strict=True)
-        )
-
-    worker.wait_for(all_users_current, timeout=120, what="every user's slate at its version")
+    worker.wait_for(
+        lambda: versions_match(redis_client, settings, expected),
+        timeout=120,
+        what="every user's slate at its version",
+    )
     assert worker.metric("appetence_events_consumed_total") == EVENTS
     for user_id in list(expected)[:50]:
         key = settings.user_key(user_id)

@@ -15,7 +15,7 @@ from processors.simulator import SimulationConfig, TrafficModel
 from stream.embedded import free_port
 from stream.topics import make_producer
 
-from .conftest import WorkerHandle
+from .conftest import WorkerHandle, versions_match
 from .test_end_to_end import oracle_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -74,17 +74,11 @@ def test_state_follows_partitions_when_a_worker_joins(
         produce(events[6_000:])
         oracle = oracle_states(all_events, settings)
         expected = {user_id: state.version for user_id, state in oracle.items()}
-
-        def all_current() -> bool:
-            pipe = redis_client.pipeline(transaction=False)
-            for user_id in expected:
-                pipe.hget(settings.user_key(user_id), "recipes_version")
-            return all(
-                v is not None and int(v) == expected[u]
-                for u, v in zip(expected, pipe.execute(), strict=True)
-            )
-
-        worker.wait_for(all_current, timeout=120, what="Redis to match the oracle")
+        worker.wait_for(
+            lambda: versions_match(redis_client, settings, expected),
+            timeout=120,
+            what="Redis to match the oracle",
+        )
         moved = set(assigned(second))
         assert moved and not moved & set(assigned(worker))
         # Versions alone could match with lost state; the event counts cannot: a user whose
