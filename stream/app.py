@@ -194,9 +194,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         horizon = int(time.time() * 1000) - settings.user_state_ttl_seconds * 1000
         metrics.state_evictions.inc(states.evict_idle(horizon, STATE_SWEEP_LIMIT))
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def release_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        states.release(tp.partition for tp in revoked if tp.topic == settings.events_topic)
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def release_moved(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # Faust's eager rebalance revokes everything, then assigns; forgetting only what
+        # was not assigned back keeps kept partitions warm, and a partition that moved
+        # away is dropped here, so it is recovered afresh if it ever comes back.
+        mine = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        states.release(states.partitions - mine)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
