@@ -41,6 +41,8 @@ class CooccurrenceConfig:
     recent_items: int = 5  # how many of the session's last items generate candidates
     recency_decay: float = 0.3  # weight of the i-th last item: recency_decay ** i
     symmetric_weight: float = 0.1  # blend of symmetric similarity into the rule score
+    half_life_ms: float | None = None  # time decay of evidence; None: counts never fade
+    max_items: int = 100_000  # items with neighbour lists; the least clicked are dropped
 
 
 def _llr(k11: float, k12: float, k21: float, k22: float) -> float:
@@ -67,24 +69,59 @@ class CooccurrenceModel:
         self.pairs: dict[str, dict[str, float]] = {}
         self.item_counts: dict[str, float] = {}
         self.total = 0.0
+        self._landmark: float | None = None
         self._popular: list[tuple[str, float]] | None = None
 
     # --- learning ---------------------------------------------------------------------
-    def learn_one(self, session_before: Sequence[str], item: str) -> None:
+    def _weight(self, ts_ms: float | None) -> float:
+        """Forward-decay weight of evidence at ``ts_ms`` (1.0 without decay)."""
+        half_life = self.config.half_life_ms
+        if half_life is None or ts_ms is None:
+            return 1.0
+        if self._landmark is None:
+            self._landmark = ts_ms
+        exponent = (ts_ms - self._landmark) / half_life
+        if exponent > 200.0:  # rescale everything so weights stay finite
+            factor = 2.0**-exponent
+            for table in (self.rules, self.pairs):
+                for row in table.values():
+                    for key in row:
+                        row[key] *= factor
+            self.item_counts = {k: v * factor for k, v in self.item_counts.items()}
+            self.total *= factor
+            self._landmark = ts_ms
+            exponent = 0.0
+        return float(2.0**exponent)
+
+    def learn_one(
+        self, session_before: Sequence[str], item: str, ts_ms: float | None = None
+    ) -> None:
         """Learn that ``item`` was clicked after ``session_before`` (oldest first)."""
         config = self.config
-        self.item_counts[item] = self.item_counts.get(item, 0.0) + 1.0
-        self.total += 1.0
+        weight = self._weight(ts_ms)
+        self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
+        self.total += weight
         self._popular = None
         window = session_before[-config.steps :]
         for distance, previous in enumerate(reversed(window), start=1):
             # A repeat click (A then A) is a rule too: a quarter of RSC15's next clicks repeat
             # the current item, and a model that cannot predict that misses all of them.
-            self._bump(self.rules, previous, item, 1.0 / distance)
+            self._bump(self.rules, previous, item, weight / distance)
             if previous == item:
                 continue
-            self._bump(self.pairs, previous, item, 1.0)
-            self._bump(self.pairs, item, previous, 1.0)
+            self._bump(self.pairs, previous, item, weight)
+            self._bump(self.pairs, item, previous, weight)
+        if len(self.item_counts) > 2 * config.max_items:
+            self._drop_rare_items()
+
+    def _drop_rare_items(self) -> None:
+        keep = dict(
+            heapq.nlargest(self.config.max_items, self.item_counts.items(), key=lambda kv: kv[1])
+        )
+        self.item_counts = keep
+        for table in (self.rules, self.pairs):
+            for item in [i for i in table if i not in keep]:
+                del table[item]
 
     def _bump(self, table: dict[str, dict[str, float]], a: str, b: str, amount: float) -> None:
         row = table.get(a)
@@ -132,28 +169,45 @@ class CooccurrenceModel:
             self._popular = heapq.nlargest(n, self.item_counts.items(), key=lambda kv: kv[1])
         return self._popular[:n]
 
-    def predict_one(self, session: Sequence[str], k: int = 20) -> list[tuple[str, float]]:
-        """Top ``k`` next items for a session (oldest first), with popular items as fill."""
+    def candidates(self, session: Sequence[str]) -> dict[str, tuple[float, str]]:
+        """Scored next items for a session, each with the session item that contributed most.
+
+        The session's last ``recent_items`` items vote, the most recent with weight 1, the
+        one before with ``recency_decay``, and so on; each vote is the item's rule row,
+        normalised by its strongest rule, plus ``symmetric_weight`` times its cosine row.
+        """
         config = self.config
         scores: dict[str, float] = {}
+        best_source: dict[str, tuple[float, str]] = {}
         weight = 1.0
         seen_recent: set[str] = set()
         for item in reversed(session[-config.recent_items :] if config.recent_items else []):
             if item in seen_recent:
                 continue
             seen_recent.add(item)
+            contributions: list[tuple[dict[str, float], float]] = []
             row = self.rules.get(item)
             if row:
-                norm = weight / max(row.values())
-                for candidate, value in row.items():
-                    scores[candidate] = scores.get(candidate, 0.0) + value * norm
+                contributions.append((row, weight / max(row.values())))
             if config.symmetric_weight > 0.0:
                 sims = self.neighbours(item, "cosine")
                 if sims:
-                    norm = weight * config.symmetric_weight / max(sims.values())
-                    for candidate, value in sims.items():
-                        scores[candidate] = scores.get(candidate, 0.0) + value * norm
+                    contributions.append(
+                        (sims, weight * config.symmetric_weight / max(sims.values()))
+                    )
+            for values, norm in contributions:
+                for candidate, value in values.items():
+                    share = value * norm
+                    scores[candidate] = scores.get(candidate, 0.0) + share
+                    current = best_source.get(candidate)
+                    if current is None or current[0] < share:
+                        best_source[candidate] = (share, item)
             weight *= config.recency_decay
+        return {c: (score, best_source[c][1]) for c, score in scores.items()}
+
+    def predict_one(self, session: Sequence[str], k: int = 20) -> list[tuple[str, float]]:
+        """Top ``k`` next items for a session (oldest first), with popular items as fill."""
+        scores = {item: score for item, (score, _) in self.candidates(session).items()}
         ranked = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
         if len(ranked) < k:
             have = {item for item, _ in ranked}
@@ -167,4 +221,5 @@ class CooccurrenceModel:
 
     def size(self) -> int:
         """Neighbour entries held (the gauge of this state's size)."""
+        # Bounded: at most 2 * max_items rows of at most 2 * max_neighbours entries each.
         return sum(len(r) for r in self.rules.values()) + sum(len(r) for r in self.pairs.values())

@@ -1,19 +1,20 @@
-"""The first processing slice as one pure, batch-at-a-time step.
+"""The processing slice as one pure, batch-at-a-time step.
 
-``SliceProcessor.process_batch`` folds a batch of decoded events into per-user state and
-the popularity index, then builds one slate per touched user (coalesced: a user with 30
-events in the batch gets one slate). The worker and the in-process oracle share it.
+``SliceProcessor.process_batch`` folds a batch of decoded events into per-user state, the
+popularity index and the next-click co-occurrence model, then builds the slates of every
+touched user once (coalesced: a user with 30 events in the batch gets one recipe slate, plus
+a product slate once they have viewed products). The worker and the in-process oracle share it.
 
 >>> from processors.events import Click
 >>> processor = SliceProcessor(SliceConfig())
->>> states: dict[str, UserState] = {}
->>> events = [Click(event_id=f"e{i}", ts=1_000 + i, user_id=f"u{i % 2}",
-...                 item_id=f"r{i}", item_type="recipe", category="pasta") for i in range(4)]
->>> result = processor.process_batch([(0, e) for e in events], states, now_ms=2_000)
+>>> clicks = [("u1", "r1"), ("u1", "r3"), ("u0", "r1"), ("u2", "r5")]
+>>> events = [Click(event_id=f"e{i}", ts=1_000 + i, user_id=user, item_id=item,
+...                 item_type="recipe", category="pasta") for i, (user, item) in enumerate(clicks)]
+>>> result = processor.process_batch([(0, e) for e in events], {}, now_ms=2_000)
 >>> sorted(result.touched), result.duplicates
-(['u0', 'u1'], 0)
->>> [item.id for item in result.slates["u0"].items]   # u0 saw r0, r2; r3 is newer
-['r3', 'r1']
+(['u0', 'u1', 'u2'], 0)
+>>> [(item.id, item.reason) for item in result.slates["u0"]["recipes"].items]
+[('r3', 'because you viewed r1 (1 times together)'), ('r5', 'popular in pasta')]
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.events import Event
 from processors.popularity import PopularityConfig, PopularityIndex
-from processors.slates import Slate, SlateConfig, popular_in_your_categories
+from processors.recommend import (
+    SLATE_FIELDS,
+    AssemblyConfig,
+    ItemCatalog,
+    assemble_slate,
+    current_session,
+)
+from processors.slates import Slate
 from processors.user_state import UserState, UserStateConfig, apply_event
 
 #: How much each event type counts toward an item's popularity.
@@ -36,13 +45,16 @@ POPULARITY_WEIGHTS = {"click": 1.0, "pageview": 0.5, "impression": 0.0}
 class SliceConfig:
     user: UserStateConfig = field(default_factory=UserStateConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
-    slate: SlateConfig = field(default_factory=SlateConfig)
+    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
+    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    max_catalog_items: int = 200_000
 
 
 @dataclass(slots=True)
 class BatchResult:
     touched: dict[str, UserState] = field(default_factory=dict)
-    slates: dict[str, Slate] = field(default_factory=dict)
+    #: user_id -> Redis field ("recipes", "products") -> slate
+    slates: dict[str, dict[str, Slate]] = field(default_factory=dict)
     applied_by_type: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     #: Per-user sequence gaps seen in this batch (events carrying ``seq``).
@@ -59,6 +71,8 @@ class SliceProcessor:
     def __init__(self, config: SliceConfig) -> None:
         self.config = config
         self.popularity = PopularityIndex(config.popularity)
+        self.cooccurrence = CooccurrenceModel(config.cooccurrence)
+        self.catalog = ItemCatalog(config.max_catalog_items)
 
     def process_batch(
         self,
@@ -78,6 +92,9 @@ class SliceProcessor:
             if state is None:
                 state = UserState(user_id=user_id, partition=partition)
             previous_seq = state.last_seq
+            session_before = current_session(state.recent, config.assembly.session_gap_ms)
+            if state.recent and event.ts - state.recent[-1].ts > config.assembly.session_gap_ms:
+                session_before = []
             if not apply_event(state, event, config.user):
                 result.duplicates += 1
                 continue
@@ -86,11 +103,26 @@ class SliceProcessor:
             result.touched[user_id] = state
             result.applied_by_type[event.type] += 1
             weight = POPULARITY_WEIGHTS[event.type]
-            if event.item_id is not None and event.item_type is not None and weight > 0.0:
-                self.popularity.observe(
-                    event.item_id, event.item_type, event.category, event.ts, weight
-                )
-        ranked = self.popularity.snapshot(config.slate.size + config.user.history_size)
+            item_id, item_type = event.item_id, event.item_type
+            if item_id is None or item_type is None or weight == 0.0:
+                continue
+            self.popularity.observe(item_id, item_type, event.category, event.ts, weight)
+            if item_type in SLATE_FIELDS:
+                self.catalog.remember(item_id, item_type, event.category)
+                self.cooccurrence.learn_one(session_before, item_id, event.ts)
+        ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         for user_id, state in result.touched.items():
-            result.slates[user_id] = popular_in_your_categories(state, ranked, config.slate, now_ms)
+            slates = result.slates[user_id] = {}
+            types = {"recipe"} | {item.item_type for item in state.recent}
+            for slate_type, slate_field in SLATE_FIELDS.items():
+                if slate_type in types:
+                    slates[slate_field] = assemble_slate(
+                        state,
+                        slate_type,
+                        self.cooccurrence,
+                        ranked,
+                        self.catalog,
+                        config.assembly,
+                        now_ms,
+                    )
         return result

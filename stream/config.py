@@ -14,10 +14,11 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.cooccurrence import CooccurrenceConfig
 from processors.events import DecodeLimits
 from processors.pipeline import SliceConfig
 from processors.popularity import PopularityConfig
-from processors.slates import SlateConfig
+from processors.recommend import AssemblyConfig
 from processors.user_state import UserStateConfig
 
 ENV_PREFIX = "APPETENCE_"
@@ -81,6 +82,12 @@ class Settings(BaseSettings):
     popularity_half_life_seconds: float = Field(6 * 3600, gt=0)
     popularity_items_per_category: int = Field(200, ge=10)
     slate_size: int = Field(20, ge=1, le=500)
+    cooccurrence_weight: float = Field(1.0, ge=0.0)
+    popularity_weight: float = Field(0.3, ge=0.0)
+    exclude_items: list[str] = Field(default_factory=list, max_length=10_000)
+    max_per_category: int = Field(8, ge=1, le=500)
+    cooccurrence_half_life_seconds: float | None = Field(None, gt=0)
+    cooccurrence_max_neighbours: int = Field(200, ge=10, le=10_000)
     session_gap_seconds: int = Field(30 * 60, ge=60)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
@@ -157,7 +164,20 @@ class Settings(BaseSettings):
                 half_life_ms=self.popularity_half_life_seconds * 1000,
                 max_items_per_category=self.popularity_items_per_category,
             ),
-            slate=SlateConfig(size=self.slate_size),
+            assembly=AssemblyConfig(
+                size=self.slate_size,
+                cooccurrence_weight=self.cooccurrence_weight,
+                popularity_weight=self.popularity_weight,
+                exclude_items=frozenset(self.exclude_items),
+                max_per_category=self.max_per_category,
+                session_gap_ms=self.session_gap_seconds * 1000,
+            ),
+            cooccurrence=CooccurrenceConfig(
+                half_life_ms=self.cooccurrence_half_life_seconds * 1000
+                if self.cooccurrence_half_life_seconds
+                else None,
+                max_neighbours=self.cooccurrence_max_neighbours,
+            ),
         )
 
     def user_key(self, user_id: str) -> str:

@@ -133,9 +133,12 @@ class EventHandler:
 
         await self.states.ensure_recovered({partition for partition, _ in decoded})
         result = self.processor.process_batch(decoded, self.states, now_ms)
-        for user_id, slate in result.slates.items():
+        for user_id, slates in result.slates.items():
             state = result.touched[user_id]
-            self.writer.stage(user_id, FieldWrite("recipes", slate.version, encode_slate(slate)))
+            for slate_field, slate in slates.items():
+                self.writer.stage(
+                    user_id, FieldWrite(slate_field, slate.version, encode_slate(slate))
+                )
             self.writer.stage(
                 user_id, FieldWrite("profile", state.version, _json.encode(profile_of(state)))
             )

@@ -24,7 +24,7 @@ def test_one_slate_per_user_per_batch_reflecting_the_whole_batch() -> None:
     result = processor.process_batch([(2, e) for e in events], {}, now_ms=5000)
     assert list(result.slates) == ["u1"]
     assert result.touched["u1"].partition == 2
-    assert result.slates["u1"].version == result.touched["u1"].version
+    assert result.slates["u1"]["recipes"].version == result.touched["u1"].version
     assert result.applied_by_type["click"] == 30
 
 
@@ -48,7 +48,7 @@ def test_slate_excludes_seen_items_and_follows_interest() -> None:
     mine = Click(
         event_id="m1", ts=1500, user_id="me", item_id="p1", item_type="recipe", category="pasta"
     )
-    slate = processor.process_batch([(0, mine)], states, now_ms=2000).slates["me"]
+    slate = processor.process_batch([(0, mine)], states, now_ms=2000).slates["me"]["recipes"]
     ids = [item.id for item in slate.items]
     assert "p1" not in ids  # seen
     assert ids[0] == "p2"  # popular in the user's category beats globally popular s1

@@ -1,0 +1,148 @@
+"""Slate assembly: "people who viewed what you just viewed clicked next", blended with
+"popular now in your categories", filtered, diversified and explained.
+
+>>> from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+>>> from processors.popularity import PopularityConfig, PopularityIndex
+>>> from processors.user_state import RecentItem, UserState
+>>> model = CooccurrenceModel(CooccurrenceConfig())
+>>> for session in (["r1", "r2"], ["r1", "r2"], ["r1", "r3"]):
+...     for position, item in enumerate(session):
+...         model.learn_one(session[:position], item)
+>>> catalog = ItemCatalog(max_items=100)
+>>> for item in ("r1", "r2", "r3"):
+...     catalog.remember(item, "recipe", "pasta")
+>>> user = UserState(user_id="u", partition=0, recent=[RecentItem("r1", "recipe", "pasta", 0)])
+>>> slate = assemble_slate(user, "recipe", model, PopularityIndex(PopularityConfig()).snapshot(40),
+...                        catalog, AssemblyConfig(), now_ms=1)
+>>> for item in slate.items:
+...     print(item.id, item.reason)
+r2 because you viewed r1 (2 times together)
+r3 because you viewed r1 (1 times together)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from processors.cooccurrence import CooccurrenceModel
+from processors.popularity import RankedSnapshot
+from processors.slates import Slate, SlateConfig, SlateItem, popular_in_your_categories
+from processors.user_state import RecentItem, UserState
+
+#: The Redis hash field of each item type's slate.
+SLATE_FIELDS = {"recipe": "recipes", "product": "products"}
+
+
+@dataclass(frozen=True, slots=True)
+class AssemblyConfig:
+    size: int = 20
+    cooccurrence_weight: float = 1.0  # blend weight of next-click evidence
+    popularity_weight: float = 0.3  # blend weight of "popular in your categories"
+    exclude_seen: bool = True
+    exclude_items: frozenset[str] = frozenset()  # never recommended (config-level list)
+    max_per_category: int = 8  # diversity: at most this many items of one category
+    session_gap_ms: int = 30 * 60 * 1000
+    top_categories: int = 3
+
+
+class ItemCatalog:
+    """What the stream has told us about items (type and category), bounded."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._items: dict[str, tuple[str, str | None]] = {}
+
+    def remember(self, item_id: str, item_type: str, category: str | None) -> None:
+        items = self._items
+        if item_id in items:
+            del items[item_id]  # re-insert: insertion order doubles as recency
+        items[item_id] = (item_type, category)
+        if len(items) > self.max_items:
+            for stale in list(items)[: len(items) - self.max_items]:
+                del items[stale]
+
+    def get(self, item_id: str) -> tuple[str, str | None] | None:
+        return self._items.get(item_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def current_session(recent: list[RecentItem], gap_ms: int) -> list[str]:
+    """The items of the user's latest session (no gap longer than ``gap_ms``), oldest first."""
+    session: list[str] = []
+    later_ts: int | None = None
+    for item in reversed(recent):
+        if later_ts is not None and later_ts - item.ts > gap_ms:
+            break
+        session.append(item.item_id)
+        later_ts = item.ts
+    session.reverse()
+    return session
+
+
+@dataclass
+class _Candidate:
+    score: float = 0.0
+    category: str | None = None
+    reasons: list[tuple[float, str]] = field(default_factory=list)
+
+
+def assemble_slate(
+    user: UserState,
+    item_type: str,
+    model: CooccurrenceModel,
+    popularity: RankedSnapshot,
+    catalog: ItemCatalog,
+    config: AssemblyConfig,
+    now_ms: int,
+) -> Slate:
+    """Blend next-click candidates with popular-in-category ones for one item type."""
+    exclude = set(config.exclude_items)
+    if config.exclude_seen:
+        exclude |= user.seen_items()
+    candidates: dict[str, _Candidate] = {}
+
+    scored = model.candidates(current_session(user.recent, config.session_gap_ms))
+    peak = max((score for score, _ in scored.values()), default=0.0)
+    for item_id, (score, source) in scored.items():
+        known = catalog.get(item_id)
+        if item_id in exclude or known is None or known[0] != item_type:
+            continue
+        share = config.cooccurrence_weight * score / peak
+        evidence = model.pairs.get(source, {}).get(item_id, 0.0)
+        reason = f"because you viewed {source} ({evidence:.0f} times together)"
+        candidate = candidates.setdefault(item_id, _Candidate(category=known[1]))
+        candidate.score += share
+        candidate.reasons.append((share, reason))
+
+    popular = popular_in_your_categories(
+        user,
+        popularity,
+        SlateConfig(
+            size=config.size * 2, item_type=item_type, top_categories=config.top_categories
+        ),
+        now_ms,
+    )
+    for item in popular.items:
+        if item.id in exclude:
+            continue
+        share = config.popularity_weight * item.score
+        candidate = candidates.setdefault(item.id, _Candidate(category=item.category))
+        candidate.score += share
+        candidate.reasons.append((share, item.reason))
+
+    per_category: dict[str | None, int] = {}
+    items: list[SlateItem] = []
+    for item_id, candidate in sorted(candidates.items(), key=lambda kv: (-kv[1].score, kv[0])):
+        if candidate.category is not None:
+            if per_category.get(candidate.category, 0) >= config.max_per_category:
+                continue
+            per_category[candidate.category] = per_category.get(candidate.category, 0) + 1
+        reason = max(candidate.reasons)[1]
+        items.append(SlateItem(item_id, round(candidate.score, 6), reason, candidate.category))
+        if len(items) == config.size:
+            break
+    return Slate(
+        items=items, version=user.version, generated_at=now_ms, model="cooccurrence+popular"
+    )

@@ -1,0 +1,89 @@
+"""Slate assembly: next-click evidence, filters, diversity, exclusions, product slates."""
+
+from __future__ import annotations
+
+from processors.events import Click, Event
+from processors.pipeline import SliceConfig, SliceProcessor
+from processors.recommend import AssemblyConfig, current_session
+from processors.user_state import RecentItem, UserState
+
+
+def click(i: int, user: str, item: str, category: str = "pasta", kind: str = "recipe") -> Click:
+    return Click(
+        event_id=f"e{i}-{user}-{item}",
+        ts=1_000_000 + i * 1000,
+        user_id=user,
+        item_id=item,
+        item_type=kind,
+        category=category,  # type: ignore[arg-type]
+    )
+
+
+def history(n_users: int, path: list[str], start: int = 0) -> list[Event]:
+    return [
+        click(start + u * 100 + step, f"h{u}", item)
+        for u in range(n_users)
+        for step, item in enumerate(path)
+    ]
+
+
+def test_a_click_changes_the_slate_to_what_followed_it_for_others() -> None:
+    events = history(5, ["a", "b"]) + history(3, ["x", "y"], start=10_000)
+    processor = SliceProcessor(SliceConfig())
+    states: dict[str, UserState] = {}
+    states.update(processor.process_batch([(0, e) for e in events], states, 10**7).touched)
+    before = processor.process_batch([(0, click(50_000, "me", "x"))], states, 10**7)
+    states.update(before.touched)
+    assert before.slates["me"]["recipes"].items[0].id == "y"
+    after = processor.process_batch([(0, click(50_001, "me", "a"))], states, 10**7)
+    top = after.slates["me"]["recipes"].items[0]
+    assert (top.id, top.reason) == ("b", "because you viewed a (5 times together)")
+
+
+def test_excluded_items_never_appear() -> None:
+    events = [*history(4, ["a", "b", "c"]), click(90_000, "me", "a")]
+    config = SliceConfig(assembly=AssemblyConfig(exclude_items=frozenset({"b"})))
+    result = SliceProcessor(config).process_batch([(0, e) for e in events], {}, 10**7)
+    ids = [item.id for item in result.slates["me"]["recipes"].items]
+    assert "b" not in ids and "c" in ids
+
+
+def test_diversity_caps_items_per_category() -> None:
+    paths = [[f"p{i}" for i in range(6)]]
+    events = [
+        click(u * 100 + s, f"h{u}", item, category="pasta" if item != "p5" else "soup")
+        for u in range(3)
+        for path in paths
+        for s, item in enumerate(path)
+    ]
+    events.append(click(99_000, "me", "p0"))
+    processor = SliceProcessor(SliceConfig(assembly=AssemblyConfig(max_per_category=2)))
+    slate = processor.process_batch([(0, e) for e in events], {}, 10**7).slates["me"]["recipes"]
+    categories = [item.category for item in slate.items]
+    assert categories.count("pasta") <= 2
+    assert "soup" in categories
+
+
+def test_product_slate_only_for_users_with_products_and_only_products() -> None:
+    events = [
+        click(1, "h", "r1"),
+        click(2, "h", "p1", kind="product"),
+        click(3, "h", "r2"),
+        click(10, "me", "r1"),
+        click(20, "you", "p1", kind="product"),
+    ]
+    result = SliceProcessor(SliceConfig()).process_batch([(0, e) for e in events], {}, 10**7)
+    assert set(result.slates["me"]) == {"recipes"}
+    assert set(result.slates["you"]) == {"recipes", "products"}
+    recipes = {i.id for i in result.slates["me"]["recipes"].items}
+    assert "p1" not in recipes and "r2" in recipes
+    assert all(i.id.startswith("p") for i in result.slates["you"]["products"].items)
+
+
+def test_current_session_stops_at_the_gap() -> None:
+    recent = [
+        RecentItem("old", "recipe", None, 0),
+        RecentItem("a", "recipe", None, 10**7),
+        RecentItem("b", "recipe", None, 10**7 + 1000),
+    ]
+    assert current_session(recent, gap_ms=60_000) == ["a", "b"]
