@@ -169,12 +169,42 @@ class CooccurrenceModel:
             self._popular = heapq.nlargest(n, self.item_counts.items(), key=lambda kv: kv[1])
         return self._popular[:n]
 
-    def candidates(self, session: Sequence[str]) -> dict[str, tuple[float, str]]:
-        """Scored next items for a session, each with the session item that contributed most.
+    def votes(self, item: str, limit: int | None = None) -> list[tuple[str, float]]:
+        """What one session item says about the next click: its rule row normalised by its
+        strongest rule, plus ``symmetric_weight`` times its normalised cosine row; the top
+        ``limit`` of them (all when None).
+        """
+        out: dict[str, float] = {}
+        row = self.rules.get(item)
+        if row:
+            peak = max(row.values())
+            for candidate, value in row.items():
+                out[candidate] = value / peak
+        weight = self.config.symmetric_weight
+        pairs = self.pairs.get(item)
+        if weight > 0.0 and pairs:
+            # cosine = both / sqrt(count_a * count_b); the count_a factor cancels in the
+            # normalisation by the row's peak, so only count_b is needed here.
+            counts = self.item_counts
+            sims = {b: both / math.sqrt(counts.get(b, 0.0) or 1e-9) for b, both in pairs.items()}
+            peak = max(sims.values())
+            for candidate, value in sims.items():
+                out[candidate] = out.get(candidate, 0.0) + weight * value / peak
+        if limit is None:
+            return list(out.items())
+        return heapq.nlargest(limit, out.items(), key=lambda kv: kv[1])
 
-        The session's last ``recent_items`` items vote, the most recent with weight 1, the
-        one before with ``recency_decay``, and so on; each vote is the item's rule row,
-        normalised by its strongest rule, plus ``symmetric_weight`` times its cosine row.
+    def candidates(
+        self,
+        session: Sequence[str],
+        limit: int | None = None,
+        memo: dict[str, list[tuple[str, float]]] | None = None,
+    ) -> dict[str, tuple[float, str]]:
+        """Scored next items for a session, each with the session item that voted most.
+
+        The session's last ``recent_items`` items vote (see ``votes``), the most recent with
+        weight 1, the one before with ``recency_decay``, and so on. ``memo`` caches votes
+        while the model is not learning (one batch's slates); ``limit`` caps each vote list.
         """
         config = self.config
         scores: dict[str, float] = {}
@@ -185,23 +215,19 @@ class CooccurrenceModel:
             if item in seen_recent:
                 continue
             seen_recent.add(item)
-            contributions: list[tuple[dict[str, float], float]] = []
-            row = self.rules.get(item)
-            if row:
-                contributions.append((row, weight / max(row.values())))
-            if config.symmetric_weight > 0.0:
-                sims = self.neighbours(item, "cosine")
-                if sims:
-                    contributions.append(
-                        (sims, weight * config.symmetric_weight / max(sims.values()))
-                    )
-            for values, norm in contributions:
-                for candidate, value in values.items():
-                    share = value * norm
-                    scores[candidate] = scores.get(candidate, 0.0) + share
-                    current = best_source.get(candidate)
-                    if current is None or current[0] < share:
-                        best_source[candidate] = (share, item)
+            if memo is None:
+                item_votes = self.votes(item, limit)
+            else:
+                cached = memo.get(item)
+                if cached is None:
+                    cached = memo[item] = self.votes(item, limit)
+                item_votes = cached
+            for candidate, vote in item_votes:
+                share = weight * vote
+                scores[candidate] = scores.get(candidate, 0.0) + share
+                current = best_source.get(candidate)
+                if current is None or current[0] < share:
+                    best_source[candidate] = (share, item)
             weight *= config.recency_decay
         return {c: (score, best_source[c][1]) for c, score in scores.items()}
 

@@ -111,6 +111,7 @@ class SliceProcessor:
                 self.catalog.remember(item_id, item_type, event.category)
                 self.cooccurrence.learn_one(session_before, item_id, event.ts)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
+        votes_memo: dict[str, list[tuple[str, float]]] = {}  # the model is frozen from here
         for user_id, state in result.touched.items():
             slates = result.slates[user_id] = {}
             types = {"recipe"} | {item.item_type for item in state.recent}
@@ -124,5 +125,6 @@ class SliceProcessor:
                         self.catalog,
                         config.assembly,
                         now_ms,
+                        votes_memo,
                     )
         return result

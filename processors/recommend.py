@@ -22,7 +22,7 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from processors.cooccurrence import CooccurrenceModel
 from processors.popularity import RankedSnapshot
@@ -43,6 +43,7 @@ class AssemblyConfig:
     max_per_category: int = 8  # diversity: at most this many items of one category
     session_gap_ms: int = 30 * 60 * 1000
     top_categories: int = 3
+    candidates_per_item: int = 30  # strongest next-click votes considered per session item
 
 
 class ItemCatalog:
@@ -81,11 +82,13 @@ def current_session(recent: list[RecentItem], gap_ms: int) -> list[str]:
     return session
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
-    score: float = 0.0
-    category: str | None = None
-    reasons: list[tuple[float, str]] = field(default_factory=list)
+    score: float
+    category: str | None
+    best_share: float
+    source: str | None = None  # the session item behind the strongest next-click vote
+    text: str | None = None  # or a ready reason from the popularity scorer
 
 
 def assemble_slate(
@@ -96,25 +99,30 @@ def assemble_slate(
     catalog: ItemCatalog,
     config: AssemblyConfig,
     now_ms: int,
+    votes_memo: dict[str, list[tuple[str, float]]] | None = None,
 ) -> Slate:
-    """Blend next-click candidates with popular-in-category ones for one item type."""
+    """Blend next-click candidates with popular-in-category ones for one item type.
+
+    ``votes_memo`` shares per-item vote lists between the slates of one batch.
+    """
     exclude = set(config.exclude_items)
     if config.exclude_seen:
         exclude |= user.seen_items()
-    candidates: dict[str, _Candidate] = {}
+    candidates: dict[str, _Candidate] = {}  # reasons are formatted only for the winners
 
-    scored = model.candidates(current_session(user.recent, config.session_gap_ms))
+    scored = model.candidates(
+        current_session(user.recent, config.session_gap_ms),
+        limit=config.candidates_per_item,
+        memo=votes_memo,
+    )
     peak = max((score for score, _ in scored.values()), default=0.0)
+    scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
     for item_id, (score, source) in scored.items():
         known = catalog.get(item_id)
-        if item_id in exclude or known is None or known[0] != item_type:
+        if known is None or known[0] != item_type or item_id in exclude:
             continue
-        share = config.cooccurrence_weight * score / peak
-        evidence = model.pairs.get(source, {}).get(item_id, 0.0)
-        reason = f"because you viewed {source} ({evidence:.0f} times together)"
-        candidate = candidates.setdefault(item_id, _Candidate(category=known[1]))
-        candidate.score += share
-        candidate.reasons.append((share, reason))
+        share = score * scale
+        candidates[item_id] = _Candidate(share, known[1], share, source=source)
 
     popular = popular_in_your_categories(
         user,
@@ -128,19 +136,28 @@ def assemble_slate(
         if item.id in exclude:
             continue
         share = config.popularity_weight * item.score
-        candidate = candidates.setdefault(item.id, _Candidate(category=item.category))
+        candidate = candidates.get(item.id)
+        if candidate is None:
+            candidates[item.id] = _Candidate(share, item.category, share, text=item.reason)
+            continue
         candidate.score += share
-        candidate.reasons.append((share, item.reason))
+        if share > candidate.best_share:
+            candidate.best_share, candidate.source, candidate.text = share, None, item.reason
 
     per_category: dict[str | None, int] = {}
     items: list[SlateItem] = []
     for item_id, candidate in sorted(candidates.items(), key=lambda kv: (-kv[1].score, kv[0])):
-        if candidate.category is not None:
-            if per_category.get(candidate.category, 0) >= config.max_per_category:
+        category = candidate.category
+        if category is not None:
+            if per_category.get(category, 0) >= config.max_per_category:
                 continue
-            per_category[candidate.category] = per_category.get(candidate.category, 0) + 1
-        reason = max(candidate.reasons)[1]
-        items.append(SlateItem(item_id, round(candidate.score, 6), reason, candidate.category))
+            per_category[category] = per_category.get(category, 0) + 1
+        if candidate.source is not None:
+            evidence = model.pairs.get(candidate.source, {}).get(item_id, 0.0)
+            reason = f"because you viewed {candidate.source} ({evidence:.0f} times together)"
+        else:
+            reason = candidate.text or ""
+        items.append(SlateItem(item_id, round(candidate.score, 6), reason, category))
         if len(items) == config.size:
             break
     return Slate(
