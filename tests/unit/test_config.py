@@ -55,3 +55,13 @@ def test_cli_fails_fast_with_exit_code_2() -> None:
     )
     assert result.returncode == 2
     assert "APPETENCE_PARTITIONS" in result.stderr
+
+
+def test_exclusion_list_and_blend_reach_the_processors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPETENCE_EXCLUDE_ITEMS", '["r1", "r2"]')
+    monkeypatch.setenv("APPETENCE_POPULARITY_WEIGHT", "0.5")
+    monkeypatch.setenv("APPETENCE_COOCCURRENCE_HALF_LIFE_SECONDS", "3600")
+    config = load_settings().slice_config()
+    assert config.assembly.exclude_items == frozenset({"r1", "r2"})
+    assert config.assembly.popularity_weight == 0.5
+    assert config.cooccurrence.half_life_ms == 3_600_000

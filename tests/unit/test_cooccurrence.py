@@ -111,3 +111,24 @@ def test_rsc15_next_click_beats_association_rules() -> None:
     assert result.targets == 10_152
     # Reference on these files (shared/data/README.md): AR 0.6340 / 0.3279.
     assert result.hit_rate > 0.634 and result.mrr > 0.3279
+
+
+def test_time_decay_lets_newer_evidence_win() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(half_life_ms=1000.0))
+    for t in range(3):  # old habit: a -> b, three times
+        model.learn_one(["a"], "b", ts_ms=float(t))
+    model.learn_one(["a"], "c", ts_ms=5000.0)  # one new a -> c, five half-lives later
+    assert model.predict_one(["a"], k=2)[0][0] == "c"
+    undecayed = CooccurrenceModel(CooccurrenceConfig())
+    for t in range(3):
+        undecayed.learn_one(["a"], "b", ts_ms=float(t))
+    undecayed.learn_one(["a"], "c", ts_ms=5000.0)
+    assert undecayed.predict_one(["a"], k=2)[0][0] == "b"
+
+
+def test_rare_items_are_dropped_beyond_the_item_cap() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(max_items=10))
+    for i in range(100):
+        model.learn_one(["hub"], f"i{i}")
+    assert len(model.item_counts) <= 20
+    assert len(model.rules) <= 20 and len(model.pairs) <= 20
