@@ -263,6 +263,33 @@ def evaluate_next_click_command(
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 
 
+@cli.command("replay")
+def replay_command(
+    file: Annotated[Path, typer.Argument(help="Dataset file")],
+    speed: Annotated[float, typer.Option(help="Time compression: 60 = a minute per second")] = 60.0,
+    fmt: Annotated[
+        str, typer.Option("--format", help="session-rec | diginetica | csv")
+    ] = "session-rec",
+    limit: Annotated[int | None, typer.Option(help="Only the first N clicks")] = None,
+) -> None:
+    """Push a public session dataset through Kafka into the live system."""
+    from rich.progress import Progress
+
+    from stream.replay import read_clicks, replay
+    from stream.topics import ensure_topics
+
+    if speed <= 0:
+        raise typer.BadParameter("--speed must be positive")
+    settings = _settings()
+    ensure_topics(settings)
+    clicks = read_clicks(file, fmt)  # type: ignore[arg-type]
+    clicks = clicks[:limit] if limit else clicks
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("replaying", total=len(clicks))
+        sent = replay(settings, clicks, speed, lambda n: bar.update(task, completed=n))
+    typer.echo(json.dumps({"sent": sent, "topic": settings.events_topic, "speed": speed}))
+
+
 @cli.command()
 def bench(
     events: Annotated[int, typer.Option(help="Simulated events to process")] = 200_000,
