@@ -14,6 +14,7 @@ model also learns each test click after it has been predicted, as in production.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -105,4 +106,84 @@ def evaluate_next_click(
         if progress is not None:
             progress(index + 1)
     result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class TopKResult:
+    k: int
+    users: int = 0
+    precision_sum: float = 0.0
+    recall_sum: float = 0.0
+    ndcg_sum: float = 0.0
+    ap_sum: float = 0.0
+    recommendations: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        n = max(self.users, 1)
+        return {
+            "k": self.k,
+            "users": self.users,
+            f"precision@{self.k}": round(self.precision_sum / n, 4),
+            f"recall@{self.k}": round(self.recall_sum / n, 4),
+            f"ndcg@{self.k}": round(self.ndcg_sum / n, 4),
+            f"map@{self.k}": round(self.ap_sum / n, 4),
+        }
+
+
+def ranking_metrics(ranked: Sequence[str], relevant: set[str], k: int) -> tuple[float, ...]:
+    """Precision, recall, NDCG and average precision at ``k`` (binary relevance).
+
+    >>> [round(x, 4) for x in ranking_metrics(["a", "x", "b"], {"a", "b", "c"}, k=3)]
+    [0.6667, 0.6667, 0.7039, 0.5556]
+    """
+    hits = 0
+    dcg = 0.0
+    precision_sum = 0.0
+    for rank, item in enumerate(ranked[:k], start=1):
+        if item in relevant:
+            hits += 1
+            dcg += 1.0 / math.log2(rank + 1)
+            precision_sum += hits / rank
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(relevant), k) + 1))
+    return (
+        hits / k,
+        hits / len(relevant) if relevant else 0.0,
+        dcg / ideal if ideal else 0.0,
+        precision_sum / min(len(relevant), k) if relevant else 0.0,
+    )
+
+
+def evaluate_user_topk(
+    model: NextClickModel,
+    train: Sequence[tuple[str, str, float]],
+    test: Sequence[tuple[str, str, float]],
+    k: int = 10,
+) -> TopKResult:
+    """Learn ``(user, item, time)`` rows in time order, then recommend ``k`` unseen items to
+    each test user from their history; every test interaction of the user is relevant.
+    """
+    history: dict[str, list[str]] = {}
+    for user, item, _ in sorted(train, key=lambda row: row[2]):
+        before = history.setdefault(user, [])
+        model.learn_one(before, item)
+        before.append(item)
+    relevant: dict[str, set[str]] = {}
+    for user, item, _ in test:
+        relevant.setdefault(user, set()).add(item)
+    result = TopKResult(k=k)
+    for user, items in sorted(relevant.items()):
+        seen = set(history.get(user, []))
+        ranked = [
+            item
+            for item, _ in model.predict_one(history.get(user, []), k + len(seen))
+            if item not in seen
+        ][:k]
+        precision, recall, ndcg, ap = ranking_metrics(ranked, items, k)
+        result.users += 1
+        result.precision_sum += precision
+        result.recall_sum += recall
+        result.ndcg_sum += ndcg
+        result.ap_sum += ap
+        result.recommendations[user] = ranked
     return result

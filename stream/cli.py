@@ -263,6 +263,40 @@ def evaluate_next_click_command(
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 
 
+@evaluate_cli.command("user-topk")
+def evaluate_user_topk_command(
+    train: Annotated[Path, typer.Option(help="CSV user_id,item_id,timestamp[,rating]")],
+    test: Annotated[Path, typer.Option(help="Held-out interactions, same format")],
+    k: int = 10,
+    recommendations_out: Annotated[
+        Path | None, typer.Option(help="Write user_id,item_id,rank CSV here")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+) -> None:
+    """Precision/Recall/NDCG/MAP@K of K unseen items per test user (per-user holdout)."""
+    import csv
+
+    from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+    from processors.evaluation import evaluate_user_topk
+    from stream.datasets import read_user_interactions
+
+    result = evaluate_user_topk(
+        CooccurrenceModel(CooccurrenceConfig()),
+        read_user_interactions(train),
+        read_user_interactions(test),
+        k=k,
+    )
+    if recommendations_out:
+        with recommendations_out.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["user_id", "item_id", "rank"])
+            for user_id, items in result.recommendations.items():
+                for rank, item_id in enumerate(items, start=1):
+                    writer.writerow([user_id, item_id, rank])
+    report = {"train": str(train), "test": str(test), **result.as_dict()}
+    typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
+
+
 @cli.command("replay")
 def replay_command(
     file: Annotated[Path, typer.Argument(help="Dataset file")],

@@ -72,3 +72,12 @@ def read_sessions(path: Path, fmt: Format) -> Sessions:
     if fmt == "csv":
         return read_csv(path)
     raise ValueError("diginetica files hold train and test: use read_diginetica_split")
+
+
+def read_user_interactions(path: Path) -> list[tuple[str, str, float]]:
+    """CSV with header ``user_id,item_id,timestamp`` (an optional ``rating`` is ignored)."""
+    with path.open() as handle:
+        return [
+            (row["user_id"], row["item_id"], float(row["timestamp"]))
+            for row in csv.DictReader(handle)
+        ]
