@@ -43,6 +43,12 @@ class CooccurrenceConfig:
     symmetric_weight: float = 0.1  # blend of symmetric similarity into the rule score
     half_life_ms: float | None = None  # time decay of evidence; None: counts never fade
     max_items: int = 100_000  # items with neighbour lists; the least clicked are dropped
+    # Session-kNN candidates (in the spirit of V-SkNN): past sessions sharing items with the
+    # current one vote for their items. Needs session ids in learn_one; 0 disables.
+    session_knn_weight: float = 0.0
+    session_knn_sample: int = 300  # most recent sessions per item considered
+    session_knn_neighbours: int = 100  # most similar sessions that vote
+    max_sessions: int = 100_000  # sessions remembered; the oldest are forgotten
 
 
 def _llr(k11: float, k12: float, k21: float, k22: float) -> float:
@@ -70,6 +76,8 @@ class CooccurrenceModel:
         self.item_counts: dict[str, float] = {}
         self.total = 0.0
         self._landmark: float | None = None
+        self.sessions: dict[str, set[str]] = {}
+        self.item_sessions: dict[str, list[str]] = {}
         self._popular: list[tuple[str, float]] | None = None
 
     # --- learning ---------------------------------------------------------------------
@@ -94,10 +102,16 @@ class CooccurrenceModel:
         return float(2.0**exponent)
 
     def learn_one(
-        self, session_before: Sequence[str], item: str, ts_ms: float | None = None
+        self,
+        session_before: Sequence[str],
+        item: str,
+        ts_ms: float | None = None,
+        session_id: str | None = None,
     ) -> None:
         """Learn that ``item`` was clicked after ``session_before`` (oldest first)."""
         config = self.config
+        if session_id is not None and config.session_knn_weight > 0.0:
+            self._remember_session(session_id, item)
         weight = self._weight(ts_ms)
         self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
         self.total += weight
@@ -113,6 +127,49 @@ class CooccurrenceModel:
             self._bump(self.pairs, item, previous, weight)
         if len(self.item_counts) > 2 * config.max_items:
             self._drop_rare_items()
+
+    def _remember_session(self, session_id: str, item: str) -> None:
+        items = self.sessions.get(session_id)
+        if items is None:
+            items = self.sessions[session_id] = set()
+            if len(self.sessions) > self.config.max_sessions:
+                del self.sessions[next(iter(self.sessions))]  # oldest first (insertion order)
+        if item in items:
+            return
+        items.add(item)
+        recent = self.item_sessions.setdefault(item, [])
+        recent.append(session_id)
+        if len(recent) > 2 * self.config.session_knn_sample:
+            del recent[: len(recent) - self.config.session_knn_sample]
+
+    def session_knn_votes(
+        self, session: Sequence[str], exclude_session: str | None = None
+    ) -> dict[str, float]:
+        """Items of the most similar past sessions, weighted by similarity.
+
+        Similarity of a past session = sum of the position weights (i / n, the most recent
+        item weighs most) of the current session's items it contains.
+        """
+        config = self.config
+        if not session:
+            return {}
+        weights = {item: (position + 1) / len(session) for position, item in enumerate(session)}
+        candidates: set[str] = set()
+        for item in session[-3:]:
+            candidates.update(self.item_sessions.get(item, [])[-config.session_knn_sample :])
+        candidates.discard(exclude_session or "")
+        similar: list[tuple[float, str]] = []
+        for session_id in candidates:
+            items = self.sessions.get(session_id)
+            if items:
+                similarity = sum(w for item, w in weights.items() if item in items)
+                if similarity > 0.0:
+                    similar.append((similarity, session_id))
+        votes: dict[str, float] = {}
+        for similarity, session_id in heapq.nlargest(config.session_knn_neighbours, similar):
+            for item in self.sessions[session_id]:
+                votes[item] = votes.get(item, 0.0) + similarity
+        return votes
 
     def _drop_rare_items(self) -> None:
         keep = dict(
@@ -199,6 +256,7 @@ class CooccurrenceModel:
         session: Sequence[str],
         limit: int | None = None,
         memo: dict[str, list[tuple[str, float]]] | None = None,
+        session_id: str | None = None,
     ) -> dict[str, tuple[float, str]]:
         """Scored next items for a session, each with the session item that voted most.
 
@@ -229,11 +287,24 @@ class CooccurrenceModel:
                 if current is None or current[0] < share:
                     best_source[candidate] = (share, item)
             weight *= config.recency_decay
+        if config.session_knn_weight > 0.0:
+            knn = self.session_knn_votes(session, exclude_session=session_id)
+            if knn:
+                # Scaled to the rule scores' peak so the weight means the same on any data.
+                scale = config.session_knn_weight * max(scores.values(), default=1.0)
+                scale /= max(knn.values())
+                last = session[-1]
+                for candidate, vote in knn.items():
+                    scores[candidate] = scores.get(candidate, 0.0) + vote * scale
+                    best_source.setdefault(candidate, (0.0, last))
         return {c: (score, best_source[c][1]) for c, score in scores.items()}
 
-    def predict_one(self, session: Sequence[str], k: int = 20) -> list[tuple[str, float]]:
+    def predict_one(
+        self, session: Sequence[str], k: int = 20, session_id: str | None = None
+    ) -> list[tuple[str, float]]:
         """Top ``k`` next items for a session (oldest first), with popular items as fill."""
-        scores = {item: score for item, (score, _) in self.candidates(session).items()}
+        candidates = self.candidates(session, session_id=session_id)
+        scores = {item: score for item, (score, _) in candidates.items()}
         ranked = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
         if len(ranked) < k:
             have = {item for item, _ in ranked}

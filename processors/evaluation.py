@@ -22,9 +22,17 @@ from typing import Protocol
 
 
 class NextClickModel(Protocol):
-    def learn_one(self, session_before: Sequence[str], item: str) -> None: ...
+    def learn_one(
+        self,
+        session_before: Sequence[str],
+        item: str,
+        ts_ms: float | None = None,
+        session_id: str | None = None,
+    ) -> None: ...
 
-    def predict_one(self, session: Sequence[str], k: int = 20) -> list[tuple[str, float]]: ...
+    def predict_one(
+        self, session: Sequence[str], k: int = 20, session_id: str | None = None
+    ) -> list[tuple[str, float]]: ...
 
     def popular(self, n: int) -> list[tuple[str, float]]: ...
 
@@ -79,20 +87,21 @@ def evaluate_next_click(
     """Learn ``train`` sessions in order, then score every next click of ``test``."""
     result = NextClickResult(k=k, mode="streaming" if streaming else "static")
     started = time.perf_counter()
-    for session in train:
+    for number, session in enumerate(train):
         for position, item in enumerate(session):
-            model.learn_one(session[:position], item)
+            model.learn_one(session[:position], item, session_id=f"train-{number}")
             result.learned_events += 1
             result.catalog_items.add(item)
     popular = {item for item, _ in model.popular(100)}  # the top-100 items after training
     for index, session in enumerate(test):
+        session_id = f"test-{index}"
         if streaming:
-            model.learn_one([], session[0])
+            model.learn_one([], session[0], session_id=session_id)
             result.learned_events += 1
         for position in range(len(session) - 1):
             prefix = session[: position + 1]
             target = session[position + 1]
-            ranked = [item for item, _ in model.predict_one(prefix, k)]
+            ranked = [item for item, _ in model.predict_one(prefix, k, session_id=session_id)]
             result.targets += 1
             result.recommendations += len(ranked)
             result.recommended_items.update(ranked)
@@ -101,7 +110,7 @@ def evaluate_next_click(
                 result.hits += 1
                 result.reciprocal_rank_sum += 1.0 / (ranked.index(target) + 1)
             if streaming:
-                model.learn_one(prefix, target)
+                model.learn_one(prefix, target, session_id=session_id)
                 result.learned_events += 1
         if progress is not None:
             progress(index + 1)

@@ -217,6 +217,9 @@ def evaluate_next_click_command(
     recency_decay: float = 0.3,
     symmetric_weight: float = 0.1,
     max_neighbours: int = 200,
+    session_knn_weight: Annotated[
+        float, typer.Option(help="Weight of session-kNN candidates (0: off)")
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""
@@ -242,6 +245,7 @@ def evaluate_next_click_command(
         recent_items=recent_items,
         recency_decay=recency_decay,
         symmetric_weight=symmetric_weight,
+        session_knn_weight=session_knn_weight,
     )
     show = sys.stderr.isatty() and not as_json
     with Progress(disable=not show, transient=True) as bar:
@@ -258,7 +262,7 @@ def evaluate_next_click_command(
     report["config"] = {
         "similarity": similarity, "steps": steps, "recent_items": recent_items,
         "recency_decay": recency_decay, "symmetric_weight": symmetric_weight,
-        "max_neighbours": max_neighbours,
+        "max_neighbours": max_neighbours, "session_knn_weight": session_knn_weight,
     }  # fmt: skip
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 

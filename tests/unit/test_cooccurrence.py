@@ -132,3 +132,25 @@ def test_rare_items_are_dropped_beyond_the_item_cap() -> None:
         model.learn_one(["hub"], f"i{i}")
     assert len(model.item_counts) <= 20
     assert len(model.rules) <= 20 and len(model.pairs) <= 20
+
+
+def test_session_knn_votes_come_from_similar_other_sessions() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(session_knn_weight=1.0))
+    for sid, session in {"s1": ["a", "b", "z"], "s2": ["a", "b", "y"], "s3": ["q", "r"]}.items():
+        for position, item in enumerate(session):
+            model.learn_one(session[:position], item, session_id=sid)
+    votes = model.session_knn_votes(["a", "b"])
+    assert votes["z"] == votes["y"] > 0 and "q" not in votes
+    model.learn_one([], "a", session_id="me")
+    assert model.session_knn_votes(["a"], exclude_session="me").get("b", 0) > 0
+    assert model.sessions["me"] == {"a"}
+
+
+def test_session_memory_is_bounded() -> None:
+    model = CooccurrenceModel(
+        CooccurrenceConfig(session_knn_weight=1.0, max_sessions=10, session_knn_sample=5)
+    )
+    for sid in range(100):
+        model.learn_one([], "hot", session_id=f"s{sid}")
+    assert len(model.sessions) <= 11
+    assert len(model.item_sessions["hot"]) <= 10
