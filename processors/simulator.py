@@ -270,6 +270,16 @@ class TrafficModel:
         weights = list(user.taste.values())
         t = start
         events: list[Event] = []
+
+        def stamped(ts: int) -> dict[str, Any]:
+            """Fields every event of this session carries: id, time, sequence, context."""
+            return {
+                "event_id": self._next_id(),
+                "ts": ts,
+                "seq": self._next_seq(user.user_id),
+                **context,
+            }
+
         for page in range(pages):
             item_type = "product" if rng.random() < 0.15 else "recipe"
             category = rng.choices(categories, weights)[0]
@@ -281,30 +291,24 @@ class TrafficModel:
             dwell = int(rng.lognormvariate(math.log(40_000), 0.8))
             events.append(
                 PageView(
-                    event_id=self._next_id(),
-                    ts=t,
+                    **stamped(t),
                     item_id=item.item_id,
                     item_type=item.item_type,
                     category=item.category,
                     tags=item.tags,
                     referrer=referrer if page == 0 else None,
                     dwell_ms=dwell,
-                    seq=self._next_seq(user.user_id),
-                    **context,
                 )
             )
             if rng.random() < cfg.recipe_click_probability:
                 t += rng.randint(2_000, 20_000)
                 events.append(
                     Click(
-                        event_id=self._next_id(),
-                        ts=t,
+                        **stamped(t),
                         item_id=item.item_id,
                         item_type=item.item_type,
                         category=item.category,
                         tags=item.tags,
-                        seq=self._next_seq(user.user_id),
-                        **context,
                     )
                 )
             if page % cfg.banner_every_pages == 0 and self.banners:
@@ -312,30 +316,24 @@ class TrafficModel:
                 t += rng.randint(100, 1_000)
                 events.append(
                     Impression(
-                        event_id=self._next_id(),
-                        ts=t,
+                        **stamped(t),
                         item_id=banner.banner_id,
                         category=banner.categories[0],
                         tags=banner.tags,
                         placement="sidebar",
                         position=0,
-                        seq=self._next_seq(user.user_id),
-                        **context,
                     )
                 )
                 if rng.random() < banner.ctr_by_segment[user.segment]:
                     t += rng.randint(500, 5_000)
                     events.append(
                         Click(
-                            event_id=self._next_id(),
-                            ts=t,
+                            **stamped(t),
                             item_id=banner.banner_id,
                             item_type="banner",
                             category=banner.categories[0],
                             placement="sidebar",
                             position=0,
-                            seq=self._next_seq(user.user_id),
-                            **context,
                         )
                     )
             t += min(dwell, 10 * MINUTE_MS)
