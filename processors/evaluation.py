@@ -21,6 +21,27 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+class TimedSession(list[str]):
+    """A session's items (oldest first) that also carries each click's time in ``times``
+    (epoch milliseconds), so time-decayed models see the data's clock, not the evaluator's.
+
+    >>> session = TimedSession(["a", "b"], times=[1_000.0, 2_000.0])
+    >>> session[-1], session.times[-1]
+    ('b', 2000.0)
+    """
+
+    def __init__(self, items: Sequence[str] = (), times: Sequence[float] = ()) -> None:
+        super().__init__(items)
+        if times and len(times) != len(self):
+            raise ValueError("times must have one entry per item")
+        self.times: list[float] | None = list(times) if times else None
+
+
+def _time_of(session: Sequence[str], position: int) -> float | None:
+    times = getattr(session, "times", None)
+    return None if times is None else float(times[position])
+
+
 class NextClickModel(Protocol):
     def learn_one(
         self,
@@ -84,19 +105,24 @@ def evaluate_next_click(
     streaming: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> NextClickResult:
-    """Learn ``train`` sessions in order, then score every next click of ``test``."""
+    """Learn ``train`` sessions in order, then score every next click of ``test``.
+
+    Sessions that are ``TimedSession``s pass their click times to ``learn_one``.
+    """
     result = NextClickResult(k=k, mode="streaming" if streaming else "static")
     started = time.perf_counter()
     for number, session in enumerate(train):
         for position, item in enumerate(session):
-            model.learn_one(session[:position], item, session_id=f"train-{number}")
+            model.learn_one(
+                session[:position], item, _time_of(session, position), f"train-{number}"
+            )
             result.learned_events += 1
             result.catalog_items.add(item)
     popular = {item for item, _ in model.popular(100)}  # the top-100 items after training
     for index, session in enumerate(test):
         session_id = f"test-{index}"
         if streaming:
-            model.learn_one([], session[0], session_id=session_id)
+            model.learn_one([], session[0], _time_of(session, 0), session_id)
             result.learned_events += 1
         for position in range(len(session) - 1):
             prefix = session[: position + 1]
@@ -110,7 +136,7 @@ def evaluate_next_click(
                 result.hits += 1
                 result.reciprocal_rank_sum += 1.0 / (ranked.index(target) + 1)
             if streaming:
-                model.learn_one(prefix, target, session_id=session_id)
+                model.learn_one(prefix, target, _time_of(session, position + 1), session_id)
                 result.learned_events += 1
         if progress is not None:
             progress(index + 1)

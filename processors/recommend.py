@@ -22,11 +22,12 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from processors.cooccurrence import CooccurrenceModel
 from processors.popularity import RankedSnapshot
-from processors.slates import Slate, SlateConfig, SlateItem, popular_in_your_categories
+from processors.slates import Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
 #: The Redis hash field of each item type's slate.
@@ -117,36 +118,39 @@ def assemble_slate(
     )
     peak = max((score for score, _ in scored.values()), default=0.0)
     scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-    for item_id, (score, source) in scored.items():
-        known = catalog.get(item_id)
+    # Only the strongest votes can make the slate: enough for the size after exclusions,
+    # items of other types and the diversity cap; popular candidates fill the rest.
+    keep = 4 * config.size + len(exclude)
+    strongest = (
+        heapq.nlargest(keep, scored.items(), key=lambda kv: kv[1][0])
+        if len(scored) > keep
+        else scored.items()
+    )
+    catalog_get = catalog.get
+    for item_id, (score, source) in strongest:
+        known = catalog_get(item_id)
         if known is None or known[0] != item_type or item_id in exclude:
             continue
         share = score * scale
         candidates[item_id] = _Candidate(share, known[1], share, source=source)
 
-    popular = popular_in_your_categories(
-        user,
-        popularity,
-        SlateConfig(
-            size=config.size * 2, item_type=item_type, top_categories=config.top_categories
-        ),
-        now_ms,
+    popular = popular_candidates(
+        user, popularity, item_type, config.size * 2, config.top_categories, exclude
     )
-    for item in popular.items:
-        if item.id in exclude:
-            continue
-        share = config.popularity_weight * item.score
-        candidate = candidates.get(item.id)
+    for item_id, popularity_score, category, reason in popular:
+        share = config.popularity_weight * popularity_score
+        candidate = candidates.get(item_id)
         if candidate is None:
-            candidates[item.id] = _Candidate(share, item.category, share, text=item.reason)
+            candidates[item_id] = _Candidate(share, category, share, text=reason)
             continue
         candidate.score += share
         if share > candidate.best_share:
-            candidate.best_share, candidate.source, candidate.text = share, None, item.reason
+            candidate.best_share, candidate.source, candidate.text = share, None, reason
 
     per_category: dict[str | None, int] = {}
     items: list[SlateItem] = []
-    for item_id, candidate in sorted(candidates.items(), key=lambda kv: (-kv[1].score, kv[0])):
+    ordered = sorted(candidates.items(), key=lambda kv: (-kv[1].score, kv[0]))
+    for item_id, candidate in ordered:
         category = candidate.category
         if category is not None:
             if per_category.get(category, 0) >= config.max_per_category:

@@ -65,6 +65,47 @@ def _take(ranked: list[tuple[str, float]], n: int, exclude: set[str]) -> list[tu
     return out
 
 
+PopularCandidate = tuple[str, float, str | None, str]  # item, score, category, reason
+
+
+def popular_candidates(
+    user: UserState,
+    popularity: RankedSnapshot,
+    item_type: str,
+    size: int,
+    top_categories: int,
+    exclude: set[str],
+) -> list[PopularCandidate]:
+    """Up to ``size`` items popular now in the user's top categories (score = the user's
+    interest in the category times the item's share of its category's peak), then trending
+    items below every category match (at most 0.1 of the trending peak).
+    """
+    best: dict[str, tuple[float, str]] = {}  # item -> (score, category)
+    interests = user.interests.normalised_top(top_categories) if user.interests else []
+    for category, interest in interests:
+        ranked = popularity.in_category(item_type, category)
+        if not ranked or ranked[0][1] <= 0.0:
+            continue
+        scale = interest / ranked[0][1]
+        for item_id, pop in _take(ranked, size, exclude):
+            score = pop * scale
+            current = best.get(item_id)
+            if current is None or current[0] < score:
+                best[item_id] = (score, category)
+    top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:size]
+    out: list[PopularCandidate] = [
+        (item_id, score, category, f"popular in {category}")
+        for item_id, (score, category) in top
+    ]
+    if len(out) < size:
+        trending = popularity.overall(item_type)
+        peak = trending[0][1] if trending else 1.0
+        taken = exclude | best.keys()
+        for item_id, pop in _take(trending, size - len(out), taken):
+            out.append((item_id, 0.1 * pop / peak, None, "trending now"))
+    return out
+
+
 def popular_in_your_categories(
     user: UserState, popularity: RankedSnapshot, config: SlateConfig, now_ms: int
 ) -> Slate:
@@ -74,32 +115,17 @@ def popular_in_your_categories(
     excluding seen items still leaves ``size`` candidates.
     """
     exclude = user.seen_items() if config.exclude_seen else set()
-    best: dict[str, tuple[float, str]] = {}  # item -> (score, category); SlateItems at the end
-    interests = user.interests.normalised_top(config.top_categories) if user.interests else []
-    for category, interest in interests:
-        ranked = popularity.in_category(config.item_type, category)
-        if not ranked or ranked[0][1] <= 0.0:
-            continue
-        scale = interest / ranked[0][1]
-        for item_id, pop in _take(ranked, config.size, exclude):
-            score = pop * scale
-            current = best.get(item_id)
-            if current is None or current[0] < score:
-                best[item_id] = (score, category)
-    top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[: config.size]
-    ranked_items = [
-        SlateItem(item_id, round(score, 6), f"popular in {category}", category)
-        for item_id, (score, category) in top
-    ]
-    if len(ranked_items) < config.size:
-        # Trending fill-in scores below every category match (at most 0.1 of the peak).
-        trending = popularity.overall(config.item_type)
-        peak = trending[0][1] if trending else 1.0
-        taken = exclude | best.keys()
-        for item_id, pop in _take(trending, config.size - len(ranked_items), taken):
-            ranked_items.append(SlateItem(item_id, round(0.1 * pop / peak, 6), "trending now"))
+    candidates = popular_candidates(
+        user, popularity, config.item_type, config.size, config.top_categories, exclude
+    )
     return Slate(
-        items=ranked_items, version=user.version, generated_at=now_ms, model="popular_in_category"
+        items=[
+            SlateItem(item_id, round(score, 6), reason, category)
+            for item_id, score, category, reason in candidates
+        ],
+        version=user.version,
+        generated_at=now_ms,
+        model="popular_in_category",
     )
 
 

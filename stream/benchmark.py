@@ -106,6 +106,90 @@ def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
     }
 
 
+def _click_stream(sessions: list[list[str]]) -> list[tuple[list[str], str]]:
+    """``(session before, item)`` for every click, sessions in order."""
+    return [
+        (session[:position], item) for session in sessions for position, item in enumerate(session)
+    ]
+
+
+def simulated_sessions(events: list[Event], gap_ms: int = 30 * 60 * 1000) -> list[list[str]]:
+    """Recipe/product click sessions per user from simulated events (stream order)."""
+    open_sessions: dict[str, tuple[int, list[str]]] = {}
+    closed: list[list[str]] = []
+    for event in events:
+        if event.item_id is None or event.type == "impression":
+            continue
+        last = open_sessions.get(event.user_id)
+        if last is not None and event.ts - last[0] > gap_ms:
+            closed.append(last[1])
+            last = None
+        items = last[1] if last is not None else []
+        items.append(event.item_id)
+        open_sessions[event.user_id] = (event.ts, items)
+    return closed + [items for _, items in open_sessions.values()]
+
+
+def bench_cooccurrence(sessions: list[list[str]], predictions: int = 20_000) -> dict[str, float]:
+    """The next-click model alone: evidence updates/s (``learn_one``) and ranked lists/s
+    (``predict_one``, k=20) with and without session-kNN candidates.
+    """
+    from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+
+    clicks = _click_stream(sessions)
+    out: dict[str, float] = {"cooccurrence_clicks": len(clicks)}
+    for label, knn in (("", 0.0), ("_with_session_knn", 1.5)):
+        model = CooccurrenceModel(CooccurrenceConfig(session_knn_weight=knn))
+        started = time.perf_counter()
+        for number, session in enumerate(sessions):
+            for position, item in enumerate(session):
+                model.learn_one(session[:position], item, session_id=str(number))
+        out[f"cooccurrence_updates_per_second{label}"] = _rate(
+            len(clicks), time.perf_counter() - started
+        )
+        prefixes = [before for before, _ in clicks if before][:predictions]
+        started = time.perf_counter()
+        for before in prefixes:
+            model.predict_one(before, 20)
+        out[f"cooccurrence_predictions_per_second{label}"] = _rate(
+            len(prefixes), time.perf_counter() - started
+        )
+    return out
+
+
+def measure_amplification(
+    sessions: list[list[str]], batch_sizes: tuple[int, ...] = (1, 100, 500, 5000)
+) -> dict[str, Any]:
+    """What sharding the item-keyed co-occurrence rows would cost, per click.
+
+    Each click makes ``click_evidence`` row updates (the same function ``learn_one``
+    applies). Shipped to each row's owner through an item-keyed topic, coalesced per
+    worker batch: one record per distinct row per batch. Each changed row's vote list is
+    then re-broadcast once per batch on a compacted topic (read by every worker).
+    """
+    from processors.cooccurrence import CooccurrenceConfig, click_evidence
+
+    steps = CooccurrenceConfig().steps
+    clicks = _click_stream(sessions)
+    per_click = [click_evidence(before, item, steps) for before, item in clicks]
+    evidence = sum(len(updates) for updates in per_click)
+    result: dict[str, Any] = {
+        "clicks": len(clicks),
+        "evidence_updates_per_click": round(evidence / max(len(clicks), 1), 3),
+        "coalesced": {},
+    }
+    for batch_size in batch_sizes:
+        records = 0
+        for start in range(0, len(per_click), batch_size):
+            rows = {
+                row for updates in per_click[start : start + batch_size] for _, row, *_ in updates
+            }
+            records += len(rows)
+        # one vote-list broadcast per changed row per batch: the same count again
+        result["coalesced"][str(batch_size)] = round(records / max(len(clicks), 1), 3)
+    return result
+
+
 async def _bench_redis(url: str, users: int) -> dict[str, float]:
     client = aioredis.Redis.from_url(url)
     writer = UserHashWriter(client, "bench:v1", 3600)
@@ -179,7 +263,12 @@ def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_benchmarks(events: int, e2e: bool, e2e_events: int) -> dict[str, Any]:
+def run_benchmarks(
+    events: int, e2e: bool, e2e_events: int, sessions: list[list[str]] | None = None
+) -> dict[str, Any]:
+    """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
+    else the simulator's click sessions do.
+    """
     simulated = _events(events)
     results: dict[str, Any] = {
         "machine": {
@@ -191,6 +280,10 @@ def run_benchmarks(events: int, e2e: bool, e2e_events: int) -> dict[str, Any]:
     }
     results.update(bench_decode(simulated))
     results.update(bench_slice(simulated))
+    click_sessions = sessions if sessions is not None else simulated_sessions(simulated)
+    results["sessions_source"] = "file" if sessions is not None else "simulator"
+    results.update(bench_cooccurrence(click_sessions))
+    results["amplification"] = measure_amplification(click_sessions)
     if e2e:
         results.update(
             bench_end_to_end(e2e_events, Path(tempfile.mkdtemp(prefix="appetence-bench-")))

@@ -219,7 +219,14 @@ def evaluate_next_click_command(
     max_neighbours: int = 200,
     session_knn_weight: Annotated[
         float, typer.Option(help="Weight of session-kNN candidates (0: off)")
-    ] = 1.0,
+    ] = 1.5,
+    session_knn_neighbours: int = 200,
+    half_life_hours: Annotated[
+        float, typer.Option(help="Half-life of co-occurrence evidence in hours (0: no decay)")
+    ] = 72.0,
+    revisit_slots: Annotated[
+        int, typer.Option(help="Places kept for the session's own items (0: none)")
+    ] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""
@@ -246,6 +253,9 @@ def evaluate_next_click_command(
         recency_decay=recency_decay,
         symmetric_weight=symmetric_weight,
         session_knn_weight=session_knn_weight,
+        session_knn_neighbours=session_knn_neighbours,
+        half_life_ms=half_life_hours * 3_600_000 if half_life_hours > 0 else None,
+        revisit_slots=revisit_slots,
     )
     show = sys.stderr.isatty() and not as_json
     with Progress(disable=not show, transient=True) as bar:
@@ -263,6 +273,8 @@ def evaluate_next_click_command(
         "similarity": similarity, "steps": steps, "recent_items": recent_items,
         "recency_decay": recency_decay, "symmetric_weight": symmetric_weight,
         "max_neighbours": max_neighbours, "session_knn_weight": session_knn_weight,
+        "session_knn_neighbours": session_knn_neighbours, "half_life_hours": half_life_hours,
+        "revisit_slots": revisit_slots,
     }  # fmt: skip
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 
@@ -333,12 +345,18 @@ def bench(
     events: Annotated[int, typer.Option(help="Simulated events to process")] = 200_000,
     e2e: Annotated[bool, typer.Option(help="Also run end to end through broker and Redis")] = True,
     e2e_events: Annotated[int, typer.Option(help="Events for the end-to-end run")] = 100_000,
+    sessions: Annotated[
+        Path | None,
+        typer.Option(help="Session-rec click log for the co-occurrence benchmarks"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
-    """Measure the hot path: decode, process, and end to end (events/s)."""
+    """Measure the hot path: decode, process, co-occurrence, and end to end (events/s)."""
     from stream.benchmark import run_benchmarks
+    from stream.datasets import read_session_rec
 
-    results = run_benchmarks(events=events, e2e=e2e, e2e_events=e2e_events)
+    click_sessions = [list(s) for s in read_session_rec(sessions)] if sessions else None
+    results = run_benchmarks(events=events, e2e=e2e, e2e_events=e2e_events, sessions=click_sessions)
     if as_json:
         typer.echo(json.dumps(results))
     else:

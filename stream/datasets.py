@@ -8,14 +8,22 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Literal
 
+from processors.evaluation import TimedSession
+
 Format = Literal["session-rec", "diginetica", "csv"]
-Sessions = list[list[str]]
+Sessions = list[TimedSession]
+
+
+def _timed(events: list[tuple[float, str]]) -> TimedSession:
+    """Clicks ``(epoch seconds, item)`` in time order (stable), times in milliseconds."""
+    ordered = sorted(events, key=lambda e: e[0])
+    return TimedSession([item for _, item in ordered], times=[t * 1000.0 for t, _ in ordered])
 
 
 def _ordered(clicks: dict[str, list[tuple[float, str]]]) -> Sessions:
     """Sessions sorted by their first click time, clicks by time (stable)."""
     ordered = sorted(clicks.items(), key=lambda kv: min(t for t, _ in kv[1]))
-    return [[item for _, item in sorted(events, key=lambda e: e[0])] for _, events in ordered]
+    return [_timed(events) for _, events in ordered]
 
 
 def read_session_rec(path: Path) -> Sessions:
@@ -49,8 +57,10 @@ def read_diginetica_split(path: Path, test_days: int = 7) -> tuple[Sessions, Ses
     with path.open() as handle:
         for row in csv.DictReader(handle, delimiter=";"):
             session = row["session_id"]
-            clicks[session].append((float(row["timeframe"]), row["item_id"]))
             date = dt.date.fromisoformat(row["eventdate"])
+            # timeframe: milliseconds since the session started, on its event date
+            day = dt.datetime.combine(date, dt.time(), dt.UTC).timestamp()
+            clicks[session].append((day + float(row["timeframe"]) / 1000.0, row["item_id"]))
             dates[session] = max(dates.get(session, date), date)
     clicks = {s: c for s, c in clicks.items() if len(c) > 1}
     counts = Counter(item for c in clicks.values() for _, item in c)
@@ -60,9 +70,9 @@ def read_diginetica_split(path: Path, test_days: int = 7) -> tuple[Sessions, Ses
     by_date = sorted(clicks, key=lambda s: (dates[s], int(s) if s.isdigit() else s))
     train_ids = [s for s in by_date if dates[s] <= split]
     test_ids = [s for s in by_date if dates[s] > split]
-    train = [[i for _, i in sorted(clicks[s])] for s in train_ids]
+    train = [_timed(clicks[s]) for s in train_ids]
     known = {item for session in train for item in session}
-    test = [[i for _, i in sorted(clicks[s]) if i in known] for s in test_ids]
+    test = [_timed([(t, i) for t, i in clicks[s] if i in known]) for s in test_ids]
     return train, [s for s in test if len(s) >= 2]
 
 

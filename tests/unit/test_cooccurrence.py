@@ -80,9 +80,22 @@ def test_similarity_indices_follow_their_definitions() -> None:
 
 
 def test_cold_sessions_fall_back_to_popular_items() -> None:
-    model = CooccurrenceModel(CooccurrenceConfig())
+    model = CooccurrenceModel(CooccurrenceConfig(revisit_slots=0))
     learn(model, [["a", "b"], ["b"], ["b", "c"]])
     assert [item for item, _ in model.predict_one(["unknown"], k=2)] == ["b", "a"]
+
+
+def test_items_the_session_viewed_keep_places_at_the_end_of_the_list() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(revisit_slots=2))
+    history = [["a", "b"], ["a", "b"], ["a", "c"], ["x"], ["y"]] + [[f"p{i}"] * 3 for i in range(9)]
+    learn(model, history)
+    ranked = [item for item, _ in model.predict_one(["x", "y", "a"], k=8)]
+    # without slots: b, c (a's votes), then popular fill a, b... ; the two most recent
+    # session items that did not rank take the last two places
+    assert ranked[:2] == ["b", "c"] and ranked[-2:] == ["y", "x"]
+    no_slots = CooccurrenceModel(CooccurrenceConfig(revisit_slots=0))
+    learn(no_slots, history)
+    assert not {"x", "y"} & {item for item, _ in no_slots.predict_one(["x", "y", "a"], k=8)}
 
 
 def test_streaming_mode_learns_test_clicks_after_predicting_them() -> None:
