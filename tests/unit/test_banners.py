@@ -1,0 +1,113 @@
+"""Banner ranking: the content rule, eligibility, and Thompson sampling in a closed loop."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.banners import (
+    Banner,
+    BannerConfig,
+    CtrStats,
+    UserContext,
+    content_match,
+    rank_banners,
+    recipe_overlap,
+)
+
+CONFIG = BannerConfig()
+
+
+def test_content_match_follows_the_influencer_rule() -> None:
+    user = UserContext(
+        interests={"pasta": 1.0, "dessert": 1.0},
+        tags=frozenset({"quick", "cheap", "vegan"}),
+        location="Lyon",
+    )
+    banner = Banner(
+        "b",
+        categories=("pasta", "dessert", "grill"),
+        tags=("quick", "vegan"),
+        locations=("Lyon", "Paris"),
+        engagement_rate=0.25,
+    )
+    assert content_match(banner, user, CONFIG) == 10 + 10 + 5 + 1 + 1 + 0.25
+    # the category part follows the user's current interest
+    fading = UserContext(interests={"pasta": 0.2})
+    assert content_match(Banner("b", categories=("pasta",)), fading, CONFIG) == 2.0
+
+
+def test_recipe_overlap_is_the_share_of_linked_items_in_the_slate() -> None:
+    banner = Banner("b", linked_items=("r1", "r2", "r3", "r4"))
+    assert recipe_overlap(banner, ["x", "r3", "r1"]) == (0.5, "r3")
+    assert recipe_overlap(banner, ["x"]) == (0.0, None)
+    assert recipe_overlap(Banner("plain"), ["r1"]) == (0.0, None)
+
+
+def test_inactive_banners_are_not_ranked() -> None:
+    catalog = [
+        Banner("past", active_to_ms=1_000),
+        Banner("future", active_from_ms=5_000),
+        Banner("now", active_from_ms=1_000, active_to_ms=5_000),
+    ]
+    ranked = rank_banners(catalog, UserContext(), CtrStats(), CONFIG, random.Random(1), 2_000)
+    assert [b.banner_id for b in ranked] == ["now"]
+
+
+@given(
+    caps=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=6),
+    seen=st.lists(st.integers(min_value=0, max_value=5), min_size=6, max_size=6),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_a_banner_at_its_daily_cap_is_never_ranked(
+    caps: list[int], seen: list[int], seed: int
+) -> None:
+    catalog = [Banner(f"b{i}", daily_cap=cap) for i, cap in enumerate(caps)]
+    impressions = {f"b{i}": seen[i] for i in range(len(caps))}
+    user = UserContext(impressions_today=impressions)
+    ranked = rank_banners(catalog, user, CtrStats(), CONFIG, random.Random(seed), 0)
+    for banner in ranked:
+        cap = caps[int(banner.banner_id[1:])]
+        assert impressions[banner.banner_id] < cap
+    assert len(ranked) == min(CONFIG.size, sum(1 for i, cap in enumerate(caps) if seen[i] < cap))
+
+
+def test_a_clicked_banner_is_demoted() -> None:
+    catalog = [Banner("a", priority=1.0), Banner("b", priority=0.9)]
+    config = BannerConfig(ctr_weight=0.0, exploration_share=0.0)
+    user = UserContext(clicked_today=frozenset({"a"}))
+    ranked = rank_banners(catalog, user, CtrStats(), config, random.Random(3), 0)
+    assert [b.banner_id for b in ranked] == ["b", "a"]
+
+
+def _closed_loop(
+    seconds: int, start_s: int, true_ctr: dict[str, float], stats: CtrStats, rng: random.Random
+) -> dict[str, int]:
+    """One visitor per simulated second sees the top banner; clicks are learned."""
+    catalog = [Banner(banner_id) for banner_id in true_ctr]
+    shown = dict.fromkeys(true_ctr, 0)
+    for second in range(start_s, start_s + seconds):
+        now = second * 1000
+        top = rank_banners(catalog, UserContext(), stats, CONFIG, rng, now)[0].banner_id
+        shown[top] += 1
+        stats.learn_one(top, "all", clicked=False, ts_ms=now)
+        if rng.random() < true_ctr[top]:
+            stats.learn_one(top, "all", clicked=True, ts_ms=now)
+    return shown
+
+
+def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
+    rng = random.Random(42)
+    stats = CtrStats(half_life_ms=30 * 60 * 1000)
+    hour = 3600
+    before = _closed_loop(4 * hour, 0, {"good": 0.08, "fair": 0.04, "bad": 0.01}, stats, rng)
+    assert before["good"] > before["fair"] > before["bad"]
+    assert before["good"] > 0.6 * 4 * hour
+    # "good" stops converting: within an hour it must lose >= 90% of its traffic
+    dead = {"good": 0.0, "fair": 0.04, "bad": 0.01}
+    _closed_loop(hour, 4 * hour, dead, stats, rng)
+    after = _closed_loop(hour, 5 * hour, dead, stats, rng)
+    assert after["good"] / hour < 0.1 * before["good"] / (4 * hour)
+    assert after["fair"] > after["bad"]
