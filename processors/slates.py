@@ -94,8 +94,7 @@ def popular_candidates(
                 best[item_id] = (score, category)
     top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:size]
     out: list[PopularCandidate] = [
-        (item_id, score, category, f"popular in {category}")
-        for item_id, (score, category) in top
+        (item_id, score, category, f"popular in {category}") for item_id, (score, category) in top
     ]
     if len(out) < size:
         trending = popularity.overall(item_type)

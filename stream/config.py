@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     exclude_items: list[str] = Field(default_factory=list, max_length=10_000)
     max_per_category: int = Field(8, ge=1, le=500)
     # 3 days: chosen on a validation split of RSC15 (docs/evaluation.md)
-    cooccurrence_half_life_seconds: float | None = Field(3 * 24 * 3600, gt=0)
+    cooccurrence_half_life_seconds: float = Field(3 * 24 * 3600, ge=0)  # 0: no decay
     cooccurrence_max_neighbours: int = Field(200, ge=10, le=10_000)
     session_gap_seconds: int = Field(30 * 60, ge=60)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)

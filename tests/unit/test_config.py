@@ -65,3 +65,14 @@ def test_exclusion_list_and_blend_reach_the_processors(monkeypatch: pytest.Monke
     assert config.assembly.exclude_items == frozenset({"r1", "r2"})
     assert config.assembly.popularity_weight == 0.5
     assert config.cooccurrence.half_life_ms == 3_600_000
+
+
+def test_cooccurrence_decay_defaults_to_three_days_and_zero_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().slice_config().cooccurrence.half_life_ms == 3 * 24 * 3600 * 1000
+    monkeypatch.setenv("APPETENCE_COOCCURRENCE_HALF_LIFE_SECONDS", "0")
+    assert load_settings().slice_config().cooccurrence.half_life_ms is None
+    monkeypatch.setenv("APPETENCE_COOCCURRENCE_HALF_LIFE_SECONDS", "-1")
+    with pytest.raises(ConfigError, match="COOCCURRENCE_HALF_LIFE_SECONDS"):
+        load_settings()
