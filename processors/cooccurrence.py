@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
@@ -41,17 +43,20 @@ class CooccurrenceConfig:
     recent_items: int = 5  # how many of the session's last items generate candidates
     recency_decay: float = 0.3  # weight of the i-th last item: recency_decay ** i
     symmetric_weight: float = 0.1  # blend of symmetric similarity into the rule score
-    half_life_ms: float | None = None  # time decay of evidence; None: counts never fade
+    # Time decay of evidence; None: counts never fade. 72 h was chosen on a validation split.
+    half_life_ms: float | None = 72 * 3_600_000
     max_items: int = 100_000  # items with neighbour lists; the least clicked are dropped
-    # Session-kNN candidates (in the spirit of V-SkNN): past sessions sharing items with the
-    # current one vote for their items. Needs session ids in learn_one; 0 disables.
-    session_knn_weight: float = 0.0
-    session_knn_sample: int = 300  # most recent sessions per item considered
-    session_knn_neighbours: int = 100  # most similar sessions that vote
+    # Neighbour visitors (session-kNN in the spirit of V-SkNN, or user-user neighbours when
+    # the worker keys them by user): past visitors sharing items with the current session
+    # vote for their items. Needs visitor ids in learn_one; 0 disables.
+    session_knn_weight: float = 1.5
+    session_knn_sample: int = 300  # most recent visitors per item considered
+    session_knn_neighbours: int = 200  # most similar visitors that vote
+    max_visitor_items: int = 50  # items remembered per visitor (the oldest are forgotten)
     # Weight of the current session's item i places from the end when matching sessions:
     # exp(-i / decay); None: linear (position / length), as in V-SkNN.
     session_knn_position_decay: float | None = 1.0
-    max_sessions: int = 100_000  # sessions remembered; the oldest are forgotten
+    max_sessions: int = 100_000  # visitors remembered; the least recently active are forgotten
     # Of predict_one's k places, up to this many (at most k // 4) are kept for items the
     # session already viewed (most recent first) when they did not rank: ~10% of RSC15's next
     # clicks go back to an earlier item of the session, and some rank below 20 otherwise.
@@ -107,7 +112,8 @@ class CooccurrenceModel:
         self.item_counts: dict[str, float] = {}
         self.total = 0.0
         self._landmark: float | None = None
-        self.sessions: dict[str, set[str]] = {}
+        # visitor id -> its items (a dict as an ordered set: the oldest first)
+        self.sessions: dict[str, dict[str, None]] = {}
         self.item_sessions: dict[str, list[str]] = {}
         self._popular: list[tuple[str, float]] | None = None
 
@@ -154,14 +160,19 @@ class CooccurrenceModel:
             self._drop_rare_items()
 
     def _remember_session(self, session_id: str, item: str) -> None:
-        items = self.sessions.get(session_id)
+        sessions = self.sessions
+        items = sessions.pop(session_id, None)  # re-inserted last: most recently active
         if items is None:
-            items = self.sessions[session_id] = set()
-            if len(self.sessions) > self.config.max_sessions:
-                del self.sessions[next(iter(self.sessions))]  # oldest first (insertion order)
+            items = {}
+            if len(sessions) >= self.config.max_sessions:
+                del sessions[next(iter(sessions))]  # the least recently active
+        sessions[session_id] = items
         if item in items:
             return
-        items.add(item)
+        items[item] = None
+        if len(items) > self.config.max_visitor_items:
+            # The visitor stays listed under the forgotten item; votes only read live items.
+            del items[next(iter(items))]
         recent = self.item_sessions.setdefault(item, [])
         recent.append(session_id)
         if len(recent) > 2 * self.config.session_knn_sample:
@@ -192,16 +203,24 @@ class CooccurrenceModel:
             candidates.update(self.item_sessions.get(item, [])[-config.session_knn_sample :])
         candidates.discard(exclude_session or "")
         similar: list[tuple[float, str]] = []
+        sessions = self.sessions
+        weight_of = weights.__getitem__
+        session_items = weights.keys()
         for session_id in candidates:
-            items = self.sessions.get(session_id)
+            items = sessions.get(session_id)
             if items:
-                similarity = sum(w for item, w in weights.items() if item in items)
-                if similarity > 0.0:
-                    similar.append((similarity, session_id))
-        votes: dict[str, float] = {}
+                shared = session_items & items.keys()  # a C-level set intersection
+                if shared:
+                    similar.append((sum(map(weight_of, shared)), session_id))
+        # Neighbours sharing the same items have the same similarity: count each group's
+        # items at C speed (Counter), then weight the counts once per group.
+        groups: dict[float, list[dict[str, None]]] = {}
         for similarity, session_id in heapq.nlargest(config.session_knn_neighbours, similar):
-            for item in self.sessions[session_id]:
-                votes[item] = votes.get(item, 0.0) + similarity
+            groups.setdefault(similarity, []).append(sessions[session_id])
+        votes: dict[str, float] = {}
+        for similarity, members in groups.items():
+            for item, count in Counter(chain.from_iterable(members)).items():
+                votes[item] = votes.get(item, 0.0) + count * similarity
         return votes
 
     def _drop_rare_items(self) -> None:
@@ -209,7 +228,7 @@ class CooccurrenceModel:
             heapq.nlargest(self.config.max_items, self.item_counts.items(), key=lambda kv: kv[1])
         )
         self.item_counts = keep
-        for table in (self.rules, self.pairs):
+        for table in (self.rules, self.pairs, self.item_sessions):
             for item in [i for i in table if i not in keep]:
                 del table[item]
 
@@ -295,7 +314,8 @@ class CooccurrenceModel:
 
         The session's last ``recent_items`` items vote (see ``votes``), the most recent with
         weight 1, the one before with ``recency_decay``, and so on. ``memo`` caches votes
-        while the model is not learning (one batch's slates); ``limit`` caps each vote list.
+        while the model is not learning (one batch's slates); ``limit`` caps each vote list
+        (and the neighbour visitors' votes at ``4 * limit``).
         """
         config = self.config
         scores: dict[str, float] = {}
@@ -327,7 +347,12 @@ class CooccurrenceModel:
                 scale = config.session_knn_weight * max(scores.values(), default=1.0)
                 scale /= max(knn.values())
                 last = session[-1]
-                for candidate, vote in knn.items():
+                knn_votes = (
+                    knn.items()
+                    if limit is None or len(knn) <= 4 * limit
+                    else heapq.nlargest(4 * limit, knn.items(), key=lambda kv: kv[1])
+                )
+                for candidate, vote in knn_votes:
                     scores[candidate] = scores.get(candidate, 0.0) + vote * scale
                     best_source.setdefault(candidate, (0.0, last))
         return {c: (score, best_source[c][1]) for c, score in scores.items()}
@@ -360,6 +385,11 @@ class CooccurrenceModel:
         return ranked
 
     def size(self) -> int:
-        """Neighbour entries held (the gauge of this state's size)."""
-        # Bounded: at most 2 * max_items rows of at most 2 * max_neighbours entries each.
-        return sum(len(r) for r in self.rules.values()) + sum(len(r) for r in self.pairs.values())
+        """Entries held: neighbour rows plus the visitor memory (the gauge of this state's size).
+
+        Bounded: at most 2 * max_items rows of at most 2 * max_neighbours entries each, and
+        max_sessions visitors of at most max_visitor_items items, each listed under at most
+        2 * session_knn_sample visitors per item.
+        """
+        rows = sum(len(r) for r in self.rules.values()) + sum(len(r) for r in self.pairs.values())
+        return rows + sum(len(v) for v in self.sessions.values())

@@ -33,6 +33,7 @@ from processors.recommend import (
     ItemCatalog,
     assemble_slate,
     current_session,
+    visitor_id,
 )
 from processors.slates import Slate
 from processors.user_state import UserState, UserStateConfig, apply_event
@@ -109,7 +110,12 @@ class SliceProcessor:
             self.popularity.observe(item_id, item_type, event.category, event.ts, weight)
             if item_type in SLATE_FIELDS:
                 self.catalog.remember(item_id, item_type, event.category)
-                self.cooccurrence.learn_one(session_before, item_id, event.ts)
+                self.cooccurrence.learn_one(
+                    session_before,
+                    item_id,
+                    event.ts,
+                    session_id=visitor_id(state, config.assembly.neighbour_scope),
+                )
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         votes_memo: dict[str, list[tuple[str, float]]] = {}  # the model is frozen from here
         for user_id, state in result.touched.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import Literal
 
 from processors.cooccurrence import CooccurrenceModel
 from processors.popularity import RankedSnapshot
@@ -45,6 +46,9 @@ class AssemblyConfig:
     session_gap_ms: int = 30 * 60 * 1000
     top_categories: int = 3
     candidates_per_item: int = 30  # strongest next-click votes considered per session item
+    # Whose item sets the model's neighbour visitors are: each user's (user-user neighbours
+    # across sessions) or each session's (session-kNN).
+    neighbour_scope: Literal["user", "session"] = "user"
 
 
 class ItemCatalog:
@@ -83,6 +87,16 @@ def current_session(recent: list[RecentItem], gap_ms: int) -> list[str]:
     return session
 
 
+def visitor_id(user: UserState, scope: Literal["user", "session"]) -> str:
+    """The id the model remembers this user's items under (and excludes from its own
+    neighbours): the user, or the user's current session.
+
+    >>> visitor_id(UserState(user_id="u7", partition=0, sessions=3), "session")
+    'u7#3'
+    """
+    return user.user_id if scope == "user" else f"{user.user_id}#{user.sessions}"
+
+
 @dataclass(slots=True)
 class _Candidate:
     score: float
@@ -115,6 +129,7 @@ def assemble_slate(
         current_session(user.recent, config.session_gap_ms),
         limit=config.candidates_per_item,
         memo=votes_memo,
+        session_id=visitor_id(user, config.neighbour_scope),
     )
     peak = max((score for score, _ in scored.values()), default=0.0)
     scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
@@ -158,7 +173,10 @@ def assemble_slate(
             per_category[category] = per_category.get(category, 0) + 1
         if candidate.source is not None:
             evidence = model.pairs.get(candidate.source, {}).get(item_id, 0.0)
-            reason = f"because you viewed {candidate.source} ({evidence:.0f} times together)"
+            if evidence >= 0.5:
+                reason = f"because you viewed {candidate.source} ({evidence:.0f} times together)"
+            else:  # voted by neighbour visitors only (no co-occurrence in one window)
+                reason = f"visitors who viewed {candidate.source} also viewed it"
         else:
             reason = candidate.text or ""
         items.append(SlateItem(item_id, round(candidate.score, 6), reason, category))

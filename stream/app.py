@@ -178,6 +178,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def update_gauges() -> None:
         metrics.users_in_state.set(len(states))
         metrics.popularity_entries.set(processor.popularity.size())
+        metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         for tp in app.consumer.assignment():
             if tp.topic != settings.events_topic:
                 continue

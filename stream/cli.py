@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from processors.cooccurrence import CooccurrenceConfig
 from stream.config import ConfigError, Settings, load_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -198,6 +199,9 @@ def up(
     typer.echo(json.dumps(summary, indent=2))
 
 
+#: The evaluator's flags default to the model's (validated) defaults, which the worker runs.
+_MODEL_DEFAULTS = CooccurrenceConfig()
+
 evaluate_cli = typer.Typer(no_args_is_help=True, help="Offline evaluation on real data.")
 cli.add_typer(evaluate_cli, name="evaluate")
 
@@ -212,21 +216,21 @@ def evaluate_next_click_command(
         str, typer.Option("--format", help="session-rec | diginetica | csv")
     ] = "session-rec",
     similarity: Annotated[str, typer.Option(help="rules|count|jaccard|cosine|lift|llr")] = "rules",
-    steps: int = 5,
-    recent_items: int = 5,
-    recency_decay: float = 0.3,
-    symmetric_weight: float = 0.1,
-    max_neighbours: int = 200,
+    steps: int = _MODEL_DEFAULTS.steps,
+    recent_items: int = _MODEL_DEFAULTS.recent_items,
+    recency_decay: float = _MODEL_DEFAULTS.recency_decay,
+    symmetric_weight: float = _MODEL_DEFAULTS.symmetric_weight,
+    max_neighbours: int = _MODEL_DEFAULTS.max_neighbours,
     session_knn_weight: Annotated[
         float, typer.Option(help="Weight of session-kNN candidates (0: off)")
-    ] = 1.5,
-    session_knn_neighbours: int = 200,
+    ] = _MODEL_DEFAULTS.session_knn_weight,
+    session_knn_neighbours: int = _MODEL_DEFAULTS.session_knn_neighbours,
     half_life_hours: Annotated[
         float, typer.Option(help="Half-life of co-occurrence evidence in hours (0: no decay)")
-    ] = 72.0,
+    ] = (_MODEL_DEFAULTS.half_life_ms or 0.0) / 3_600_000,
     revisit_slots: Annotated[
         int, typer.Option(help="Places kept for the session's own items (0: none)")
-    ] = 5,
+    ] = _MODEL_DEFAULTS.revisit_slots,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""

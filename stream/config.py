@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # 3 days: chosen on a validation split of RSC15 (docs/evaluation.md)
     cooccurrence_half_life_seconds: float = Field(3 * 24 * 3600, ge=0)  # 0: no decay
     cooccurrence_max_neighbours: int = Field(200, ge=10, le=10_000)
+    # Neighbour visitors who viewed what this session viewed vote for their other items:
+    # "user" = user-user neighbours across sessions, "session" = session-kNN. 0: off.
+    neighbour_weight: float = Field(1.5, ge=0.0)
+    neighbour_scope: Literal["user", "session"] = "user"
+    neighbour_max_visitors: int = Field(100_000, ge=100)
     session_gap_seconds: int = Field(30 * 60, ge=60)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
@@ -172,12 +177,15 @@ class Settings(BaseSettings):
                 exclude_items=frozenset(self.exclude_items),
                 max_per_category=self.max_per_category,
                 session_gap_ms=self.session_gap_seconds * 1000,
+                neighbour_scope=self.neighbour_scope,
             ),
             cooccurrence=CooccurrenceConfig(
                 half_life_ms=self.cooccurrence_half_life_seconds * 1000
                 if self.cooccurrence_half_life_seconds
                 else None,
                 max_neighbours=self.cooccurrence_max_neighbours,
+                session_knn_weight=self.neighbour_weight,
+                max_sessions=self.neighbour_max_visitors,
             ),
         )
 

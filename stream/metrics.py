@@ -94,6 +94,11 @@ class Metrics:
             "Entries in the decayed popularity index (bounded)",
             registry=registry,
         )
+        self.cooccurrence_entries = Gauge(
+            "appetence_cooccurrence_entries",
+            "Neighbour-row entries plus remembered visitor items of the next-click model (bounded)",
+            registry=registry,
+        )
         self.state_evictions = Counter(
             "appetence_user_state_evictions_total",
             "User states deleted after the idle TTL",

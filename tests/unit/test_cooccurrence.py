@@ -156,7 +156,7 @@ def test_session_knn_votes_come_from_similar_other_sessions() -> None:
     assert votes["z"] == votes["y"] > 0 and "q" not in votes
     model.learn_one([], "a", session_id="me")
     assert model.session_knn_votes(["a"], exclude_session="me").get("b", 0) > 0
-    assert model.sessions["me"] == {"a"}
+    assert list(model.sessions["me"]) == ["a"]
 
 
 def test_session_memory_is_bounded() -> None:
@@ -167,3 +167,16 @@ def test_session_memory_is_bounded() -> None:
         model.learn_one([], "hot", session_id=f"s{sid}")
     assert len(model.sessions) <= 11
     assert len(model.item_sessions["hot"]) <= 10
+
+
+def test_visitor_memory_keeps_the_latest_items_and_the_most_recently_active_visitors() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(max_sessions=3, max_visitor_items=4))
+    for i in range(10):
+        model.learn_one([], f"i{i}", session_id="loyal")
+    assert list(model.sessions["loyal"]) == ["i6", "i7", "i8", "i9"]
+    model.learn_one([], "x", session_id="v1")
+    model.learn_one([], "x", session_id="v2")
+    model.learn_one([], "i9", session_id="loyal")  # active again: not the one forgotten
+    model.learn_one([], "x", session_id="v3")
+    assert set(model.sessions) == {"v2", "loyal", "v3"}
+    assert model.size() >= sum(len(items) for items in model.sessions.values())

@@ -92,3 +92,33 @@ def test_batching_does_not_change_final_versions() -> None:
         return {u: s.version for u, s in states.items()}
 
     assert final_versions(1) == final_versions(97) == final_versions(3000)
+
+
+def _recipe_click(event_id: str, user: str, item: str, ts: int) -> Click:
+    return Click(
+        event_id=event_id, ts=ts, user_id=user, item_id=item, item_type="recipe", category="c"
+    )
+
+
+def _slate_after_neighbour_visits(scope: str) -> list[tuple[str, str]]:
+    from processors.recommend import AssemblyConfig
+
+    processor = SliceProcessor(SliceConfig(assembly=AssemblyConfig(neighbour_scope=scope)))  # type: ignore[arg-type]
+    hour = 3_600_000
+    # "a" viewed r1, then r9 in a later session: no co-occurrence window links them.
+    history = [_recipe_click("a1", "a", "r1", 0), _recipe_click("a2", "a", "r9", 2 * hour)]
+    history += [_recipe_click(f"p{i}", f"x{i}", "pop", hour) for i in range(5)]
+    states: dict[str, UserState] = {}
+    processor.process_batch([(0, e) for e in history], states, now_ms=3 * hour)
+    mine = _recipe_click("m1", "me", "r1", 3 * hour)
+    slate = processor.process_batch([(0, mine)], states, now_ms=3 * hour).slates["me"]["recipes"]
+    return [(item.id, item.reason) for item in slate.items]
+
+
+def test_user_neighbours_recommend_what_a_co_visitor_viewed_in_another_session() -> None:
+    slate = _slate_after_neighbour_visits("user")
+    assert slate[0] == ("r9", "visitors who viewed r1 also viewed it")
+
+
+def test_session_neighbours_only_link_items_of_one_session() -> None:
+    assert "r9" not in [item for item, _ in _slate_after_neighbour_visits("session")[:1]]
