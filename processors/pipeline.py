@@ -19,14 +19,19 @@ a product slate once they have viewed products). The worker and the in-process o
 
 from __future__ import annotations
 
+import random
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from processors.banners import BannerConfig, CtrStats, UserContext, rank_banners
+from processors.catalog import Catalog, CatalogItem, CatalogRecord
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.events import Event
 from processors.popularity import PopularityConfig, PopularityIndex
+from processors.profile import current_interests
 from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
@@ -35,8 +40,8 @@ from processors.recommend import (
     current_session,
     visitor_id,
 )
-from processors.slates import Slate
-from processors.user_state import UserState, UserStateConfig, apply_event
+from processors.slates import Slate, SlateItem
+from processors.user_state import DAY_MS, UserState, UserStateConfig, apply_event
 
 #: How much each event type counts toward an item's popularity.
 POPULARITY_WEIGHTS = {"click": 1.0, "pageview": 0.5, "impression": 0.0}
@@ -48,6 +53,9 @@ class SliceConfig:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
+    banners: BannerConfig = field(default_factory=BannerConfig)
+    ctr_half_life_ms: float = 30 * 60 * 1000
+    max_ctr_keys: int = 100_000  # banner x segment posteriors kept
     max_catalog_items: int = 200_000
 
 
@@ -73,7 +81,19 @@ class SliceProcessor:
         self.config = config
         self.popularity = PopularityIndex(config.popularity)
         self.cooccurrence = CooccurrenceModel(config.cooccurrence)
-        self.catalog = ItemCatalog(config.max_catalog_items)
+        self.items = ItemCatalog(config.max_catalog_items)  # what events said about items
+        self.catalog = Catalog(max_items=config.max_catalog_items)  # the catalog topic
+        self.ctr = CtrStats(config.ctr_half_life_ms, config.max_ctr_keys)
+
+    def apply_catalog(self, record: CatalogRecord | None, key: str | None = None) -> None:
+        """One catalog record (``None`` with its ``key``: a tombstone)."""
+        if record is None:
+            if key is not None:
+                self.catalog.delete(key)
+            return
+        self.catalog.apply(record)
+        if isinstance(record, CatalogItem):
+            self.items.remember(record.id, record.item_type, record.category)
 
     def process_batch(
         self,
@@ -105,11 +125,14 @@ class SliceProcessor:
             result.applied_by_type[event.type] += 1
             weight = POPULARITY_WEIGHTS[event.type]
             item_id, item_type = event.item_id, event.item_type
+            if item_type == "banner" and item_id is not None and event.type != "pageview":
+                self.ctr.learn_one(item_id, state.segment or "na", event.type == "click", event.ts)
+                continue
             if item_id is None or item_type is None or weight == 0.0:
                 continue
             self.popularity.observe(item_id, item_type, event.category, event.ts, weight)
             if item_type in SLATE_FIELDS:
-                self.catalog.remember(item_id, item_type, event.category)
+                self.items.remember(item_id, item_type, event.category)
                 self.cooccurrence.learn_one(
                     session_before,
                     item_id,
@@ -128,9 +151,52 @@ class SliceProcessor:
                         slate_type,
                         self.cooccurrence,
                         ranked,
-                        self.catalog,
+                        self.items,
                         config.assembly,
                         now_ms,
                         votes_memo,
                     )
+            if self.catalog.banners:
+                slates["banners"] = self.banner_slate(state, slates, now_ms)
         return result
+
+    def banner_slate(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> Slate:
+        """The user's banners, best first, each with its explanation and today's remaining cap.
+
+        Reproducible: the Thompson samples are seeded by the user and the state's version, so
+        a replayed batch yields the same slate.
+        """
+        day = now_ms // DAY_MS
+        today = state.banner_day == day
+        impressions = state.banner_impressions if today else {}
+        tags = state.tag_interests.top(5) if state.tag_interests else []
+        user = UserContext(
+            interests=current_interests(state),
+            tags=frozenset(tag for tag, _ in tags),
+            location=state.location,
+            segment=state.segment or "na",
+            slate_items=[item.id for slate in slates.values() for item in slate.items],
+            day=day,
+            impressions_today=impressions,
+            clicked_today=frozenset(state.banners_clicked if today else ()),
+        )
+        rng = random.Random(zlib.crc32(f"{state.user_id}:{state.version}".encode()))
+        ranked = rank_banners(
+            self.catalog.banners.values(), user, self.ctr, self.config.banners, rng, now_ms
+        )
+        banners = self.catalog.banners
+        items = []
+        for entry in ranked:
+            cap = banners[entry.banner_id].daily_cap
+            items.append(
+                SlateItem(
+                    entry.banner_id,
+                    round(entry.score, 6),
+                    entry.reason(),
+                    via=entry.via_item,
+                    remaining_today=None
+                    if cap is None
+                    else cap - impressions.get(entry.banner_id, 0),
+                )
+            )
+        return Slate(items=items, version=state.version, generated_at=now_ms, model="banners")

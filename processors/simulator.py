@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from processors.catalog import CatalogBanner, CatalogItem, CatalogRecord
 from processors.events import Click, Event, Impression, ItemType, PageView
 
 CATEGORIES = (
@@ -375,6 +376,27 @@ class TrafficModel:
                 )
                 tiebreak += 1
                 heapq.heappush(sessions, (session[-1].ts + gap, tiebreak, user.user_id))
+
+    def catalog_records(self) -> list[CatalogRecord]:
+        """The catalog the site publishes: every item, and every banner with its targeting,
+        linked items and a daily cap of 2-5 impressions per user (never the true CTRs)."""
+        extras = random.Random(self.config.seed + 7)  # leaves the event stream unchanged
+        records: list[CatalogRecord] = [
+            CatalogItem(id=i.item_id, item_type=i.item_type, category=i.category, tags=i.tags)  # type: ignore[arg-type]
+            for i in self.items
+        ]
+        for banner in self.banners:
+            records.append(
+                CatalogBanner(
+                    id=banner.banner_id,
+                    advertiser=banner.advertiser,
+                    categories=banner.categories,
+                    tags=banner.tags,
+                    linked_items=banner.linked_recipes + banner.linked_products,
+                    daily_cap=extras.randint(2, 5),
+                )
+            )
+        return records
 
     def ground_truth(self) -> GroundTruth:
         return GroundTruth(

@@ -35,6 +35,8 @@ class SlateItem(msgspec.Struct, frozen=True, omit_defaults=True):
     score: float
     reason: str
     category: str | None = None
+    via: str | None = None  # banners: the linked recipe/product of the slate that earned it
+    remaining_today: int | None = None  # banners: impressions left under the daily cap
 
 
 class Slate(msgspec.Struct, frozen=True, kw_only=True):

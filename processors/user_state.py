@@ -40,7 +40,17 @@ class UserStateConfig:
     dedup_max_ids: int = 256
     interest_half_life_ms: float = 7 * 24 * 3600 * 1000
     max_categories: int = 20
+    max_tags: int = 30
     session_gap_ms: int = 30 * 60 * 1000
+    # Within a session interest decays fast: what the visitor is into *now*.
+    session_interest_half_life_ms: float = 10 * 60 * 1000
+    # The event fields whose values make the user's segment (banner CTRs are learned per
+    # banner x segment); absent values read "na".
+    segment_fields: tuple[str, ...] = ("device", "plan")
+    max_banners_tracked: int = 200  # per user and day, for frequency caps
+
+
+DAY_MS = 86_400_000
 
 
 class RecentItem(msgspec.Struct, array_like=True, frozen=True):
@@ -64,6 +74,18 @@ class UserState(msgspec.Struct, kw_only=True):
     sessions: int = 0
     last_event_ts: int = 0
     last_seq: int | None = None
+    # --- profile (sessionised) ---
+    session_start_ts: int = 0
+    session_events: int = 0
+    session_interests: DecayedCounter | None = None  # categories of the current session
+    tag_interests: DecayedCounter | None = None
+    dwell_ms: int = 0
+    segment: str | None = None
+    location: str | None = None
+    # --- banners: impressions and clicks of the current (UTC) day, for caps and demotion ---
+    banner_day: int = -1
+    banner_impressions: dict[str, int] = msgspec.field(default_factory=dict)
+    banners_clicked: list[str] = msgspec.field(default_factory=list)
 
     @property
     def version(self) -> int:
@@ -104,14 +126,29 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
     else:
         state.applied_since_max += 1
     state.events_applied += 1
-    if state.last_event_ts == 0 or event.ts - state.last_event_ts > config.session_gap_ms:
+    if state.events_applied == 1 or event.ts - state.last_event_ts > config.session_gap_ms:
         state.sessions += 1
+        state.session_start_ts = event.ts
+        state.session_events = 0
+        state.session_interests = None
+    state.session_events += 1
     state.last_event_ts = max(state.last_event_ts, event.ts)
     if event.seq is not None:
         state.last_seq = event.seq if state.last_seq is None else max(state.last_seq, event.seq)
+    if event.dwell_ms is not None:
+        state.dwell_ms += min(event.dwell_ms, config.session_gap_ms)
+    if config.segment_fields:
+        state.segment = "-".join(
+            str(getattr(event, name, None) or "na") for name in config.segment_fields
+        )
+    if event.country is not None:
+        state.location = event.country
 
     item_type = event.item_type
-    if event.item_id is None or item_type is None or item_type == "banner" or item_type == "page":
+    if item_type == "banner" and event.item_id is not None:
+        _count_banner_event(state, event, config)
+        return True
+    if event.item_id is None or item_type is None or item_type == "page":
         return True
     state.recent.append(RecentItem(event.item_id, item_type, event.category, event.ts))
     if len(state.recent) > config.history_size:
@@ -123,7 +160,43 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
                 half_life_ms=config.interest_half_life_ms, max_keys=config.max_categories
             )
         state.interests.add(event.category, event.ts, weight)
+        if state.session_interests is None:
+            state.session_interests = DecayedCounter(
+                half_life_ms=config.session_interest_half_life_ms, max_keys=config.max_categories
+            )
+        state.session_interests.add(event.category, event.ts, weight)
+    if event.tags and weight > 0.0:
+        if state.tag_interests is None:
+            state.tag_interests = DecayedCounter(
+                half_life_ms=config.interest_half_life_ms, max_keys=config.max_tags
+            )
+        for tag in event.tags:
+            state.tag_interests.add(tag, event.ts, weight)
     return True
+
+
+def _count_banner_event(state: UserState, event: Event, config: UserStateConfig) -> None:
+    """Impressions and clicks of today's banners (a late event of an earlier day is ignored:
+    caps are per day and that day is over)."""
+    day = event.ts // DAY_MS
+    if day < state.banner_day:
+        return
+    if day > state.banner_day:
+        state.banner_day = day
+        state.banner_impressions = {}
+        state.banners_clicked = []
+    banner_id = event.item_id
+    assert banner_id is not None
+    if event.type == "impression":
+        counts = state.banner_impressions
+        if banner_id in counts or len(counts) < config.max_banners_tracked:
+            counts[banner_id] = counts.get(banner_id, 0) + 1
+    elif (
+        event.type == "click"
+        and banner_id not in state.banners_clicked
+        and len(state.banners_clicked) < config.max_banners_tracked
+    ):
+        state.banners_clicked.append(banner_id)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -20,6 +20,7 @@ from processors.pipeline import SliceProcessor
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
 from state.redis_writer import UserHashWriter
 from state.tables import UserStateStore
+from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
 from stream.handler import EventHandler
 from stream.metrics import Metrics
@@ -167,6 +168,28 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         events_topic=settings.events_topic,
     )
 
+    catalog_dead_letters = app.topic(
+        settings.catalog_dead_letter_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
+
+    async def send_catalog_dead_letter(key: bytes | None, value: bytes) -> Any:
+        return await catalog_dead_letters.send(key=key, value=value)
+
+    catalog_follower = CatalogFollower(
+        aiokafka_client_options(settings),
+        settings.catalog_topic,
+        processor,
+        send_catalog_dead_letter,
+        metrics,
+    )
+
+    @app.task
+    async def follow_catalog() -> None:
+        await catalog_follower.run()
+
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -179,6 +202,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics.users_in_state.set(len(states))
         metrics.popularity_entries.set(processor.popularity.size())
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
+        metrics.banner_ctr_entries.set(processor.ctr.size())
         for tp in app.consumer.assignment():
             if tp.topic != settings.events_topic:
                 continue

@@ -166,6 +166,57 @@ def produce(
     typer.echo(json.dumps({"sent": sent, "topic": settings.events_topic}))
 
 
+catalog_cli = typer.Typer(no_args_is_help=True, help="Recipes, products and banners.")
+cli.add_typer(catalog_cli, name="catalog")
+
+
+@catalog_cli.command("load")
+def catalog_load_command(
+    file: Annotated[Path, typer.Argument(help="JSONL: one item or banner record per line")],
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any line was rejected")] = False,
+) -> None:
+    """Validate and publish catalog records; invalid lines go to the catalog dead-letter topic."""
+    from stream.catalog_load import load_catalog_lines
+    from stream.topics import ensure_topics, make_producer
+
+    settings = _settings()
+    if not file.is_file():
+        raise typer.BadParameter(f"{file} is not a file")
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        with file.open("rb") as lines:
+            report = load_catalog_lines(lines, producer, settings, source=f"file:{file}")
+    finally:
+        producer.close()
+    summary = {**report.as_dict(), "topic": settings.catalog_topic}
+    if report.rejected:
+        summary["dead_letter_topic"] = settings.catalog_dead_letter_topic
+    typer.echo(json.dumps(summary))
+    if strict and report.rejected:
+        raise typer.Exit(1)
+
+
+@catalog_cli.command("delete")
+def catalog_delete_command(
+    keys: Annotated[list[str], typer.Argument(help="kind:id, e.g. banner:b1 or item:r42")],
+) -> None:
+    """Remove catalog entries (tombstones on the compacted topic)."""
+    from stream.catalog_load import delete_catalog_entries
+    from stream.topics import make_producer
+
+    settings = _settings()
+    bad = [key for key in keys if key.partition(":")[0] not in ("item", "banner")]
+    if bad:
+        raise typer.BadParameter(f"expected item:ID or banner:ID, got {bad}")
+    producer = make_producer(settings)
+    try:
+        sent = delete_catalog_entries(keys, producer, settings)
+    finally:
+        producer.close()
+    typer.echo(json.dumps({"deleted": sent, "topic": settings.catalog_topic}))
+
+
 @cli.command()
 def up(
     demo: Annotated[bool, typer.Option(help="Also run the traffic simulator")] = False,

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.events"
 
     @property
+    def catalog_topic(self) -> str:
+        return f"{self.topic_prefix}.catalog"
+
+    @property
+    def catalog_dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.catalog.dlq"
+
+    @property
     def user_state_changelog_topic(self) -> str:
         return f"{self.app_id}-user-state-changelog"
 

@@ -18,8 +18,8 @@ import msgspec
 
 from processors.events import DeadLetter, Event, EventDecoder, encode_dead_letter
 from processors.pipeline import BatchResult, SliceProcessor
+from processors.profile import profile_of
 from processors.slates import encode_slate
-from processors.user_state import UserState
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
 from state.tables import UserStateStore
 from stream.metrics import Metrics
@@ -27,27 +27,6 @@ from stream.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _json = msgspec.json.Encoder()
-
-
-class Profile(msgspec.Struct, frozen=True):
-    """The ``profile`` field of the user hash (grown by later processors)."""
-
-    top_categories: list[tuple[str, float]]
-    sessions: int
-    events: int
-    last_seen: int
-    version: int
-
-
-def profile_of(state: UserState) -> Profile:
-    top = state.interests.normalised_top(5) if state.interests else []
-    return Profile(
-        top_categories=[(c, round(w, 4)) for c, w in top],
-        sessions=state.sessions,
-        events=state.events_applied,
-        last_seen=state.last_event_ts,
-        version=state.version,
-    )
 
 
 class EventHandler:

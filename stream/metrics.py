@@ -99,6 +99,28 @@ class Metrics:
             "Neighbour-row entries plus remembered visitor items of the next-click model (bounded)",
             registry=registry,
         )
+        self.banner_ctr_entries = Gauge(
+            "appetence_banner_ctr_entries",
+            "Banner x segment CTR posteriors held (bounded)",
+            registry=registry,
+        )
+        self.catalog_records = Counter(
+            "appetence_catalog_records_total",
+            "Valid catalog records applied",
+            registry=registry,
+        )
+        self.catalog_rejected = Counter(
+            "appetence_catalog_rejected_total",
+            "Invalid catalog records sent to the catalog dead-letter topic",
+            ["reason"],
+            registry=registry,
+        )
+        self.catalog_banners = Gauge(
+            "appetence_catalog_banners", "Banners in the catalog", registry=registry
+        )
+        self.catalog_items = Gauge(
+            "appetence_catalog_items", "Recipes and products in the catalog", registry=registry
+        )
         self.state_evictions = Counter(
             "appetence_user_state_evictions_total",
             "User states deleted after the idle TTL",
@@ -106,6 +128,7 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.events_rejected.labels(reason=reason)
+            self.catalog_rejected.labels(reason=reason)
         for result in ("ok", "stale", "error"):
             self.redis_writes.labels(result=result)
         for event_type in ("pageview", "click", "impression"):

@@ -20,6 +20,7 @@ import msgspec
 
 from processors.events import Event, encode_batch, encode_event
 from processors.simulator import SimulationConfig, TrafficModel, malformed_record
+from stream.catalog_load import publish_catalog
 from stream.config import Settings
 from stream.topics import make_producer, partition_for
 
@@ -70,6 +71,7 @@ def run_simulation(
     topic = settings.events_topic
     start_wall = time.time()
     model = TrafficModel(config, start_ms=int((start_wall - backfill_seconds) * 1000))
+    publish_catalog(model.catalog_records(), producer, settings)  # the site's catalog first
     noise = random.Random(config.seed + 1)
     report = SimulationReport()
     buffers: dict[int, list[Event]] = defaultdict(list)

@@ -5,6 +5,8 @@
 | ``{prefix}.events``            | user_id  | one event or a JSON array      | settings   |
 | ``{prefix}.events.dlq``        | as input | DeadLetter JSON                | settings   |
 | ``{app_id}-user-state-changelog`` | user_id | msgpack UserState (compacted) | settings |
+| ``{prefix}.catalog``           | kind:id  | catalog record JSON (compacted)| 1          |
+| ``{prefix}.catalog.dlq``       | as input | DeadLetter JSON                | 1          |
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             settings.user_state_changelog_topic, settings.partitions, {"cleanup.policy": "compact"}
         ),
+        # Every worker reads the whole catalog, so it needs no partitions to spread.
+        TopicSpec(settings.catalog_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.catalog_dead_letter_topic, 1, {"retention.ms": retention_ms}),
     ]
 
 
