@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.banners import BannerConfig
 from processors.cooccurrence import CooccurrenceConfig
 from processors.events import DecodeLimits
 from processors.pipeline import SliceConfig
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
     neighbour_scope: Literal["user", "session"] = "user"
     neighbour_max_visitors: int = Field(100_000, ge=100)
     session_gap_seconds: int = Field(30 * 60, ge=60)
+    # Banners (docs/evaluation.md, "Banners"): score = content_weight x content points
+    # + recipe overlap + ctr_weight x Thompson CTR sample + priority.
+    banner_slate_size: int = Field(5, ge=1, le=100)
+    banner_content_weight: float = Field(0.05, ge=0.0)
+    banner_ctr_weight: float = Field(20.0, ge=0.0)
+    banner_ctr_prior_clicks: float = Field(1.0, gt=0.0)
+    banner_ctr_prior_impressions: float = Field(50.0, gt=0.0)
+    banner_exploration_share: float = Field(0.1, ge=0.0, le=1.0)
+    banner_ctr_half_life_seconds: float = Field(30 * 60, gt=0)
+    banner_clicked_demotion: float = Field(0.5, ge=0.0, le=1.0)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
     # --- HTTP (metrics and health) ---------------------------------------------------
@@ -128,6 +139,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SASL security protocol needs APPETENCE_KAFKA_SASL_MECHANISM, "
                 "APPETENCE_KAFKA_SASL_USERNAME and APPETENCE_KAFKA_SASL_PASSWORD"
+            )
+        if self.banner_ctr_prior_clicks >= self.banner_ctr_prior_impressions:
+            raise ValueError(
+                "APPETENCE_BANNER_CTR_PRIOR_CLICKS must be below "
+                "APPETENCE_BANNER_CTR_PRIOR_IMPRESSIONS (the prior CTR is their ratio)"
             )
         if self.kafka_heartbeat_interval_seconds * 3 > self.kafka_session_timeout_seconds:
             raise ValueError(
@@ -187,6 +203,16 @@ class Settings(BaseSettings):
                 session_gap_ms=self.session_gap_seconds * 1000,
                 neighbour_scope=self.neighbour_scope,
             ),
+            banners=BannerConfig(
+                size=self.banner_slate_size,
+                content_weight=self.banner_content_weight,
+                ctr_weight=self.banner_ctr_weight,
+                prior_clicks=self.banner_ctr_prior_clicks,
+                prior_impressions=self.banner_ctr_prior_impressions,
+                exploration_share=self.banner_exploration_share,
+                clicked_demotion=self.banner_clicked_demotion,
+            ),
+            ctr_half_life_ms=self.banner_ctr_half_life_seconds * 1000,
             cooccurrence=CooccurrenceConfig(
                 half_life_ms=self.cooccurrence_half_life_seconds * 1000
                 if self.cooccurrence_half_life_seconds
