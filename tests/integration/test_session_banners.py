@@ -74,8 +74,9 @@ def test_a_new_sessions_category_reaches_profile_and_banners_in_one_batch(
 
     now = int(time.time() * 1000)
     for i in range(3):  # an earlier session, two hours ago, all pasta
-        send(PageView(event_id=f"p{i}", ts=now - 7_200_000 + i * 60_000, user_id="me",
-                      item_id=f"r{i}", item_type="recipe", category="pasta", device="mobile"))  # fmt: skip
+        ts = now - 7_200_000 + i * 60_000
+        send(PageView(event_id=f"p{i}", ts=ts, user_id="me", item_id=f"r{i}",
+                      item_type="recipe", category="pasta", device="mobile"))  # fmt: skip
     worker.wait_for(lambda: fields()[0].get("events") == 3, timeout=60, what="first session")
     profile, banners = fields()
     assert profile["session_categories"][0][0] == "pasta"
