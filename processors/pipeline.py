@@ -54,7 +54,7 @@ class SliceConfig:
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     banners: BannerConfig = field(default_factory=BannerConfig)
-    ctr_half_life_ms: float = 30 * 60 * 1000
+    ctr_half_life_ms: float = 15 * 60 * 1000
     max_ctr_keys: int = 100_000  # banner x segment posteriors kept
     max_catalog_items: int = 200_000
 

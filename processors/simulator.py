@@ -157,6 +157,25 @@ def true_return_probability(device: str, os: str, browser: str, plan: str, count
     return 1.0 / (1.0 + math.exp(-logit))
 
 
+#: Click propensity of each banner slot (slot 0 is the most visible).
+POSITION_BIAS = (1.0, 0.6, 0.4, 0.3, 0.2)
+
+
+def true_banner_ctr(banner: BannerTruth, user: UserTruth, position: int = 0) -> float:
+    """The click probability of ``banner`` shown to ``user`` in slot ``position``: its
+    segment CTR, raised by the user's taste for its categories, times the slot's bias.
+
+    >>> user = UserTruth("u", {"pasta": 0.5, "soup": 0.5}, "mobile", "ios", "safari", "free",
+    ...                  "us", "mobile-free", 0.5)
+    >>> banner = BannerTruth("b", "a", ["pasta"], [], [], [], {"mobile-free": 0.02})
+    >>> round(true_banner_ctr(banner, user), 4), round(true_banner_ctr(banner, user, 1), 4)
+    (0.05, 0.03)
+    """
+    affinity = 0.5 + 4.0 * sum(user.taste.get(category, 0.0) for category in banner.categories)
+    bias = POSITION_BIAS[min(position, len(POSITION_BIAS) - 1)]
+    return min(0.9, banner.ctr_by_segment[user.segment] * affinity * bias)
+
+
 class TrafficModel:
     """Generates events in event-time order from ``start_ms`` on."""
 
@@ -325,7 +344,7 @@ class TrafficModel:
                         position=0,
                     )
                 )
-                if rng.random() < banner.ctr_by_segment[user.segment]:
+                if rng.random() < true_banner_ctr(banner, user):
                     t += rng.randint(500, 5_000)
                     events.append(
                         Click(

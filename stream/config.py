@@ -99,12 +99,12 @@ class Settings(BaseSettings):
     # Banners (docs/evaluation.md, "Banners"): score = content_weight x content points
     # + recipe overlap + ctr_weight x Thompson CTR sample + priority.
     banner_slate_size: int = Field(5, ge=1, le=100)
-    banner_content_weight: float = Field(0.05, ge=0.0)
+    banner_content_weight: float = Field(0.3, ge=0.0)
     banner_ctr_weight: float = Field(20.0, ge=0.0)
     banner_ctr_prior_clicks: float = Field(1.0, gt=0.0)
     banner_ctr_prior_impressions: float = Field(50.0, gt=0.0)
     banner_exploration_share: float = Field(0.1, ge=0.0, le=1.0)
-    banner_ctr_half_life_seconds: float = Field(30 * 60, gt=0)
+    banner_ctr_half_life_seconds: float = Field(15 * 60, gt=0)
     banner_clicked_demotion: float = Field(0.5, ge=0.0, le=1.0)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 

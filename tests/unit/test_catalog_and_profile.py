@@ -127,10 +127,15 @@ def test_banner_ctr_is_learned_per_segment_from_impressions_and_clicks() -> None
     ]
     processor.process_batch(events, {}, now_ms=3000)
     config = processor.config.banners
+    overall = (config.prior_clicks + 1) / (config.prior_impressions + 10)
+    strength = config.segment_prior_strength
     alpha, beta = processor.ctr.posterior("soup-b", "mobile-free", config, now_ms=3000)
-    assert alpha == pytest.approx(config.prior_clicks + 1, rel=1e-3)
-    assert alpha + beta == pytest.approx(config.prior_impressions + 10, rel=1e-3)
-    assert processor.ctr.posterior("soup-b", "desktop-free", config, 3000)[0] == 1.0
+    assert alpha == pytest.approx(strength * overall + 1, rel=1e-3)
+    assert alpha + beta == pytest.approx(strength + 10, rel=1e-3)
+    # another segment has no data of its own: it starts from the banner's overall CTR
+    alpha, beta = processor.ctr.posterior("soup-b", "desktop-free", config, 3000)
+    assert alpha == pytest.approx(strength * overall, rel=1e-3)
+    assert alpha + beta == pytest.approx(strength, rel=1e-3)
 
 
 def test_replaying_a_batch_rebuilds_the_same_banner_slate() -> None:
