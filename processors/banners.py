@@ -13,6 +13,11 @@ Score of an eligible banner, each term kept for the explanation:
   |linked(b)|`` with the user's current recipe slate; the best linked item is carried along;
 - *learned CTR*: a Thompson sample of the banner's Beta posterior in the user's segment.
 
+The score is the sampled CTR lifted by relevance, ``ctr × (1 + content_weight × content +
+recipe_weight × overlap) × 2 ** (priority / 10)``: multiplicative, so a banner nobody clicks
+any more loses its traffic however well it matches (an additive content term kept a dead
+banner at ~20% of its traffic in the closed-loop evaluation).
+
 Eligibility: inside the active window, under the per-user daily frequency cap (counted
 from impressions), and banners the user already clicked today are demoted.
 
@@ -61,17 +66,16 @@ class BannerConfig:
     category_points: float = 10.0
     location_points: float = 5.0
     tag_points: float = 1.0
-    # Content points are ~10s and CTRs ~0.01s: 0.3 x 10 points ~ 20 x a 0.15 CTR difference.
+    # Relevance lifts the sampled CTR: a full category match (10 points) multiplies it by 11.
     # Chosen in closed-loop simulation on seed 1 (docs/evaluation.md); seed 42 is reported.
-    content_weight: float = 0.3
+    content_weight: float = 1.0
     recipe_weight: float = 1.0
-    ctr_weight: float = 20.0
-    prior_clicks: float = 1.0  # Beta(alpha, beta) prior of every banner's CTR
-    prior_impressions: float = 50.0  # prior mean = clicks / impressions
+    prior_clicks: float = 0.4  # Beta(alpha, beta) prior of every banner's CTR
+    prior_impressions: float = 20.0  # prior mean = clicks / impressions
     # A (banner, segment) posterior starts from the banner's all-segment posterior mean with
     # this many pseudo-impressions (empirical-Bayes shrinkage): segments share what the
     # banner's overall CTR says until they have data of their own.
-    segment_prior_strength: float = 20.0
+    segment_prior_strength: float = 50.0
     exploration_share: float = 0.1  # share of rankings that order by a pure posterior sample
     clicked_demotion: float = 0.5  # score multiplier once the user clicked the banner today
     size: int = 5
@@ -177,6 +181,11 @@ def content_match(banner: Banner, user: UserContext, config: BannerConfig) -> fl
     return score + banner.engagement_rate
 
 
+def relevance_lift(content: float, config: BannerConfig) -> float:
+    """How much content match multiplies a banner's base CTR (1 without a match)."""
+    return 1.0 + config.content_weight * content
+
+
 def recipe_overlap(banner: Banner, slate_items: Sequence[str]) -> tuple[float, str | None]:
     """Share of the banner's linked items in the user's slate, and the best-ranked of them."""
     if not banner.linked_items:
@@ -207,12 +216,8 @@ def rank_banners(
         if explore:
             score = sample
         else:
-            score = (
-                config.content_weight * content
-                + config.recipe_weight * overlap
-                + config.ctr_weight * sample
-                + banner.priority
-            )
+            lift = relevance_lift(content, config) + config.recipe_weight * overlap
+            score = sample * lift * 2.0 ** (banner.priority / 10.0)
         if banner.banner_id in user.clicked_today:
             score *= config.clicked_demotion
         ranked.append(RankedBanner(banner.banner_id, score, content, overlap, sample, via))

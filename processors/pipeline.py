@@ -126,7 +126,8 @@ class SliceProcessor:
             weight = POPULARITY_WEIGHTS[event.type]
             item_id, item_type = event.item_id, event.item_type
             if item_type == "banner" and item_id is not None and event.type != "pageview":
-                self.ctr.learn_one(item_id, state.segment or "na", event.type == "click", event.ts)
+                segment = state.segment or "na"
+                self.ctr.learn_one(item_id, segment, event.type == "click", event.ts)
                 continue
             if item_id is None or item_type is None or weight == 0.0:
                 continue
@@ -160,26 +161,29 @@ class SliceProcessor:
                 slates["banners"] = self.banner_slate(state, slates, now_ms)
         return result
 
-    def banner_slate(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> Slate:
-        """The user's banners, best first, each with its explanation and today's remaining cap.
-
-        Reproducible: the Thompson samples are seeded by the user and the state's version, so
-        a replayed batch yields the same slate.
-        """
+    def _user_context(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> UserContext:
         day = now_ms // DAY_MS
         today = state.banner_day == day
-        impressions = state.banner_impressions if today else {}
         tags = state.tag_interests.top(5) if state.tag_interests else []
-        user = UserContext(
+        return UserContext(
             interests=current_interests(state),
             tags=frozenset(tag for tag, _ in tags),
             location=state.location,
             segment=state.segment or "na",
             slate_items=[item.id for slate in slates.values() for item in slate.items],
             day=day,
-            impressions_today=impressions,
+            impressions_today=state.banner_impressions if today else {},
             clicked_today=frozenset(state.banners_clicked if today else ()),
         )
+
+    def banner_slate(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> Slate:
+        """The user's banners, best first, each with its explanation and today's remaining cap.
+
+        Reproducible: the Thompson samples are seeded by the user and the state's version, so
+        a replayed batch yields the same slate.
+        """
+        user = self._user_context(state, slates, now_ms)
+        impressions = user.impressions_today
         rng = random.Random(zlib.crc32(f"{state.user_id}:{state.version}".encode()))
         ranked = rank_banners(
             self.catalog.banners.values(), user, self.ctr, self.config.banners, rng, now_ms

@@ -96,13 +96,14 @@ class Settings(BaseSettings):
     neighbour_scope: Literal["user", "session"] = "user"
     neighbour_max_visitors: int = Field(100_000, ge=100)
     session_gap_seconds: int = Field(30 * 60, ge=60)
-    # Banners (docs/evaluation.md, "Banners"): score = content_weight x content points
-    # + recipe overlap + ctr_weight x Thompson CTR sample + priority.
+    # Banners (README, docs/evaluation.md): score = Thompson CTR sample x (1 + content_weight
+    # x content points + recipe_weight x recipe overlap) x 2^(priority / 10).
     banner_slate_size: int = Field(5, ge=1, le=100)
-    banner_content_weight: float = Field(0.3, ge=0.0)
-    banner_ctr_weight: float = Field(20.0, ge=0.0)
-    banner_ctr_prior_clicks: float = Field(1.0, gt=0.0)
-    banner_ctr_prior_impressions: float = Field(50.0, gt=0.0)
+    banner_content_weight: float = Field(1.0, ge=0.0)
+    banner_recipe_weight: float = Field(1.0, ge=0.0)
+    banner_ctr_prior_clicks: float = Field(0.4, gt=0.0)
+    banner_ctr_prior_impressions: float = Field(20.0, gt=0.0)
+    banner_segment_prior_strength: float = Field(50.0, gt=0.0)
     banner_exploration_share: float = Field(0.1, ge=0.0, le=1.0)
     banner_ctr_half_life_seconds: float = Field(15 * 60, gt=0)
     banner_clicked_demotion: float = Field(0.5, ge=0.0, le=1.0)
@@ -206,7 +207,8 @@ class Settings(BaseSettings):
             banners=BannerConfig(
                 size=self.banner_slate_size,
                 content_weight=self.banner_content_weight,
-                ctr_weight=self.banner_ctr_weight,
+                recipe_weight=self.banner_recipe_weight,
+                segment_prior_strength=self.banner_segment_prior_strength,
                 prior_clicks=self.banner_ctr_prior_clicks,
                 prior_impressions=self.banner_ctr_prior_impressions,
                 exploration_share=self.banner_exploration_share,

@@ -75,8 +75,12 @@ def test_a_banner_at_its_daily_cap_is_never_ranked(
 
 
 def test_a_clicked_banner_is_demoted() -> None:
-    catalog = [Banner("a", priority=1.0), Banner("b", priority=0.9)]
-    config = BannerConfig(ctr_weight=0.0, exploration_share=0.0)
+    catalog = [Banner("a", priority=3.0), Banner("b", priority=2.0)]
+    config = BannerConfig(  # a prior so strong that every CTR sample is ~0.01
+        exploration_share=0.0, prior_clicks=1e4, prior_impressions=1e6, segment_prior_strength=1e6
+    )
+    ranked = rank_banners(catalog, UserContext(), CtrStats(), config, random.Random(3), 0)
+    assert [b.banner_id for b in ranked] == ["a", "b"]  # priority 3 beats 2 at equal CTR
     user = UserContext(clicked_today=frozenset({"a"}))
     ranked = rank_banners(catalog, user, CtrStats(), config, random.Random(3), 0)
     assert [b.banner_id for b in ranked] == ["b", "a"]
