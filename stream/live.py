@@ -114,16 +114,22 @@ class LiveState:
         }
         return self.last
 
-    def samples(self) -> list[tuple[str, list[str]]]:
+    def samples(self) -> list[tuple[str, list[str], str]]:
+        """Sample users' top recipes and top banner (with reasons), read like an ad server."""
         out = []
         for user_id in self.sample_users:
             try:
-                raw = self.redis_client.hget(f"{self.key_prefix}:user:{user_id}", "recipes")
+                raw, banners = self.redis_client.hmget(
+                    f"{self.key_prefix}:user:{user_id}", ["recipes", "banners"]
+                )
             except redis.RedisError:
                 continue
             if raw:
                 slate = json.loads(raw)
-                out.append((user_id, [f"{i['id']} ({i['reason']})" for i in slate["items"][:4]]))
+                recipes = [f"{i['id']} ({i['reason']})" for i in slate["items"][:4]]
+                top = json.loads(banners)["items"][:1] if banners else []
+                banner = f"{top[0]['id']} ({top[0]['reason']})" if top else ""
+                out.append((user_id, recipes, banner))
         return out
 
     def render(self, header: str) -> Group:
@@ -135,9 +141,10 @@ class LiveState:
         }
         for key, value in stats.items():
             table.add_row(fmt.get(key, key.replace("_", " ")), str(value))
-        users = Table(title="sample users: top recipes", show_lines=False)
+        users = Table(title="sample users: top recipes and banner", show_lines=False)
         users.add_column("user")
         users.add_column("recipes")
-        for user_id, items in self.samples():
-            users.add_row(user_id, ", ".join(items))
+        users.add_column("banner")
+        for user_id, items, banner in self.samples():
+            users.add_row(user_id, ", ".join(items), banner)
         return Group(Panel(header, title="appetence up"), table, users)
