@@ -32,6 +32,7 @@ class Profile(msgspec.Struct, frozen=True):
     top_categories: list[tuple[str, float]]  # long-term (days), strongest = 1.0
     session_categories: list[tuple[str, float]]  # the current session (minutes)
     top_tags: list[tuple[str, float]]
+    session_tags: list[tuple[str, float]]
     segment: str | None
     location: str | None
     sessions: int
@@ -54,6 +55,7 @@ def profile_of(state: UserState, top: int = 5) -> Profile:
             state.session_interests.normalised_top(top) if state.session_interests else []
         ),
         top_tags=_rounded(state.tag_interests.normalised_top(top) if state.tag_interests else []),
+        session_tags=_rounded(state.session_tags.normalised_top(top) if state.session_tags else []),
         segment=state.segment,
         location=state.location,
         sessions=state.sessions,

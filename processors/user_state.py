@@ -78,6 +78,7 @@ class UserState(msgspec.Struct, kw_only=True):
     session_start_ts: int = 0
     session_events: int = 0
     session_interests: DecayedCounter | None = None  # categories of the current session
+    session_tags: DecayedCounter | None = None  # tags of the current session
     tag_interests: DecayedCounter | None = None
     dwell_ms: int = 0
     segment: str | None = None
@@ -131,6 +132,7 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
         state.session_start_ts = event.ts
         state.session_events = 0
         state.session_interests = None
+        state.session_tags = None
     state.session_events += 1
     state.last_event_ts = max(state.last_event_ts, event.ts)
     if event.seq is not None:
@@ -170,8 +172,13 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
             state.tag_interests = DecayedCounter(
                 half_life_ms=config.interest_half_life_ms, max_keys=config.max_tags
             )
+        if state.session_tags is None:
+            state.session_tags = DecayedCounter(
+                half_life_ms=config.session_interest_half_life_ms, max_keys=config.max_tags
+            )
         for tag in event.tags:
             state.tag_interests.add(tag, event.ts, weight)
+            state.session_tags.add(tag, event.ts, weight)
     return True
 
 

@@ -78,6 +78,7 @@ def test_a_new_session_starts_a_fresh_session_interest_that_leads_the_blend() ->
     interests = current_interests(state)
     assert interests["soup"] == 1.0 > interests["pasta"] > 0.0
     assert profile.location == "fr" and profile.top_tags == [("quick", 1.0)]
+    assert profile.session_tags == []  # the new session has no tags yet
 
 
 def _banner_processor() -> SliceProcessor:
