@@ -221,7 +221,7 @@ def catalog_delete_command(
 def up(
     demo: Annotated[bool, typer.Option(help="Also run the traffic simulator")] = False,
     duration: Annotated[float | None, typer.Option(help="Stop everything after S seconds")] = None,
-    rate: Annotated[float, typer.Option(help="Simulator events per second")] = 1000.0,
+    rate: Annotated[float, typer.Option(help="Simulator events per second")] = 400.0,
     malformed_rate: Annotated[float, typer.Option(help="Simulator malformed share")] = 0.005,
     broker_port: Annotated[int | None, typer.Option(help="Broker port (default: free)")] = None,
     redis_port: Annotated[int | None, typer.Option(help="Redis port (default: free)")] = None,
