@@ -43,8 +43,6 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from processors.decay import DecayedCounter
-
 
 @dataclass(frozen=True, slots=True)
 class Banner:
@@ -85,14 +83,33 @@ ALL_SEGMENTS = "*"
 
 
 class CtrStats:
-    """Time-decayed impressions and clicks per (banner, segment): the Beta-Bernoulli
-    posterior of each banner's CTR. Old evidence fades with ``half_life_ms`` so that a
-    banner that stops converting loses its traffic (a stationary Beta never forgets).
+    """Impressions and clicks per (banner, segment) over a sliding window: the
+    Beta-Bernoulli posterior of each banner's CTR, for sliding-window Thompson sampling.
+
+    Only the last ``window_ms`` count (in ``buckets`` time buckets), so a banner that stops
+    converting is judged on its recent impressions alone once the window has passed: with
+    exponential forgetting (15 min half-life) old clicks lingered and a dead banner kept
+    ~20% of its traffic for an hour (docs/evaluation.md). Keys are bounded (least recently
+    updated dropped).
+
+    >>> stats = CtrStats(window_ms=60_000, buckets=6)
+    >>> for t in range(0, 60_000, 1_000):
+    ...     stats.learn_one("b", "mobile-free", clicked=False, ts_ms=t)
+    >>> stats.learn_one("b", "mobile-free", clicked=True, ts_ms=59_000)
+    >>> stats.counts("b", "mobile-free", now_ms=59_999)
+    (1.0, 60.0)
+    >>> stats.counts("b", "mobile-free", now_ms=130_000)  # the window has passed
+    (0.0, 0.0)
     """
 
-    def __init__(self, half_life_ms: float = 30 * 60 * 1000, max_keys: int = 100_000) -> None:
-        self.impressions = DecayedCounter(half_life_ms=half_life_ms, max_keys=max_keys)
-        self.clicks = DecayedCounter(half_life_ms=half_life_ms, max_keys=max_keys)
+    def __init__(
+        self, window_ms: float = 45 * 60 * 1000, buckets: int = 9, max_keys: int = 100_000
+    ) -> None:
+        self.bucket_ms = max(1, int(window_ms // buckets))
+        self.buckets = buckets
+        self.max_keys = max_keys
+        #: key -> {bucket index: [impressions, clicks]}
+        self._windows: dict[str, dict[int, list[float]]] = {}
 
     @staticmethod
     def _key(banner_id: str, segment: str) -> str:
@@ -100,13 +117,38 @@ class CtrStats:
 
     def learn_one(self, banner_id: str, segment: str, clicked: bool, ts_ms: int) -> None:
         """One impression (``clicked`` False) or one click on a shown banner."""
-        counter = self.clicks if clicked else self.impressions
-        counter.add(self._key(banner_id, segment), ts_ms)
-        counter.add(self._key(banner_id, ALL_SEGMENTS), ts_ms)
+        bucket = ts_ms // self.bucket_ms
+        windows = self._windows
+        for key in (self._key(banner_id, segment), self._key(banner_id, ALL_SEGMENTS)):
+            window = windows.pop(key, None)  # re-inserted last: most recently updated
+            if window is None:
+                window = {}
+                if len(windows) >= self.max_keys:
+                    del windows[next(iter(windows))]
+            windows[key] = window
+            entry = window.get(bucket)
+            if entry is None:
+                entry = window[bucket] = [0.0, 0.0]
+                if len(window) > self.buckets:
+                    for old in [b for b in window if b <= bucket - self.buckets]:
+                        del window[old]
+            entry[1 if clicked else 0] += 1.0
 
     def _counts(self, key: str, now_ms: int) -> tuple[float, float]:
-        clicks = self.clicks.value_at(key, now_ms)
-        return clicks, max(self.impressions.value_at(key, now_ms), clicks)
+        window = self._windows.get(key)
+        if not window:
+            return 0.0, 0.0
+        oldest = now_ms // self.bucket_ms - self.buckets
+        impressions = clicks = 0.0
+        for bucket, (shown, clicked) in window.items():
+            if bucket > oldest:
+                impressions += shown
+                clicks += clicked
+        return clicks, max(impressions, clicks)
+
+    def counts(self, banner_id: str, segment: str, now_ms: int) -> tuple[float, float]:
+        """(clicks, impressions) inside the window ending at ``now_ms``."""
+        return self._counts(self._key(banner_id, segment), now_ms)
 
     def posterior(
         self, banner_id: str, segment: str, config: BannerConfig, now_ms: int
@@ -121,7 +163,7 @@ class CtrStats:
         return alpha, max(beta, 1e-9)
 
     def size(self) -> int:
-        return len(self.impressions)
+        return len(self._windows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ class SliceConfig:
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     banners: BannerConfig = field(default_factory=BannerConfig)
-    ctr_half_life_ms: float = 15 * 60 * 1000
+    ctr_window_ms: float = 45 * 60 * 1000  # sliding window of banner CTR evidence
     max_ctr_keys: int = 100_000  # banner x segment posteriors kept
     max_catalog_items: int = 200_000
 
@@ -83,7 +83,7 @@ class SliceProcessor:
         self.cooccurrence = CooccurrenceModel(config.cooccurrence)
         self.items = ItemCatalog(config.max_catalog_items)  # what events said about items
         self.catalog = Catalog(max_items=config.max_catalog_items)  # the catalog topic
-        self.ctr = CtrStats(config.ctr_half_life_ms, config.max_ctr_keys)
+        self.ctr = CtrStats(config.ctr_window_ms, max_keys=config.max_ctr_keys)
 
     def apply_catalog(self, record: CatalogRecord | None, key: str | None = None) -> None:
         """One catalog record (``None`` with its ``key``: a tombstone)."""

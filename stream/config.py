@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     banner_ctr_prior_impressions: float = Field(20.0, gt=0.0)
     banner_segment_prior_strength: float = Field(50.0, gt=0.0)
     banner_exploration_share: float = Field(0.1, ge=0.0, le=1.0)
-    banner_ctr_half_life_seconds: float = Field(15 * 60, gt=0)
+    banner_ctr_window_seconds: float = Field(45 * 60, ge=60)
     banner_clicked_demotion: float = Field(0.5, ge=0.0, le=1.0)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
 
@@ -214,7 +214,7 @@ class Settings(BaseSettings):
                 exploration_share=self.banner_exploration_share,
                 clicked_demotion=self.banner_clicked_demotion,
             ),
-            ctr_half_life_ms=self.banner_ctr_half_life_seconds * 1000,
+            ctr_window_ms=self.banner_ctr_window_seconds * 1000,
             cooccurrence=CooccurrenceConfig(
                 half_life_ms=self.cooccurrence_half_life_seconds * 1000
                 if self.cooccurrence_half_life_seconds

@@ -104,7 +104,7 @@ def _closed_loop(
 
 def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
     rng = random.Random(42)
-    stats = CtrStats(half_life_ms=30 * 60 * 1000)
+    stats = CtrStats(window_ms=30 * 60 * 1000)
     hour = 3600
     before = _closed_loop(4 * hour, 0, {"good": 0.08, "fair": 0.04, "bad": 0.01}, stats, rng)
     assert before["good"] > before["fair"] > before["bad"]
