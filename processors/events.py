@@ -237,6 +237,28 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
     return _encoder.encode(letter)
 
 
+def dead_letter_bytes(
+    rejection: Rejection, source_topic: str, source_partition: int, source_offset: int, now_ms: int
+) -> bytes:
+    """The dead-letter record of a rejected event, record or catalog line (one format for all).
+
+    >>> import json
+    >>> raw = dead_letter_bytes(Rejection("invalid_json", "bad", b"{"), "t", 0, 7, now_ms=1)
+    >>> json.loads(raw)["reason"], json.loads(raw)["source_offset"]
+    ('invalid_json', 7)
+    """
+    letter = DeadLetter(
+        reason=rejection.reason,
+        detail=rejection.detail,
+        source_topic=source_topic,
+        source_partition=source_partition,
+        source_offset=source_offset,
+        rejected_at=now_ms,
+        original=rejection.raw,
+    )
+    return encode_dead_letter(letter)
+
+
 def event_json_schemas() -> dict[str, dict[str, object]]:
     """One JSON Schema per event type, generated from the code's own types."""
     schemas: dict[str, dict[str, object]] = {}

@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.catalog import decode_catalog_record
-from processors.events import DeadLetter, encode_dead_letter
+from processors.events import dead_letter_bytes
 from processors.pipeline import SliceProcessor
 from stream.metrics import Metrics
 
@@ -52,16 +52,10 @@ class CatalogFollower:
         if decoded.rejection is not None:
             rejection = decoded.rejection
             self.metrics.catalog_rejected.labels(reason=rejection.reason).inc()
-            letter = DeadLetter(
-                reason=rejection.reason,
-                detail=rejection.detail,
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-                rejected_at=int(time.time() * 1000),
-                original=rejection.raw,
+            letter = dead_letter_bytes(
+                rejection, record.topic, record.partition, record.offset, int(time.time() * 1000)
             )
-            await self.send_dead_letter(record.key, encode_dead_letter(letter))
+            await self.send_dead_letter(record.key, letter)
             return
         self.processor.apply_catalog(decoded.record)
         self.records_applied += 1

@@ -20,7 +20,7 @@ from processors.catalog import (
     decode_catalog_record,
     encode_catalog_record,
 )
-from processors.events import DeadLetter, encode_dead_letter
+from processors.events import dead_letter_bytes
 from stream.config import Settings
 
 
@@ -65,16 +65,9 @@ def load_catalog_lines(
             continue
         assert decoded.rejection is not None
         report.rejected[decoded.rejection.reason] += 1
-        letter = DeadLetter(
-            reason=decoded.rejection.reason,
-            detail=decoded.rejection.detail,
-            source_topic=source,
-            source_partition=-1,
-            source_offset=number,
-            rejected_at=int(time.time() * 1000),
-            original=raw,
-        )
-        producer.send(settings.catalog_dead_letter_topic, value=encode_dead_letter(letter))
+        # source offset = the line number; no partition (-1): the record came from a file
+        letter = dead_letter_bytes(decoded.rejection, source, -1, number, int(time.time() * 1000))
+        producer.send(settings.catalog_dead_letter_topic, value=letter)
     producer.flush()
     return report
 

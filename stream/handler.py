@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from processors.events import DeadLetter, Event, EventDecoder, encode_dead_letter
+from processors.events import Event, EventDecoder, Rejection, dead_letter_bytes
 from processors.pipeline import BatchResult, SliceProcessor
 from processors.profile import profile_of
 from processors.slates import encode_slate
@@ -81,16 +81,10 @@ class EventHandler:
         self, message: Any, reason: str, detail: str, raw: bytes, now_ms: int
     ) -> None:
         self.metrics.events_rejected.labels(reason=reason).inc()
-        letter = DeadLetter(
-            reason=reason,
-            detail=detail,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
-            rejected_at=now_ms,
-            original=raw,
+        letter = dead_letter_bytes(
+            Rejection(reason, detail, raw), message.topic, message.partition, message.offset, now_ms
         )
-        await self.dead_letters.send(key=message.key, value=encode_dead_letter(letter))
+        await self.dead_letters.send(key=message.key, value=letter)
 
     async def _handle(self, batch: Sequence[Any]) -> BatchResult:
         started = time.perf_counter()
