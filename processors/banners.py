@@ -57,6 +57,7 @@ class Banner:
     daily_cap: int | None = None  # impressions per user per day; None: no cap
     priority: float = 0.0
     engagement_rate: float = 0.0
+    win_back_only: bool = False  # shown only to users the loyalty model flags for win-back
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class UserContext:
     day: int = 0  # the day impressions_today / clicked_today count for
     impressions_today: Mapping[str, int] = field(default_factory=dict)  # banner -> count
     clicked_today: frozenset[str] = frozenset()
+    win_back: bool = False  # a returning user the loyalty model expects not to come back
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +200,10 @@ class RankedBanner:
 
 
 def eligible(banner: Banner, user: UserContext, now_ms: int) -> bool:
-    """Active now and under the user's daily frequency cap for it."""
+    """Active now, under the user's daily frequency cap for it, and for win-back banners
+    only when the user is eligible for win-back."""
+    if banner.win_back_only and not user.win_back:
+        return False
     if banner.active_from_ms is not None and now_ms < banner.active_from_ms:
         return False
     if banner.active_to_ms is not None and now_ms >= banner.active_to_ms:

@@ -57,6 +57,8 @@ class CatalogBanner(msgspec.Struct, kw_only=True, frozen=True, tag_field="kind",
     daily_cap: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     priority: Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)] = 0.0
     engagement_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    # Shown only to users flagged for win-back (returning, now unlikely to come back).
+    win_back_only: bool = False
 
 
 CatalogRecord: TypeAlias = CatalogItem | CatalogBanner
@@ -125,6 +127,7 @@ def to_banner(record: CatalogBanner) -> Banner:
         daily_cap=record.daily_cap,
         priority=record.priority,
         engagement_rate=record.engagement_rate,
+        win_back_only=record.win_back_only,
     )
 
 

@@ -30,6 +30,17 @@ from processors.banners import BannerConfig, CtrStats, UserContext, rank_banners
 from processors.catalog import Catalog, CatalogItem, CatalogRecord
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.events import Event
+from processors.loyalty import (
+    ExpiryQueue,
+    LoyaltyConfig,
+    LoyaltyModels,
+    LoyaltyState,
+    ResolvedExample,
+    context_of,
+    observe,
+    signals_of,
+    win_back,
+)
 from processors.popularity import PopularityConfig, PopularityIndex
 from processors.profile import current_interests
 from processors.recommend import (
@@ -54,6 +65,7 @@ class SliceConfig:
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     banners: BannerConfig = field(default_factory=BannerConfig)
+    loyalty: LoyaltyConfig = field(default_factory=LoyaltyConfig)
     ctr_window_ms: float = 45 * 60 * 1000  # sliding window of banner CTR evidence
     max_ctr_keys: int = 100_000  # banner x segment posteriors kept
     max_catalog_items: int = 200_000
@@ -68,6 +80,10 @@ class BatchResult:
     duplicates: int = 0
     #: Per-user sequence gaps seen in this batch (events carrying ``seq``).
     seq_gaps: int = 0
+    #: Loyalty labels this batch resolved (by the users' events or by the watermark).
+    resolved: list[ResolvedExample] = field(default_factory=list)
+    #: Users whose state changed only because a pending label expired: persist, no slates.
+    expired: dict[str, UserState] = field(default_factory=dict)
 
 
 class StateLookup(Protocol):
@@ -84,6 +100,10 @@ class SliceProcessor:
         self.items = ItemCatalog(config.max_catalog_items)  # what events said about items
         self.catalog = Catalog(max_items=config.max_catalog_items)  # the catalog topic
         self.ctr = CtrStats(config.ctr_window_ms, max_keys=config.max_ctr_keys)
+        # Scores with the latest model snapshot; learning happens in the learner (stream/).
+        self.loyalty = LoyaltyModels(config.loyalty)
+        self.expiry = ExpiryQueue()
+        self.watermark = 0  # the latest event time seen: horizons pass by event time
 
     def apply_catalog(self, record: CatalogRecord | None, key: str | None = None) -> None:
         """One catalog record (``None`` with its ``key``: a tombstone)."""
@@ -123,6 +143,7 @@ class SliceProcessor:
                 result.seq_gaps += 1
             result.touched[user_id] = state
             result.applied_by_type[event.type] += 1
+            self._observe_loyalty(user_id, state, event, result)
             weight = POPULARITY_WEIGHTS[event.type]
             item_id, item_type = event.item_id, event.item_type
             if item_type == "banner" and item_id is not None and event.type != "pageview":
@@ -140,6 +161,7 @@ class SliceProcessor:
                     event.ts,
                     session_id=visitor_id(state, config.assembly.neighbour_scope),
                 )
+        self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         votes_memo: dict[str, list[tuple[str, float]]] = {}  # the model is frozen from here
         for user_id, state in result.touched.items():
@@ -161,6 +183,39 @@ class SliceProcessor:
                 slates["banners"] = self.banner_slate(state, slates, now_ms)
         return result
 
+    def _observe_loyalty(
+        self, user_id: str, state: UserState, event: Event, result: BatchResult
+    ) -> None:
+        loyalty = state.loyalty
+        if loyalty is None:
+            loyalty = state.loyalty = LoyaltyState()
+        config = self.config.loyalty
+        result.resolved += observe(
+            loyalty, event.ts, context_of(event), signals_of(event), config, self.loyalty
+        )
+        self.expiry.schedule(user_id, loyalty)
+        self.watermark = max(self.watermark, event.ts)
+
+    def expire_labels(self, states: StateLookup, result: BatchResult) -> None:
+        """Resolve (negative) the pending labels whose horizon the watermark has passed."""
+
+        def lookup(user_id: str) -> LoyaltyState | None:
+            state = result.touched.get(user_id) or states.get(user_id)
+            if state is None:
+                return None
+            if user_id not in result.touched:
+                result.expired[user_id] = state
+            return state.loyalty
+
+        for _, example in self.expiry.expire_due(self.watermark, lookup, self.config.loyalty):
+            result.resolved.append(example)
+
+    def schedule_pending(self, states: Iterable[tuple[str, UserState]]) -> None:
+        """Queue every user with pending labels (after a recovery, the queue starts empty)."""
+        for user_id, state in states:
+            if state.loyalty is not None and state.loyalty.pending:
+                self.expiry.schedule(user_id, state.loyalty)
+
     def _user_context(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> UserContext:
         day = now_ms // DAY_MS
         today = state.banner_day == day
@@ -174,6 +229,8 @@ class SliceProcessor:
             day=day,
             impressions_today=state.banner_impressions if today else {},
             clicked_today=frozenset(state.banners_clicked if today else ()),
+            win_back=state.loyalty is not None
+            and win_back(state.loyalty, self.config.loyalty.win_back_threshold),
         )
 
     def banner_slate(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> Slate:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
+from processors.loyalty import win_back as is_win_back
 from processors.user_state import UserState
 
 #: Weight of the current session in the interest the banners are matched against.
@@ -42,13 +43,21 @@ class Profile(msgspec.Struct, frozen=True):
     dwell_ms: int
     last_seen: int
     version: int
+    # Loyalty model (processors/loyalty.py): probability of another session within the
+    # horizon (7 days), of reaching 3 sessions within 30 days (1.0 once reached), and the
+    # win-back flag (a returning user now unlikely to return) banners can target.
+    return_probability: float | None = None
+    loyalty: float | None = None
+    loyal: bool = False
+    win_back: bool = False
 
 
 def _rounded(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return [(key, round(weight, 4)) for key, weight in pairs]
 
 
-def profile_of(state: UserState, top: int = 5) -> Profile:
+def profile_of(state: UserState, top: int = 5, win_back_threshold: float = 0.3) -> Profile:
+    loyalty = state.loyalty
     return Profile(
         top_categories=_rounded(state.interests.normalised_top(top) if state.interests else []),
         session_categories=_rounded(
@@ -65,6 +74,10 @@ def profile_of(state: UserState, top: int = 5) -> Profile:
         dwell_ms=state.dwell_ms,
         last_seen=state.last_event_ts,
         version=state.version,
+        return_probability=loyalty.return_probability if loyalty else None,
+        loyalty=loyalty.loyalty if loyalty else None,
+        loyal=loyalty.loyal if loyalty else False,
+        win_back=is_win_back(loyalty, win_back_threshold) if loyalty else False,
     )
 
 

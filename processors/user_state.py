@@ -24,6 +24,7 @@ import msgspec
 
 from processors.decay import DecayedCounter
 from processors.events import Event
+from processors.loyalty import LoyaltyState
 
 #: The version encodes (newest event time, events applied since it advanced); see
 #: ``UserState.version``. Up to 999 late events per millisecond keep it strictly growing.
@@ -87,6 +88,8 @@ class UserState(msgspec.Struct, kw_only=True):
     banner_day: int = -1
     banner_impressions: dict[str, int] = msgspec.field(default_factory=dict)
     banners_clicked: list[str] = msgspec.field(default_factory=list)
+    # --- loyalty: sessions as the loyalty processor sees them, pending labels, scores ---
+    loyalty: LoyaltyState | None = None
 
     @property
     def version(self) -> int:
