@@ -55,6 +55,12 @@ class UserStateStore:
     def __len__(self) -> int:
         return len(self._index)
 
+    def items(self, partitions: Iterable[int] | None = None) -> list[tuple[str, UserState]]:
+        """(user_id, state) pairs, of the given partitions or of all held."""
+        if partitions is None:
+            return list(self._index.items())
+        return [pair for p in partitions for pair in self._by_partition.get(p, {}).items()]
+
     @property
     def partitions(self) -> set[int]:
         return set(self._by_partition)

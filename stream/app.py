@@ -22,7 +22,9 @@ from state.redis_writer import UserHashWriter
 from state.tables import UserStateStore
 from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
+from stream.follower import follow_topic
 from stream.handler import EventHandler
+from stream.loyalty_learner import SNAPSHOT_KEY, LoyaltyLearner
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -151,8 +153,31 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         FaustTopicWriter(changelog_topic),
         AIOKafkaPartitionReader(aiokafka_client_options(settings)),
     )
+    loyalty_examples_topic = app.topic(
+        settings.loyalty_examples_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
+    loyalty_models_topic = app.topic(
+        settings.loyalty_models_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
     redis = make_redis(settings)
     processor = SliceProcessor(settings.slice_config())
+    signing_key = (
+        settings.model_signing_key.get_secret_value().encode()
+        if settings.model_signing_key is not None
+        else None
+    )
+    if signing_key is None:
+        log.warning(
+            "APPETENCE_MODEL_SIGNING_KEY is not set: loyalty models are neither shared "
+            "between workers nor checkpointed"
+        )
+    learner = LoyaltyLearner(processor.loyalty, metrics, signing_key)
     handler = EventHandler(
         decoder=EventDecoder(settings.decode_limits()),
         processor=processor,
@@ -166,6 +191,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         dead_letters=dead_letter_topic,
         metrics=metrics,
         events_topic=settings.events_topic,
+        loyalty_examples=loyalty_examples_topic,
     )
 
     catalog_dead_letters = app.topic(
@@ -190,6 +216,26 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def follow_catalog() -> None:
         await catalog_follower.run()
 
+    async def load_snapshot(record: Any) -> None:
+        learner.load(record.value)
+
+    @app.task
+    async def follow_loyalty_models() -> None:
+        await follow_topic(
+            aiokafka_client_options(settings), settings.loyalty_models_topic, load_snapshot
+        )
+
+    @app.agent(loyalty_examples_topic, name="learn-loyalty")
+    async def learn_loyalty(stream: Any) -> None:
+        async for batch in stream.take_events(1000, within=1.0):
+            learner.learn(event.value for event in batch)
+
+    @app.timer(interval=settings.loyalty_snapshot_seconds)
+    async def publish_loyalty_snapshot() -> None:
+        blob = learner.snapshot_due()
+        if blob is not None:
+            await loyalty_models_topic.send(key=SNAPSHOT_KEY, value=blob)
+
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -203,6 +249,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics.popularity_entries.set(processor.popularity.size())
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         metrics.banner_ctr_entries.set(processor.ctr.size())
+        metrics.loyalty_pending_labels.set(len(processor.expiry))
+        learner.update_gauges()
         for tp in app.consumer.assignment():
             if tp.topic != settings.events_topic:
                 continue
@@ -231,6 +279,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def metrics_page(web: Any, request: Any) -> Any:
         # aiohttp rejects a charset in content_type=, so the header is set directly.
         return web.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/retention")
+    async def retention_page(web: Any, request: Any) -> Any:
+        # Only the worker that owns the examples partition has learned anything.
+        report = learner.retention_report()
+        return web.json(report, status=200 if report["examples"] else 404)
 
     @app.page("/health")
     async def health_page(web: Any, request: Any) -> Any:

@@ -7,17 +7,15 @@ and counted; the follower never stops on bad input.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from processors.catalog import decode_catalog_record
 from processors.events import dead_letter_bytes
 from processors.pipeline import SliceProcessor
+from stream.follower import follow_topic
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -62,38 +60,10 @@ class CatalogFollower:
         self.metrics.catalog_records.inc()
 
     async def run(self) -> None:
-        """Follow the topic until cancelled; reconnects after broker errors."""
-        while True:
-            consumer = AIOKafkaConsumer(
-                enable_auto_commit=False,
-                group_id=None,
-                fetch_max_wait_ms=100,
-                auto_offset_reset="earliest",
-                **self.options,
-            )
-            try:
-                await consumer.start()
-                partitions: set[int] | None = None
-                while not partitions:
-                    partitions = consumer.partitions_for_topic(self.topic)
-                    if not partitions:
-                        await consumer._client.force_metadata_update()
-                        await asyncio.sleep(1.0)
-                assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-                consumer.assign(assigned)
-                for tp in assigned:
-                    consumer.seek(tp, 0)  # from the start: the compacted topic is the catalog
-                while True:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                    for records in batches.values():
-                        for record in records:
-                            await self.apply(record)
-                    self.metrics.catalog_banners.set(len(self.processor.catalog.banners))
-                    self.metrics.catalog_items.set(len(self.processor.catalog.items))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("catalog follower failed; restarting in 2 s")
-                await asyncio.sleep(2.0)
-            finally:
-                await consumer.stop()
+        """Follow the topic until cancelled (from the start: the compacted topic is the
+        catalog); reconnects after broker errors."""
+        await follow_topic(self.options, self.topic, self.apply, self._update_gauges)
+
+    def _update_gauges(self) -> None:
+        self.metrics.catalog_banners.set(len(self.processor.catalog.banners))
+        self.metrics.catalog_items.set(len(self.processor.catalog.items))

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from processors.banners import BannerConfig
 from processors.cooccurrence import CooccurrenceConfig
 from processors.events import DecodeLimits
+from processors.loyalty import DAY_MS, LoyaltyConfig
 from processors.pipeline import SliceConfig
 from processors.popularity import PopularityConfig
 from processors.recommend import AssemblyConfig
@@ -108,6 +109,20 @@ class Settings(BaseSettings):
     banner_ctr_window_seconds: float = Field(45 * 60, ge=60)
     banner_clicked_demotion: float = Field(0.5, ge=0.0, le=1.0)
     user_state_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+    # Loyalty (processors/loyalty.py, docs/evaluation.md): returns = another session within
+    # the horizon after a session ends; loyal = loyal_sessions within loyal_horizon_days.
+    return_horizon_days: float = Field(7.0, gt=0.0, le=365.0)
+    loyal_sessions: int = Field(3, ge=2, le=1000)
+    loyal_horizon_days: float = Field(30.0, gt=0.0, le=365.0)
+    loyalty_model: Literal["logistic", "tree", "forest"] = "logistic"
+    # 0.01 chosen on simulation seed 1 (docs/evaluation.md)
+    loyalty_learning_rate: float = Field(0.01, gt=0.0, le=1.0)
+    loyalty_metric_window: int = Field(5000, ge=100, le=1_000_000)
+    win_back_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    loyalty_snapshot_seconds: float = Field(10.0, ge=0.5, le=3600.0)
+    #: HMAC-SHA256 key of model snapshots. Unset: the learner's models are neither shared
+    #: with other workers nor checkpointed (nothing unsigned is ever unpickled).
+    model_signing_key: SecretStr | None = Field(None, min_length=16)
 
     # --- HTTP (metrics and health) ---------------------------------------------------
     web_host: str = "127.0.0.1"
@@ -174,6 +189,14 @@ class Settings(BaseSettings):
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.events.dlq"
 
+    @property
+    def loyalty_examples_topic(self) -> str:
+        return f"{self.topic_prefix}.loyalty.examples"
+
+    @property
+    def loyalty_models_topic(self) -> str:
+        return f"{self.topic_prefix}.loyalty.models"
+
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(
             max_event_bytes=self.max_event_bytes,
@@ -215,6 +238,16 @@ class Settings(BaseSettings):
                 clicked_demotion=self.banner_clicked_demotion,
             ),
             ctr_window_ms=self.banner_ctr_window_seconds * 1000,
+            loyalty=LoyaltyConfig(
+                return_horizon_ms=int(self.return_horizon_days * DAY_MS),
+                loyal_sessions=self.loyal_sessions,
+                loyal_horizon_ms=int(self.loyal_horizon_days * DAY_MS),
+                session_gap_ms=self.session_gap_seconds * 1000,
+                model=self.loyalty_model,
+                learning_rate=self.loyalty_learning_rate,
+                metric_window=self.loyalty_metric_window,
+                win_back_threshold=self.win_back_threshold,
+            ),
             cooccurrence=CooccurrenceConfig(
                 half_life_ms=self.cooccurrence_half_life_seconds * 1000
                 if self.cooccurrence_half_life_seconds

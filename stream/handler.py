@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from processors.events import Event, EventDecoder, Rejection, dead_letter_bytes
+from processors.loyalty import encode_example
 from processors.pipeline import BatchResult, SliceProcessor
 from processors.profile import profile_of
 from processors.slates import encode_slate
@@ -41,6 +42,7 @@ class EventHandler:
         dead_letters: Any,
         metrics: Metrics,
         events_topic: str,
+        loyalty_examples: Any = None,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -49,6 +51,9 @@ class EventHandler:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.events_topic = events_topic
+        #: Where resolved loyalty labels go (the learner's single-partition topic); None: kept
+        #: nowhere (tests of the slice alone).
+        self.loyalty_examples = loyalty_examples
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
 
@@ -104,19 +109,33 @@ class EventHandler:
             timestamps.append(message.timestamp)
             self.positions[partition] = max(self.positions.get(partition, 0), message.offset + 1)
 
+        held = self.states.partitions
         await self.states.ensure_recovered({partition for partition, _ in decoded})
+        recovered = self.states.partitions - held
+        if recovered:  # their pending loyalty labels wait for the watermark here now
+            self.processor.schedule_pending(self.states.items(recovered))
         result = self.processor.process_batch(decoded, self.states, now_ms)
+        win_back_threshold = self.processor.config.loyalty.win_back_threshold
         for user_id, slates in result.slates.items():
             state = result.touched[user_id]
             for slate_field, slate in slates.items():
                 self.writer.stage(
                     user_id, FieldWrite(slate_field, slate.version, encode_slate(slate))
                 )
-            self.writer.stage(
-                user_id, FieldWrite("profile", state.version, _json.encode(profile_of(state)))
-            )
+            profile = profile_of(state, win_back_threshold=win_back_threshold)
+            self.writer.stage(user_id, FieldWrite("profile", state.version, _json.encode(profile)))
         await self._flush_until_written()
+        # Labels are sent before the states that no longer hold them are persisted: a crash
+        # in between re-resolves them on replay (at-least-once, like everything here).
+        for example in result.resolved:
+            outcome = "positive" if example.label else "negative"
+            metrics.loyalty_labels_resolved.labels(target=example.target, outcome=outcome).inc()
+            if self.loyalty_examples is not None:
+                await self.loyalty_examples.send(
+                    key=example.target.encode(), value=encode_example(example)
+                )
         self.states.persist(result.touched)
+        self.states.persist(result.expired)
 
         done = time.time()
         for ts in timestamps:

@@ -126,6 +126,59 @@ class Metrics:
             "User states deleted after the idle TTL",
             registry=registry,
         )
+        self.loyalty_labels_resolved = Counter(
+            "appetence_loyalty_labels_resolved_total",
+            "Loyalty labels resolved by event time, by target and outcome",
+            ["target", "outcome"],
+            registry=registry,
+        )
+        self.loyalty_examples_learned = Counter(
+            "appetence_loyalty_examples_learned_total",
+            "Resolved labels the loyalty learner learned (predict-then-learn)",
+            registry=registry,
+        )
+        self.loyalty_snapshots = Counter(
+            "appetence_loyalty_snapshots_total",
+            "Loyalty model snapshots: published, loaded, ignored (not newer), rejected (bad "
+            "signature or undecodable)",
+            ["result"],
+            registry=registry,
+        )
+        self.loyalty_pending_labels = Gauge(
+            "appetence_loyalty_pending_users",
+            "Users with loyalty labels waiting for their horizon (bounded by users in state)",
+            registry=registry,
+        )
+        live_labels = ["target", "model"]
+        self.loyalty_roc_auc = Gauge(
+            "appetence_loyalty_roc_auc",
+            "Live ROC AUC over the sliding window of resolved labels (learner only)",
+            live_labels,
+            registry=registry,
+        )
+        self.loyalty_log_loss = Gauge(
+            "appetence_loyalty_log_loss",
+            "Live log loss over the sliding window of resolved labels (learner only)",
+            live_labels,
+            registry=registry,
+        )
+        self.loyalty_calibration_error = Gauge(
+            "appetence_loyalty_calibration_error",
+            "Live expected calibration error (10 bins) over the window (learner only)",
+            live_labels,
+            registry=registry,
+        )
+        self.loyalty_window_labels = Gauge(
+            "appetence_loyalty_window_labels",
+            "Resolved labels in the live metrics window (learner only)",
+            live_labels,
+            registry=registry,
+        )
+        for target in ("returns", "loyal"):
+            for outcome in ("positive", "negative"):
+                self.loyalty_labels_resolved.labels(target=target, outcome=outcome)
+        for result in ("published", "loaded", "ignored", "rejected"):
+            self.loyalty_snapshots.labels(result=result)
         for reason in REJECT_REASONS:
             self.events_rejected.labels(reason=reason)
             self.catalog_rejected.labels(reason=reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ EMBEDDED_SESSION_TIMEOUT_SECONDS = "6"
 def worker_env(bootstrap: str, redis_url: str, web_port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("APPETENCE_KAFKA_SESSION_TIMEOUT_SECONDS", EMBEDDED_SESSION_TIMEOUT_SECONDS)
+    # The embedded stack's workers share one fresh model-signing key (production sets its own).
+    env.setdefault("APPETENCE_MODEL_SIGNING_KEY", secrets.token_hex(32))
     env.update(
         APPETENCE_KAFKA_BOOTSTRAP=bootstrap,
         APPETENCE_REDIS_URL=redis_url,

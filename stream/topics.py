@@ -7,6 +7,8 @@
 | ``{app_id}-user-state-changelog`` | user_id | msgpack UserState (compacted) | settings |
 | ``{prefix}.catalog``           | kind:id  | catalog record JSON (compacted)| 1          |
 | ``{prefix}.catalog.dlq``       | as input | DeadLetter JSON                | 1          |
+| ``{prefix}.loyalty.examples``  | target   | resolved label JSON            | 1          |
+| ``{prefix}.loyalty.models``    | "loyalty"| HMAC-signed model snapshot (compacted) | 1  |
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Every worker reads the whole catalog, so it needs no partitions to spread.
         TopicSpec(settings.catalog_topic, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.catalog_dead_letter_topic, 1, {"retention.ms": retention_ms}),
+        # One learner: a single partition orders every resolved label for one consumer.
+        TopicSpec(settings.loyalty_examples_topic, 1, {"retention.ms": retention_ms}),
+        TopicSpec(settings.loyalty_models_topic, 1, {"cleanup.policy": "compact"}),
     ]
 
 

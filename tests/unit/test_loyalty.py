@@ -1,0 +1,235 @@
+"""Loyalty labels respect time, models learn, snapshots are signed, metrics are exact."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.banners import Banner, UserContext, eligible
+from processors.loyalty import (
+    ExpiryQueue,
+    LiveMetrics,
+    LoyaltyConfig,
+    LoyaltyModels,
+    LoyaltyState,
+    ResolvedExample,
+    Signals,
+    decode_example,
+    encode_example,
+    expire,
+    features_of,
+    observe,
+    retention_rates,
+    roc_auc,
+    wilson_interval,
+)
+from processors.loyalty_eval import evaluate_activity_log
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+CONFIG = LoyaltyConfig(return_horizon_ms=7 * DAY, loyal_horizon_ms=30 * DAY)
+CTX = {"device": "mobile", "plan": "free"}
+
+
+def feed(times: list[int], config: LoyaltyConfig = CONFIG) -> list[ResolvedExample]:
+    state, models = LoyaltyState(), LoyaltyModels(config)
+    out: list[ResolvedExample] = []
+    for ts in times:
+        out += observe(state, ts, CTX, Signals(), config, models)
+    return out
+
+
+def test_returns_is_positive_when_the_next_session_starts_within_the_horizon() -> None:
+    resolved = feed([0, 60_000, 2 * DAY])
+    assert [(e.target, e.label) for e in resolved] == [("returns", True)]
+    # the snapshot is the end of the first session: two events, one session
+    features = resolved[0].features
+    assert (features["events"], features["sessions"], resolved[0].ts) == (2, 1, 60_000)
+
+
+def test_returns_is_negative_once_event_time_passes_the_horizon() -> None:
+    state, models = LoyaltyState(), LoyaltyModels(CONFIG)
+    observe(state, 0, CTX, Signals(), CONFIG, models)
+    assert expire(state, 7 * DAY, CONFIG) == []  # not yet past
+    [late] = [e for e in expire(state, 7 * DAY + 1, CONFIG) if e.target == "returns"]
+    assert late.label is False
+    # a session starting after the horizon answers "no" too
+    assert [(e.target, e.label) for e in feed([0, 8 * DAY])] == [("returns", False)]
+
+
+def test_loyal_needs_three_sessions_within_thirty_days() -> None:
+    on_time = feed([0, 2 * DAY, 4 * DAY])
+    assert ("loyal", True) in [(e.target, e.label) for e in on_time]
+    spread_out = feed([0, 6 * DAY, 12 * DAY, 18 * DAY, 24 * DAY, 31 * DAY])
+    loyal = [e for e in spread_out if e.target == "loyal"]
+    assert [e.label for e in loyal] == [True]  # third session at day 12: within 30 days
+    state, models = LoyaltyState(), LoyaltyModels(CONFIG)
+    observe(state, 0, CTX, Signals(), CONFIG, models)
+    observe(state, 10 * DAY, CTX, Signals(), CONFIG, models)
+    [expired] = [e for e in expire(state, 30 * DAY + 1, CONFIG) if e.target == "loyal"]
+    assert expired.label is False and expired.features["sessions"] == 1  # first session's
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=20 * DAY), min_size=1, max_size=25))
+def test_no_feature_contains_information_from_after_the_prediction_time(
+    offsets: list[int],
+) -> None:
+    """Each resolved example's features equal those of a state fed only the events up to
+    its prediction time: nothing later (in particular not the outcome) leaks in."""
+    times = sorted(offsets)
+    state, models = LoyaltyState(), LoyaltyModels(CONFIG)
+    resolved: list[ResolvedExample] = []
+    for ts in times:
+        resolved += observe(state, ts, CTX, Signals(), CONFIG, models)
+    resolved += expire(state, times[-1] + 40 * DAY, CONFIG)
+    for example in resolved:
+        replay, fresh = LoyaltyState(), LoyaltyModels(CONFIG)
+        prefix = list(itertools.takewhile(lambda t, e=example: t <= e.ts, times))
+        if example.target == "loyal":  # its prediction time is the first session's end
+            prefix = [t for t in prefix if t <= example.ts]
+        for ts in prefix:
+            observe(replay, ts, CTX, Signals(), CONFIG, fresh)
+        assert example.features == features_of(replay, example.ts)
+        assert example.resolved_at >= example.ts
+
+
+def test_late_events_never_move_a_prediction_time() -> None:
+    state, models = LoyaltyState(), LoyaltyModels(CONFIG)
+    observe(state, 10 * HOUR, CTX, Signals(), CONFIG, models)
+    observe(state, 1 * HOUR, CTX, Signals(), CONFIG, models)  # late, out of order
+    [pending] = [p for p in state.pending if p.target == "returns"]
+    assert pending.ts == 10 * HOUR and state.sessions == 1 and state.events == 2
+
+
+def test_expiry_queue_holds_one_entry_per_user_and_resolves_in_deadline_order() -> None:
+    states = {f"u{i}": LoyaltyState() for i in range(50)}
+    models, queue = LoyaltyModels(CONFIG), ExpiryQueue()
+    for i, (user, state) in enumerate(states.items()):
+        for ts in (i * HOUR, i * HOUR + 60_000):  # two events: the deadline moves on
+            observe(state, ts, CTX, Signals(), CONFIG, models)
+            queue.schedule(user, state)
+    assert len(queue) == 50
+    due = queue.expire_due(7 * DAY + 10 * HOUR, states.get, CONFIG)
+    assert sorted(user for user, e in due if e.target == "returns") == sorted(
+        f"u{i}" for i in range(10)
+    )
+
+
+def synthetic_examples(n: int, seed: int) -> list[ResolvedExample]:
+    """Premium desktop users return far more often; the rest is noise."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        plan = rng.choice(["free", "premium"])
+        device = rng.choice(["mobile", "desktop"])
+        p = 0.15 + 0.5 * (plan == "premium") + 0.2 * (device == "desktop")
+        features = {"plan": plan, "device": device, "sessions": rng.randint(1, 5), "events": 3}
+        out.append(
+            ResolvedExample(
+                target="returns", ts=i, resolved_at=i, label=rng.random() < p,
+                features=features, prediction=0.5, baseline=0.5,
+            )
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("kind", ["logistic", "tree"])
+def test_models_learn_what_drives_returns_and_beat_the_frequency_baseline(kind: str) -> None:
+    models = LoyaltyModels(LoyaltyConfig(model=kind, metric_window=2000))  # type: ignore[arg-type]
+    for example in synthetic_examples(6000, seed=1):
+        models.learn(example)
+    live = models.live[("returns", kind)].roc_auc()
+    baseline = models.live[("returns", "frequency")].roc_auc()
+    assert live is not None and baseline is not None
+    assert live > 0.7 and live > baseline + 0.1
+    if kind == "logistic":
+        top = dict(models.strongest_features("returns", 3))
+        assert "plan=premium" in top or "plan=free" in top
+
+
+def test_snapshots_are_signed_newer_only_and_score_the_same() -> None:
+    key = b"k" * 32
+    trained = LoyaltyModels(CONFIG)
+    for example in synthetic_examples(500, seed=2):
+        trained.learn(example)
+    blob = trained.snapshot(key)
+    replica = LoyaltyModels(CONFIG)
+    assert replica.load(blob, key) is True
+    probe = {"plan": "premium", "device": "desktop", "sessions": 2, "events": 3}
+    assert replica.predict("returns", probe) == trained.predict("returns", probe)
+    assert replica.load(blob, key) is False  # not newer: ignored
+    with pytest.raises(ValueError, match="signature"):
+        LoyaltyModels(CONFIG).load(blob, b"another key of 32 bytes........")
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(ValueError, match="signature"):
+        LoyaltyModels(CONFIG).load(tampered, key)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.1, 0.2, 0.5, 0.7, 0.9]), st.booleans()),
+        min_size=2,
+        max_size=40,
+    )
+)
+def test_roc_auc_equals_the_pairwise_definition(pairs: list[tuple[float, bool]]) -> None:
+    scores, labels = [p for p, _ in pairs], [y for _, y in pairs]
+    positives = [s for s, y in pairs if y]
+    negatives = [s for s, y in pairs if not y]
+    expected = None
+    if positives and negatives:
+        wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
+        expected = wins / (len(positives) * len(negatives))
+    result = roc_auc(scores, labels)
+    assert (result is None) == (expected is None)
+    if expected is not None:
+        assert result == pytest.approx(expected)
+
+
+def test_calibration_error_is_zero_when_predictions_match_rates() -> None:
+    live = LiveMetrics(window=100)
+    for i in range(10):
+        live.update(0.2, i < 2)  # 20% positive at p=0.2
+        live.update(0.8, i < 8)
+    assert live.expected_calibration_error() == pytest.approx(0.0)
+    assert live.positive_rate() == 0.5
+
+
+def test_examples_round_trip_and_rates_carry_wilson_intervals() -> None:
+    examples = synthetic_examples(400, seed=3)
+    assert decode_example(encode_example(examples[0])) == examples[0]
+    rows = {(r.attribute, r.value): r for r in retention_rates(examples, ("plan",))}
+    premium = rows[("plan", "premium")]
+    assert (premium.low, premium.high) == wilson_interval(premium.returned, premium.users)
+    assert premium.low < premium.rate < premium.high
+    assert premium.rate > rows[("plan", "free")].rate
+
+
+def test_win_back_banners_only_reach_win_back_users() -> None:
+    banner = Banner("come-back", win_back_only=True)
+    assert not eligible(banner, UserContext(win_back=False), now_ms=0)
+    assert eligible(banner, UserContext(win_back=True), now_ms=0)
+
+
+def test_activity_log_scores_every_user_seen_before_the_cutoff() -> None:
+    rng = random.Random(5)
+    rows = []
+    for u in range(300):
+        loyal = u % 3 == 0
+        ts = rng.randint(0, 5 * DAY)
+        for _ in range(6 if loyal else 1):
+            rows.append((f"u{u}", ts, {"plan": "premium" if loyal else "free"}))
+            ts += rng.randint(1, 3) * DAY
+    scored: dict[str, float] = {}
+    cutoff = 12 * DAY
+    result = evaluate_activity_log(rows, cutoff, None, CONFIG, scores_out=scored.__setitem__)
+    seen = {user for user, ts, _ in rows if ts <= cutoff}
+    assert set(scored) == seen and result["users_scored"] == len(seen)
+    assert result["labels_learned"] > 0
+    assert result["roc_auc"] is not None and result["roc_auc"] > 0.5
