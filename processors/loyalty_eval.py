@@ -58,6 +58,7 @@ def simulate_loyalty(
     simulation: SimulationConfig,
     days: float = 7.0,
     progress: Callable[[float], None] | None = None,
+    examples_out: list[ResolvedExample] | None = None,
 ) -> dict[str, Any]:
     """Run ``days`` of simulated traffic through the processor; report live vs true AUC.
 
@@ -81,6 +82,8 @@ def simulate_loyalty(
 
     def learn(user_id: str, example: ResolvedExample) -> None:
         models.learn(example)
+        if examples_out is not None:
+            examples_out.append(example)
         true_p = traffic.users[user_id].return_probability
         truth[example.target].append((true_p, example.label))
         outcome = "positive" if example.label else "negative"

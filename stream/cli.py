@@ -481,6 +481,16 @@ def report_banners_command(
         typer.echo(f"skipped {skipped} unreadable lines", err=True)
 
 
+def _register_loyalty_commands() -> None:
+    from stream.loyalty_cli import evaluate_loyalty, report_retention
+
+    evaluate_cli.command("loyalty")(evaluate_loyalty)
+    report_cli.command("retention")(report_retention)
+
+
+_register_loyalty_commands()
+
+
 @evaluate_cli.command("user-topk")
 def evaluate_user_topk_command(
     train: Annotated[Path, typer.Option(help="CSV user_id,item_id,timestamp[,rating]")],
