@@ -33,10 +33,13 @@ def banner_worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle
     handle = WorkerHandle(
         stack,
         tmp_path,
-        {  # exploration and a weak prior would make the CTR term a coin flip in a test
+        {  # exploration and a weak prior would make the CTR term a coin flip in a test;
+            # the segment posterior is shrunk to the banner's with this strength, so it must
+            # be pinned too (at 50 it is Beta(1, 49): the sample varies 100%)
             "APPETENCE_BANNER_EXPLORATION_SHARE": "0",
             "APPETENCE_BANNER_CTR_PRIOR_CLICKS": "100",
             "APPETENCE_BANNER_CTR_PRIOR_IMPRESSIONS": "5000",
+            "APPETENCE_BANNER_SEGMENT_PRIOR_STRENGTH": "5000",
         },
     )
     yield handle
