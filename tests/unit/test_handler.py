@@ -44,6 +44,8 @@ class ExplodingProcessor(SliceProcessor):
 
 
 class NoStates:
+    partitions: frozenset[int] = frozenset()
+
     async def ensure_recovered(self, partitions: Any) -> None:
         return None
 
