@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from processors.loyalty import (
     observe,
     roc_auc,
     signals_of,
+    with_recency,
 )
 from processors.simulator import SimulationConfig, TrafficModel
 
@@ -169,16 +171,20 @@ def evaluate_activity_log(
     scores_out: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
     """``rows``: (user_id, epoch ms, extra columns) in any order; extra string columns are
-    categorical context features. Horizon None: to the end of the log.
+    categorical context features. Horizon None: to the end of the log. The model learns the
+    question it is asked: its return horizon is set to the same window.
     """
     started = time.perf_counter()
     ordered = sorted(rows, key=lambda row: row[1])
+    if horizon_ms is None:
+        horizon_ms = max(ordered[-1][1] - cutoff_ms, 1) if ordered else DAY_MS
+    config = dataclasses.replace(config, return_horizon_ms=horizon_ms)
     models = LoyaltyModels(config)
     states: dict[str, LoyaltyState] = {}
     queue = ExpiryQueue()
     future: set[str] = set()
     learned = 0
-    end = math.inf if horizon_ms is None else cutoff_ms + horizon_ms
+    end = cutoff_ms + horizon_ms
     for user_id, ts, extra in ordered:
         if ts > cutoff_ms:
             if ts <= end:
@@ -194,13 +200,16 @@ def evaluate_activity_log(
             models.learn(example)
             learned += 1
     # Every user seen before the cutoff, scored with the final model on their features as
-    # of their last event (what the worker serves), the baseline likewise.
+    # of their last event and the silence since (the check-in the model learned for it);
+    # the baseline on the frequency alone.
     scores: list[float] = []
     baseline: list[float] = []
     frequency: list[float] = []
     labels: list[bool] = []
     for user_id, state in states.items():
-        features = features_of(state, state.last_ts)
+        features = with_recency(
+            features_of(state, state.last_ts), (cutoff_ms - state.last_ts) / 3_600_000
+        )
         model_p, baseline_p = models.predict("returns", features)
         scores.append(model_p)
         baseline.append(baseline_p)

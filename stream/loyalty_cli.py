@@ -77,7 +77,7 @@ def evaluate_loyalty(
     seed: int = 42,
     users_per_minute: Annotated[float, typer.Option(help="Simulated new visitors")] = 2.0,
     model: Annotated[str, typer.Option(help="logistic | tree | forest")] = "logistic",
-    learning_rate: float = 0.01,
+    learning_rate: Annotated[float, typer.Option(help="AdaGrad step size")] = 0.1,
     scores_out: Annotated[Path | None, typer.Option(help="Write user_id,score CSV here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
