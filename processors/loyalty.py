@@ -211,7 +211,7 @@ def encode(
     StandardScaler pipeline (docs/benchmarks.md); the transforms keep every value within ~0..2.
 
     >>> encode({"device": "mobile", "sessions": 3, "hours_since_previous": -1.0})
-    {'device=mobile': 1.0, 'sessions': 0.6931, 'first_session': 1.0}
+    {'device=mobile': 1.0, 'sessions': 0.6931471805599453, 'first_session': 1.0}
     """
     out: dict[str, float] = {}
     for name, value in features.items():
@@ -225,12 +225,12 @@ def encode(
             if value < 0:
                 out["first_session"] = 1.0
             elif value:
-                out[name] = round(math.log1p(value) / 5.0, 4)
+                out[name] = math.log1p(value) / 5.0
         elif name == "recency_hours":
             if value:
-                out[name] = round(math.log1p(value) / 5.0, 4)
+                out[name] = math.log1p(value) / 5.0
         elif value:
-            out[name] = round(math.log1p(float(value)) / 2.0, 4)
+            out[name] = math.log1p(float(value)) / 2.0
     return out
 
 
@@ -257,7 +257,8 @@ class _Model:
         else:
             raise ValueError(f"unknown model kind {kind!r}")
 
-    def _x(self, features: Mapping[str, Any]) -> dict[str, Any]:
+    def x(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's input for ``features`` (encode once, predict and learn with it)."""
         if self.kind == "frequency":
             return encode({k: features.get(k, 0) for k in FREQUENCY_FEATURES}, FREQUENCY_FEATURES)
         if self.kind == "logistic":
@@ -265,14 +266,16 @@ class _Model:
         # Trees split on raw values and categories themselves.
         return {k: v for k, v in features.items() if isinstance(v, str | int | float)}
 
-    def predict(self, features: Mapping[str, Any]) -> float:
+    def predict(self, features: Mapping[str, Any], x: dict[str, Any] | None = None) -> float:
         if self.examples == 0:
             return 0.5
-        proba = self.classifier.predict_proba_one(self._x(features))
+        proba = self.classifier.predict_proba_one(self.x(features) if x is None else x)
         return float(proba.get(True, 0.0))
 
-    def learn(self, features: Mapping[str, Any], label: bool) -> None:
-        self.classifier.learn_one(self._x(features), label)
+    def learn(
+        self, features: Mapping[str, Any], label: bool, x: dict[str, Any] | None = None
+    ) -> None:
+        self.classifier.learn_one(self.x(features) if x is None else x, label)
         self.examples += 1
 
     def weights(self) -> dict[str, float]:
@@ -376,19 +379,30 @@ class LoyaltyModels:
         """(model probability, baseline probability)."""
         return self.models[target].predict(features), self.baselines[target].predict(features)
 
+    def predict_targets(self, features: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+        """``predict`` for every target, encoding the features once per model kind."""
+        x = self.models[TARGETS[0]].x(features)
+        xb = self.baselines[TARGETS[0]].x(features)
+        return {
+            t: (self.models[t].predict(features, x), self.baselines[t].predict(features, xb))
+            for t in TARGETS
+        }
+
     def learn(self, example: ResolvedExample) -> None:
         """Progressive validation, then learning: the model and the baseline score the
         example's features (from its prediction time) before they learn its label, so no
         model is ever scored on a label it has seen. What was *served* at the prediction time
         is tracked apart (kind ``served``): early on it came from a younger model."""
-        target = example.target
+        target, features = example.target, example.features
+        model, baseline = self.models[target], self.baselines[target]
+        x, xb = model.x(features), baseline.x(features)
         if example.served:  # live metrics judge the question the worker serves
-            model_p, baseline_p = self.predict(target, example.features)
-            self.live[(target, self.config.model)].update(model_p, example.label)
-            self.live[(target, "frequency")].update(baseline_p, example.label)
-            self.live[(target, "served")].update(example.prediction, example.label)
-        self.models[target].learn(example.features, example.label)
-        self.baselines[target].learn(example.features, example.label)
+            label = example.label
+            self.live[(target, self.config.model)].update(model.predict(features, x), label)
+            self.live[(target, "frequency")].update(baseline.predict(features, xb), label)
+            self.live[(target, "served")].update(example.prediction, label)
+        model.learn(features, example.label, x)
+        baseline.learn(features, example.label, xb)
         self.examples_learned += 1
 
     def strongest_features(self, target: str, n: int = 10) -> list[tuple[str, float]]:
@@ -564,12 +578,13 @@ def observe(
         state.session_categories.append(category[:64])
     # Served now, and (unless the event is late) the pending labels' prediction time.
     features = features_of(state, state.last_ts)
-    returns = models.predict("returns", features)
+    scores = models.predict_targets(features)
+    returns = scores["returns"]
     state.return_probability = round(returns[0], 4)
     if state.loyal:
         state.loyalty = 1.0
     else:
-        loyal = models.predict("loyal", features)
+        loyal = scores["loyal"]
         state.loyalty = round(loyal[0], 4)
         if state.sessions == 1 and not late:
             deadline = state.first_ts + config.loyal_horizon_ms

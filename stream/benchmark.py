@@ -263,6 +263,89 @@ def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
     }
 
 
+def bench_loyalty(events: list[Event], forest_examples: int = 2_000) -> dict[str, Any]:
+    """Per-event cost of the loyalty processor (observe: sessions, snapshots, two served
+    scores) and per-example predict+learn cost of each model on the labels it resolved,
+    against River's generic pipeline (Select | OneHotEncoder + StandardScaler | LR)."""
+    from river import compose, linear_model, optim, preprocessing
+
+    from processors.loyalty import (
+        BEHAVIOUR_FEATURES,
+        CONTEXT_FIELDS,
+        LoyaltyConfig,
+        LoyaltyModels,
+        LoyaltyState,
+        ResolvedExample,
+        _Model,
+        context_of,
+        expire,
+        observe,
+        signals_of,
+    )
+
+    config = LoyaltyConfig()
+    models = LoyaltyModels(config)
+
+    def observe_all() -> tuple[list[ResolvedExample], float]:
+        states: dict[str, LoyaltyState] = {}
+        resolved: list[ResolvedExample] = []
+        began = time.perf_counter()
+        for event in events:
+            state = states.get(event.user_id)
+            if state is None:
+                state = states[event.user_id] = LoyaltyState()
+            resolved += observe(
+                state, event.ts, context_of(event), signals_of(event), config, models
+            )
+        seconds = time.perf_counter() - began
+        horizon = max(e.ts for e in events) + 400 * 86_400_000
+        for state in states.values():
+            resolved += expire(state, horizon, config)
+        return resolved, seconds
+
+    examples, _ = observe_all()
+    for example in examples:  # a trained model serves, as in a worker that has run a while
+        models.learn(example)
+    _, observe_seconds = observe_all()
+    results: dict[str, Any] = {
+        "loyalty_observe_events_per_second": _rate(len(events), observe_seconds),
+        "loyalty_examples": len(examples),
+    }
+
+    def timed(learn_one: Any, predict_one: Any, xs: list[Any], ys: list[bool]) -> float:
+        began = time.perf_counter()
+        for x, y in zip(xs, ys, strict=True):
+            predict_one(x)
+            learn_one(x, y)
+        return (time.perf_counter() - began) / max(len(xs), 1) * 1e6
+
+    labels = [e.label for e in examples]
+    feats = [e.features for e in examples]
+    for kind in ("logistic", "tree", "forest"):
+        model = _Model(kind, config)
+        n = len(feats) if kind != "forest" else min(forest_examples, len(feats))
+        results[f"loyalty_{kind}_predict_learn_us"] = round(
+            timed(model.learn, model.predict, feats[:n], labels[:n]), 1
+        )
+    categorical = (
+        compose.Select(*CONTEXT_FIELDS, "entry", "referrer") | preprocessing.OneHotEncoder()
+    )
+    numeric = compose.Select(*BEHAVIOUR_FEATURES) | preprocessing.StandardScaler()
+    pipeline = (categorical + numeric) | linear_model.LogisticRegression(
+        optimizer=optim.AdaGrad(0.1)
+    )
+    raw = [{k: v for k, v in f.items() if v is not None} for f in feats]
+    for x in raw:
+        for name in BEHAVIOUR_FEATURES:
+            x.setdefault(name, 0.0)
+        for name in (*CONTEXT_FIELDS, "entry", "referrer"):
+            x.setdefault(name, "na")
+    results["loyalty_river_pipeline_predict_learn_us"] = round(
+        timed(pipeline.learn_one, pipeline.predict_proba_one, raw, labels), 1
+    )
+    return results
+
+
 def run_benchmarks(
     events: int, e2e: bool, e2e_events: int, sessions: list[list[str]] | None = None
 ) -> dict[str, Any]:
@@ -283,6 +366,7 @@ def run_benchmarks(
     click_sessions = sessions if sessions is not None else simulated_sessions(simulated)
     results["sessions_source"] = "file" if sessions is not None else "simulator"
     results.update(bench_cooccurrence(click_sessions))
+    results.update(bench_loyalty(simulated))
     results["amplification"] = measure_amplification(click_sessions)
     if e2e:
         results.update(
