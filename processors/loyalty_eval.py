@@ -205,6 +205,7 @@ def evaluate_activity_log(
     scores: list[float] = []
     baseline: list[float] = []
     frequency: list[float] = []
+    silence: list[float] = []
     labels: list[bool] = []
     for user_id, state in states.items():
         features = with_recency(
@@ -214,6 +215,7 @@ def evaluate_activity_log(
         scores.append(model_p)
         baseline.append(baseline_p)
         frequency.append(float(state.events))
+        silence.append(float(state.last_ts - cutoff_ms))  # higher = seen more recently
         labels.append(user_id in future)
         if scores_out is not None:
             scores_out(user_id, model_p)
@@ -228,6 +230,7 @@ def evaluate_activity_log(
         "log_loss": round(loss, 4),
         "frequency_baseline_auc": _rounded(roc_auc(baseline, labels)),
         "raw_frequency_auc": _rounded(roc_auc(frequency, labels)),
+        "raw_recency_auc": _rounded(roc_auc(silence, labels)),
         "labels_learned": learned,
         "model": config.model,
         "seconds": round(time.perf_counter() - started, 2),
