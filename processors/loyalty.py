@@ -678,10 +678,11 @@ def retention_rates(
     min_users: int = 1,
 ) -> list[RateRow]:
     """Share of resolved ``target`` labels that were positive, per attribute value, with
-    Wilson 95% intervals. An example with no value for an attribute counts as ``na``."""
+    Wilson 95% intervals. An example with no value for an attribute counts as ``na``; the
+    check-ins after a session's end are left out (the question is the session's)."""
     counts: dict[tuple[str, str], list[int]] = {}
     for example in examples:
-        if example.target != target:
+        if example.target != target or not example.served:
             continue
         for attribute in attributes:
             value = example.features.get(attribute)
@@ -697,6 +698,33 @@ def retention_rates(
     order = {name: i for i, name in enumerate(attributes)}
     rows.sort(key=lambda r: (order.get(r.attribute, 99), -r.rate))
     return rows
+
+
+def retention_report(
+    examples: Iterable[ResolvedExample],
+    strongest: Mapping[str, Sequence[tuple[str, float]]],
+    min_users: int = 20,
+) -> dict[str, Any]:
+    """The retention report as JSON-ready data (the CLI's ``--json`` and ``/retention``)."""
+    examples = [e for e in examples if e.target == "returns" and e.served]
+    rows = retention_rates(examples, min_users=min_users)
+    return {
+        "labels": len(examples),
+        "rates": [
+            {
+                "attribute": r.attribute,
+                "value": r.value,
+                "users": r.users,
+                "returned": r.returned,
+                "rate": round(r.rate, 4),
+                "ci95": [round(r.low, 4), round(r.high, 4)],
+            }
+            for r in rows
+        ],
+        "strongest_features": {
+            t: [[name, round(w, 4)] for name, w in pairs] for t, pairs in strongest.items()
+        },
+    }
 
 
 # --- glue shared by the worker and the evaluators ----------------------------------------

@@ -21,6 +21,7 @@ from processors.loyalty import (
     ResolvedExample,
     decode_example,
     retention_rates,
+    retention_report,
 )
 from stream.config import Settings
 
@@ -200,21 +201,7 @@ def report_retention(
         write_retention_png(rows, png, f"return within the horizon, {source}")
     payload = {
         "source": source,
-        "labels": sum(1 for e in examples if e.target == "returns"),
-        "rates": [
-            {
-                "attribute": r.attribute,
-                "value": r.value,
-                "users": r.users,
-                "returned": r.returned,
-                "rate": round(r.rate, 4),
-                "ci95": [round(r.low, 4), round(r.high, 4)],
-            }
-            for r in rows
-        ],
-        "strongest_features": {
-            t: [[name, round(w, 4)] for name, w in pairs] for t, pairs in strongest.items()
-        },
+        **retention_report(examples, strongest, min_users),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if as_json:

@@ -25,7 +25,7 @@ from processors.loyalty import (
     LoyaltyModels,
     ResolvedExample,
     decode_example,
-    retention_rates,
+    retention_report,
 )
 from stream.metrics import Metrics
 
@@ -106,22 +106,5 @@ class LoyaltyLearner:
 
     def retention_report(self, min_users: int = 20) -> dict[str, Any]:
         """Return rates by attribute (Wilson 95%) and the model's strongest features."""
-        rows = retention_rates(self.recent, min_users=min_users)
-        return {
-            "examples": len(self.recent),
-            "rates": [
-                {
-                    "attribute": r.attribute,
-                    "value": r.value,
-                    "users": r.users,
-                    "returned": r.returned,
-                    "rate": round(r.rate, 4),
-                    "ci95": [round(r.low, 4), round(r.high, 4)],
-                }
-                for r in rows
-            ],
-            "strongest_features": {
-                t: [[name, round(w, 4)] for name, w in self.models.strongest_features(t)]
-                for t in TARGETS
-            },
-        }
+        strongest = {t: self.models.strongest_features(t) for t in TARGETS}
+        return {"examples": len(self.recent), **retention_report(self.recent, strongest, min_users)}
