@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,12 +87,12 @@ def test_labels_resolve_scores_reach_redis_and_the_model_survives_a_restart(
     resolved = "appetence_loyalty_labels_resolved_total"
     worker.wait_for(
         lambda: (
-            worker.metric(resolved) >= 40
-            and worker.metric("appetence_loyalty_examples_learned_total") >= 40
+            worker.metric(resolved) >= 60
+            and worker.metric("appetence_loyalty_examples_learned_total") >= 60
             and snapshots(worker, "published") >= 1
         ),
         timeout=90,
-        what="40 labels resolved, learned by the learner and a snapshot published",
+        what="60 labels resolved, learned by the learner and a snapshot published",
     )
     worker.wait_for(  # the gauges follow every 2 s
         lambda: worker.metric("appetence_loyalty_window_labels") >= 40,
@@ -101,6 +102,14 @@ def test_labels_resolve_scores_reach_redis_and_the_model_survives_a_restart(
     for model in ("logistic", "frequency", "served"):
         auc = sample(worker, "appetence_loyalty_roc_auc", target="returns", model=model)
         assert auc is not None and 0.0 <= auc <= 1.0
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/retention") as response:
+        report = json.loads(response.read())
+    # session-end labels, check-ins left out: the returners' first sessions (back in 3 h),
+    # their second ones and the others' single ones (not back within the day)
+    assert report["labels"] == 60
+    plans = {r["value"]: r for r in report["rates"] if r["attribute"] == "plan"}
+    assert plans["premium"]["rate"] == 0.5 and plans["free"]["rate"] == 0.0
+    assert plans["free"]["ci95"][1] > 0.0  # a Wilson interval, not a point
     profile = json.loads(redis_client.hget(settings.user_key("back0"), "profile") or b"{}")
     assert 0.0 <= profile["return_probability"] <= 1.0 and profile["loyal"] is False
 
