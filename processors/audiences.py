@@ -133,7 +133,7 @@ class _Model:
     def __init__(self, config: AudienceConfig) -> None:
         from river import linear_model, optim
 
-        self.classifier = linear_model.LogisticRegression(
+        self.classifier: Any = linear_model.LogisticRegression(
             optimizer=optim.AdaGrad(config.learning_rate), intercept_lr=0.01
         )
         self.positives = 0
