@@ -49,7 +49,7 @@ def simulate_audience(
     events = 0
 
     def refresh(now: int) -> None:
-        for user_id in touched:
+        for user_id in sorted(touched):  # a set's order varies by process: keep runs identical
             learner.observe(user_id, audience_features(states[user_id], now))
         touched.clear()
 

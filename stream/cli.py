@@ -482,10 +482,12 @@ def report_banners_command(
 
 
 def _register_loyalty_commands() -> None:
+    from stream.audience_cli import evaluate_audience
     from stream.loyalty_cli import evaluate_loyalty, report_retention
 
     evaluate_cli.command("loyalty")(evaluate_loyalty)
     report_cli.command("retention")(report_retention)
+    evaluate_cli.command("audience")(evaluate_audience)
 
 
 _register_loyalty_commands()
