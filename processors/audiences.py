@@ -4,7 +4,7 @@ over/under-representation of categories and tags.
 A brand brings seed users (its customers, matched by id). Per audience, an online River
 logistic regression learns positives = seed members, negatives = a reservoir sample of
 non-members (``negative_ratio`` negatives per positive), on features of the user profile
-(decayed category and tag interests, device, country, recency, frequency). A fixed share of
+(decayed category and tag interests, device, country, frequency). A fixed share of
 seed members (chosen by a hash of audience and user, so it never changes) is **held out**:
 never learned, only used to measure lift. Deciles are by rank over the scored population
 (equal counts) excluding the seeds the model trained on; the lift of a decile is its rate of
@@ -50,7 +50,12 @@ class AudienceConfig:
 
 def audience_features(state: UserState, now_ms: int, top: int = 10) -> Features:
     """The profile as model features: decayed category and tag interests (strongest = 1),
-    device and country, recency and frequency. Nothing about audience membership.
+    device and country, frequency (sessions, events). Nothing about audience membership.
+
+    No recency: it moves every idle user's score with the clock, so the decile cut points the
+    learner published would drift away from the scores workers compute later (every user
+    slides down a decile between snapshots). Recency acts as a filter instead: a user's
+    segments expire with their hash's TTL.
 
     >>> from processors.events import PageView
     >>> from processors.user_state import UserStateConfig, apply_event
@@ -58,8 +63,9 @@ def audience_features(state: UserState, now_ms: int, top: int = 10) -> Features:
     >>> _ = apply_event(state, PageView(event_id="e", ts=0, user_id="u", item_id="r1",
     ...     item_type="recipe", category="vegan", tags=["quick"], device="mobile",
     ...     country="fr"), UserStateConfig())
-    >>> sorted(audience_features(state, now_ms=3_600_000).items())[:4]
-    [('cat=vegan', 1.0), ('country=fr', 1.0), ('device=mobile', 1.0), ('events', 0.3466)]
+    >>> sorted(audience_features(state, now_ms=3_600_000).items())
+    [('cat=vegan', 1.0), ('country=fr', 1.0), ('device=mobile', 1.0), ('events', 0.3466), \
+('sessions', 0.3466), ('tag=quick', 1.0)]
     """
     out: Features = {}
     if state.interests is not None:
@@ -73,8 +79,6 @@ def audience_features(state: UserState, now_ms: int, top: int = 10) -> Features:
         out[f"device={device}"] = 1.0
     if state.location:
         out[f"country={state.location}"] = 1.0
-    hours = max(0, now_ms - state.last_event_ts) / 3_600_000
-    out["recency"] = round(math.log1p(hours) / 5.0, 4)
     out["sessions"] = round(math.log1p(state.sessions) / 2.0, 4)
     out["events"] = round(math.log1p(state.events_applied) / 2.0, 4)
     return out
@@ -202,6 +206,12 @@ class AudienceLearner:
             self._learn_member(audience_id, user_id, features)
         if not member_of:
             self._reservoir_add(user_id, features)
+        # Keep each model near negative_ratio negatives per positive also when the seeds
+        # were learned before any non-member was seen (the reservoir was empty then).
+        ratio = self.config.negative_ratio
+        for audience_id, model in self.models.items():
+            if audience_id not in member_of and model.negatives < ratio * model.positives:
+                model.learn(features, False)
 
     def member_added(self, audience_id: str, user_id: str) -> bool:
         """Apply a seed addition; a user already seen is learned at once."""
@@ -406,3 +416,112 @@ def as_dicts(rows: Iterable[Any]) -> list[dict[str, Any]]:
         out.append({k: round(v, 6) if isinstance(v, float) and math.isfinite(v) else v
                     for k, v in item.items()})  # fmt: skip
     return out
+
+
+# --- the live pipeline's pure parts: seed records, snapshots, scoring -----------------------
+SEED_ID_MAX = 128
+
+
+def seed_key(audience_id: str, user_id: str) -> bytes:
+    """The compaction key of one membership: the latest record per (audience, user) wins."""
+    return f"{audience_id}/{user_id}".encode()
+
+
+def valid_id(value: str) -> bool:
+    """Audience and user ids: 1-128 printable characters; an audience id has no '/'.
+
+    >>> valid_id("brand-42"), valid_id(""), valid_id("x" * 129)
+    (True, False, False)
+    """
+    return 0 < len(value) <= SEED_ID_MAX and value.isprintable()
+
+
+def parse_seed_record(key: bytes | None, value: bytes | None) -> tuple[str, str, bool] | None:
+    """(audience, user, add) of a record of the seed topic; None if it is not valid.
+    A null value is a removal (a tombstone).
+
+    >>> parse_seed_record(b"vegans/u1", b"1"), parse_seed_record(b"vegans/u1", None)
+    (('vegans', 'u1', True), ('vegans', 'u1', False))
+    >>> parse_seed_record(b"no-slash", b"1") is None
+    True
+    """
+    if key is None:
+        return None
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    audience_id, slash, user_id = text.partition("/")
+    if not slash or not valid_id(audience_id) or not valid_id(user_id):
+        return None
+    return audience_id, user_id, value is not None
+
+
+class AudienceScorer:
+    """What every worker serves from: the newest snapshot of each audience's model and its
+    decile cut points (and the learner's reports, for ``/audiences/{id}``)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, _Model] = {}
+        self.cuts: dict[str, list[float]] = {}
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.generation = 0  # the learner's count of snapshots; grows
+
+    def score(self, features: Features) -> dict[str, tuple[float, int]]:
+        """audience -> (score, decile) for one user's features."""
+        out = {}
+        for audience_id, model in self.models.items():
+            score = model.score(features)
+            out[audience_id] = (round(score, 6), decile_of(score, self.cuts.get(audience_id, [])))
+        return out
+
+    def adopt(self, state: Mapping[str, Any]) -> bool:
+        """A snapshot's contents (already verified); False if it is not newer."""
+        if int(state["generation"]) <= self.generation:
+            return False
+        self.models = state["models"]
+        self.cuts = state["cuts"]
+        self.reports = state["reports"]
+        self.generation = int(state["generation"])
+        return True
+
+
+def audience_update(
+    previous: Mapping[str, int], scores: Mapping[str, tuple[float, int]]
+) -> tuple[dict[str, dict[str, float | int]], list[tuple[str, int | None, int | None, float]]]:
+    """The ``audiences`` field for one user and the segment moves from their previous
+    deciles: (audience, decile to leave or None, decile to join or None, score).
+
+    >>> audience_update({"a": 3, "gone": 1}, {"a": (0.9, 1)})
+    ({'a': {'score': 0.9, 'decile': 1}}, [('a', 3, 1, 0.9), ('gone', 1, None, 0.0)])
+    """
+    payload: dict[str, dict[str, float | int]] = {}
+    moves: list[tuple[str, int | None, int | None, float]] = []
+    for audience_id, (score, decile) in scores.items():
+        payload[audience_id] = {"score": score, "decile": decile}
+        old = previous.get(audience_id)
+        moves.append((audience_id, old if old != decile else None, decile, score))
+    for audience_id, old in previous.items():
+        if audience_id not in scores:
+            moves.append((audience_id, old, None, 0.0))
+    return payload, moves
+
+
+def learner_snapshot(learner: AudienceLearner, generation: int) -> dict[str, Any]:
+    """What the learner publishes: models, cut points and reports of every audience."""
+    audiences = learner.membership.audiences()
+    return {
+        "generation": generation,
+        "models": {a: m for a, m in learner.models.items() if a in audiences},
+        "cuts": {a: learner.decile_cuts(a) for a in audiences},
+        "reports": {
+            a: {
+                "audience_id": a,
+                "members": len(learner.membership.members[a]),
+                "population": len(learner.population),
+                "lift": as_dicts(learner.lift_table(a)),
+                "representation": as_dicts(learner.representation(a)),
+            }
+            for a in audiences
+        },
+    }

@@ -28,17 +28,16 @@ prediction is scored against the label before the model learns it.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import hmac
 import math
-import pickle
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+
+from processors.signing import signed_pickle, verified_unpickle
 
 TARGETS = ("returns", "loyal")
 Target = Literal["returns", "loyal"]
@@ -413,26 +412,19 @@ class LoyaltyModels:
     # --- snapshots: signed, so nothing unsigned is ever unpickled -------------------------
     def snapshot(self, key: bytes) -> bytes:
         """The models (not the live metrics) pickled and signed with HMAC-SHA256."""
-        payload = pickle.dumps(
-            {
-                "model": self.config.model,
-                "examples_learned": self.examples_learned,
-                "models": self.models,
-                "baselines": self.baselines,
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        return hmac.new(key, payload, hashlib.sha256).digest() + payload
+        state = {
+            "model": self.config.model,
+            "examples_learned": self.examples_learned,
+            "models": self.models,
+            "baselines": self.baselines,
+        }
+        return signed_pickle(state, key)
 
     def load(self, blob: bytes, key: bytes) -> bool:
         """Adopt a snapshot if it is signed with ``key``, of the configured model kind and
         newer than what is held (more examples learned). Raises ``ValueError`` on a bad
         signature; returns False when the snapshot is not newer or of another kind."""
-        signature, payload = blob[:32], blob[32:]
-        expected = hmac.new(key, payload, hashlib.sha256).digest()
-        if len(blob) < 32 or not hmac.compare_digest(signature, expected):
-            raise ValueError("model snapshot signature does not match the configured key")
-        state = pickle.loads(payload)  # signed by a holder of our key: trusted
+        state = verified_unpickle(blob, key)
         if state["model"] != self.config.model:
             return False
         if state["examples_learned"] <= self.examples_learned:

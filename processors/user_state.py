@@ -90,6 +90,9 @@ class UserState(msgspec.Struct, kw_only=True):
     banners_clicked: list[str] = msgspec.field(default_factory=list)
     # --- loyalty: sessions as the loyalty processor sees them, pending labels, scores ---
     loyalty: LoyaltyState | None = None
+    # --- audiences: the decile each audience put the user in, and the write version ---
+    audience_deciles: dict[str, int] = msgspec.field(default_factory=dict)
+    audience_version: int = 0
 
     @property
     def version(self) -> int:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 log = logging.getLogger(__name__)
 
 CAS_SCRIPT = (Path(__file__).with_name("cas_hset.lua")).read_text()
+SEGMENTS_SCRIPT = (Path(__file__).with_name("cas_segments.lua")).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,17 @@ class FieldWrite:
     field: str
     version: int
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentWrite:
+    """A versioned field plus the segment moves it implies: (old key or None, new key or
+    None, score) each. Applied together, or not at all, by one script."""
+
+    field: str
+    version: int
+    payload: bytes
+    moves: tuple[tuple[str | None, str | None, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +74,24 @@ class UserHashWriter:
         self.base_backoff = base_backoff_seconds
         self.max_backoff = max_backoff_seconds
         self._sha: str | None = None
+        self._segments_sha: str | None = None
         self._pending: dict[str, dict[str, FieldWrite]] = {}
+        self._pending_segments: dict[str, list[SegmentWrite]] = {}
 
     def key(self, user_id: str) -> str:
         return f"{self.key_prefix}:user:{user_id}"
 
+    def segment_key(self, audience_id: str, decile: int) -> str:
+        return f"{self.key_prefix}:audience:{audience_id}:decile:{decile}"
+
     @property
     def pending_users(self) -> int:
-        return len(self._pending)
+        return len(self._pending.keys() | self._pending_segments.keys())
+
+    def stage_segments(self, user_id: str, write: SegmentWrite) -> None:
+        """Queue a field-with-segments write. All are kept, in order (each carries moves
+        the next one's builds on); the versions make a replay of any of them a no-op."""
+        self._pending_segments.setdefault(user_id, []).append(write)
 
     def stage(self, user_id: str, write: FieldWrite) -> None:
         """Queue a write; a later version of the same field replaces an earlier one."""
@@ -81,10 +103,36 @@ class UserHashWriter:
     async def _load_script(self) -> str:
         sha: str = await self.client.script_load(CAS_SCRIPT)
         self._sha = sha
+        self._segments_sha = await self.client.script_load(SEGMENTS_SCRIPT)
         return sha
 
+    def _segment_calls(self, pipe: Any, sha: str) -> None:
+        for user_id, writes in self._pending_segments.items():
+            for write in writes:
+                keys: list[str] = [self.key(user_id)]
+                args: list[bytes | str | int | float] = [
+                    self.ttl_ms,
+                    write.field,
+                    write.version,
+                    write.payload,
+                    user_id,
+                ]
+                for old, new, score in write.moves:
+                    indices = []
+                    for segment in (old, new):
+                        if segment is None:
+                            indices.append(0)
+                        else:
+                            keys.append(segment)
+                            indices.append(len(keys))
+                    args += [indices[0], indices[1], score]
+                pipe.evalsha(sha, len(keys), *keys, *args)
+
     async def _flush_once(self) -> FlushResult:
-        sha = self._sha or await self._load_script()
+        if self._sha is None or self._segments_sha is None:
+            await self._load_script()
+        sha, segments_sha = self._sha, self._segments_sha
+        assert sha is not None and segments_sha is not None
         users = list(self._pending.items())
         pipe = self.client.pipeline(transaction=False)
         for user_id, fields in users:
@@ -92,10 +140,11 @@ class UserHashWriter:
             for write in fields.values():
                 args += [write.field, write.version, write.payload]
             pipe.evalsha(sha, 1, self.key(user_id), *args)
+        self._segment_calls(pipe, segments_sha)
         try:
             replies = await pipe.execute()
         except NoScriptError:
-            self._sha = None  # Redis restarted and lost its script cache
+            self._sha = self._segments_sha = None  # Redis restarted: its script cache is gone
             raise
         written = stale = 0
         for reply in replies:
@@ -103,6 +152,7 @@ class UserHashWriter:
             written += w
             stale += s
         self._pending.clear()
+        self._pending_segments.clear()
         return FlushResult(written, stale)
 
     async def flush(self) -> FlushResult:
@@ -111,7 +161,7 @@ class UserHashWriter:
         Pending writes stay staged across failures (coalesced, so memory is bounded by the
         number of distinct users); ``RedisUnavailable`` after ``max_retries`` attempts.
         """
-        if not self._pending:
+        if not self._pending and not self._pending_segments:
             return FlushResult(0, 0)
         delay = self.base_backoff
         for attempt in range(self.max_retries + 1):

@@ -20,6 +20,9 @@ from processors.pipeline import SliceProcessor
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
 from state.redis_writer import UserHashWriter
 from state.tables import UserStateStore
+from stream.audience_api import audience_members_request
+from stream.audience_service import SNAPSHOT_KEY as AUDIENCE_SNAPSHOT_KEY
+from stream.audience_service import AudienceService
 from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
 from stream.follower import follow_topic
@@ -178,6 +181,22 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             "between workers nor checkpointed"
         )
     learner = LoyaltyLearner(processor.loyalty, metrics, signing_key)
+    audiences = AudienceService(settings.audience_config(), metrics, signing_key)
+    audiences_topic = app.topic(
+        settings.audiences_topic, key_serializer="raw", value_serializer="raw", partitions=1
+    )
+    audience_examples_topic = app.topic(
+        settings.audience_examples_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+    )
+    audience_models_topic = app.topic(
+        settings.audience_models_topic, key_serializer="raw", value_serializer="raw", partitions=1
+    )
+    rescore_writer = UserHashWriter(  # its own staging: the agent's writer flushes on its own
+        redis, settings.redis_key_prefix, settings.redis_ttl_seconds, settings.redis_max_retries
+    )
     handler = EventHandler(
         decoder=EventDecoder(settings.decode_limits()),
         processor=processor,
@@ -192,6 +211,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics=metrics,
         events_topic=settings.events_topic,
         loyalty_examples=loyalty_examples_topic,
+        audiences=audiences,
+        audience_examples=audience_examples_topic,
     )
 
     catalog_dead_letters = app.topic(
@@ -236,6 +257,61 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if blob is not None:
             await loyalty_models_topic.send(key=SNAPSHOT_KEY, value=blob)
 
+    async def load_audience_snapshot(record: Any) -> None:
+        audiences.load_snapshot(record.value)
+
+    @app.task
+    async def follow_audience_seeds() -> None:
+        await follow_topic(
+            aiokafka_client_options(settings), settings.audiences_topic, audiences.on_seed_record
+        )
+
+    @app.task
+    async def follow_audience_models() -> None:
+        await follow_topic(
+            aiokafka_client_options(settings),
+            settings.audience_models_topic,
+            load_audience_snapshot,
+        )
+
+    @app.agent(audience_examples_topic, name="learn-audiences")
+    async def learn_audiences(stream: Any) -> None:
+        async for batch in stream.take_events(2000, within=0.5):
+            audiences.learn(event.value for event in batch)
+
+    @app.timer(interval=settings.audience_snapshot_seconds)
+    async def publish_audience_snapshot() -> None:
+        blob = audiences.snapshot_due()
+        if blob is not None:
+            await audience_models_topic.send(key=AUDIENCE_SNAPSHOT_KEY, value=blob)
+
+    @app.timer(interval=1.0)
+    async def maintain_audiences() -> None:
+        changed = await audiences.maintain(
+            states.items(), rescore_writer, audience_examples_topic, int(time.time() * 1000)
+        )
+        if changed:
+            await rescore_writer.flush()
+            states.persist(changed)
+
+    class AudienceMembers(faust.web.View):
+        """POST /v1/audiences/{audience_id}/members {"add": [...], "remove": [...]}"""
+
+        async def post(self, request: Any, audience_id: str) -> Any:
+            status, body = await audience_members_request(
+                settings, request, audience_id, audiences_topic
+            )
+            return self.json(body, status=status)
+
+    app.page("/v1/audiences/{audience_id}/members")(AudienceMembers)
+
+    @app.page("/audiences/{audience_id}")
+    async def audience_report_page(web: Any, request: Any, audience_id: str) -> Any:
+        report = audiences.report(audience_id)
+        if report is None:
+            return web.json({"error": f"no report for audience {audience_id!r} yet"}, status=404)
+        return web.json(report)
+
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -250,6 +326,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         metrics.banner_ctr_entries.set(processor.ctr.size())
         metrics.loyalty_pending_labels.set(len(processor.expiry))
+        metrics.audience_members.set(audiences.learner.membership.size())
+        metrics.audience_entries.set(audiences.learner.size())
         learner.update_gauges()
         for tp in app.consumer.assignment():
             if tp.topic != settings.events_topic:

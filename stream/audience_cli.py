@@ -82,9 +82,103 @@ def write_audience_png(report: dict[str, Any], path: Path) -> None:
     right.set_xlabel("share in audience / in the rest (q < 0.01: green over, red under)")
     right.set_title("Category representation among seed members")
     figure.suptitle(
-        f"planted audience {report['planted_categories']}, seed {report['seed']}, "
-        f"{report['hours']:g} h"
+        f"audience {report['planted_categories']}, seed {report['seed']}, {report['hours']:g} h"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """User ids from a CSV with a ``user_id`` column, or one id per line."""
+    import csv
+
+    with path.open(newline="") as handle:
+        first = handle.readline()
+        handle.seek(0)
+        if "user_id" in first.split(","):
+            return [row["user_id"].strip() for row in csv.DictReader(handle)]
+        return [line.strip() for line in handle if line.strip()]
+
+
+def load_audience(
+    audience_id: Annotated[str, typer.Argument(help="Audience id")],
+    file: Annotated[Path, typer.Argument(help="CSV with a user_id column, or one id per line")],
+    remove: Annotated[bool, typer.Option(help="Remove these members instead")] = False,
+) -> None:
+    """Add (or remove) seed members of an audience; invalid ids are reported, not sent."""
+    from processors.audiences import seed_key, valid_id
+    from stream.cli import _settings
+    from stream.topics import ensure_topics, make_producer
+
+    if not valid_id(audience_id) or "/" in audience_id:
+        raise typer.BadParameter("audience id: 1-128 printable characters, no '/'")
+    settings = _settings()
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    sent, rejected = 0, []
+    for user_id in read_user_ids(file):
+        if not valid_id(user_id):
+            rejected.append(user_id[:128])
+            continue
+        value = None if remove else b"1"
+        producer.send(settings.audiences_topic, key=seed_key(audience_id, user_id), value=value)
+        sent += 1
+    producer.flush()
+    producer.close()
+    verb = "removed" if remove else "added"
+    typer.echo(json.dumps({"audience_id": audience_id, verb: sent, "rejected": rejected}))
+
+
+def report_audience(
+    audience_id: Annotated[str, typer.Argument(help="Audience id")],
+    png: Annotated[Path | None, typer.Option(help="Write the charts here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
+) -> None:
+    """The learner's decile table (users, held-out responders, rate, lift, cumulative
+    capture) and representation table of a live audience, from the newest signed snapshot."""
+    from processors.signing import verified_unpickle
+    from stream.cli import _settings
+    from stream.loyalty_cli import _read_topic
+
+    settings = _settings()
+    if settings.model_signing_key is None:
+        raise typer.BadParameter("set APPETENCE_MODEL_SIGNING_KEY (the workers' key)")
+    records = [r for r in _read_topic(settings, settings.audience_models_topic, 2.0) if r.value]
+    if not records:
+        typer.echo("no audience snapshot published yet", err=True)
+        raise typer.Exit(1)
+    snapshot = verified_unpickle(
+        records[-1].value, settings.model_signing_key.get_secret_value().encode()
+    )
+    report = snapshot["reports"].get(audience_id)
+    if report is None:
+        typer.echo(f"no audience {audience_id!r} in the newest snapshot", err=True)
+        raise typer.Exit(1)
+    if png:
+        write_audience_png({**report, "planted_categories": audience_id, "seed": "live",
+                            "hours": 0}, png)  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    lift = Table(title=f"Audience {audience_id}: {report['members']} seed members, "
+                 f"{report['population']} users scored (held-out seeds respond)")  # fmt: skip
+    for column in ("decile", "users", "held-out responders", "rate", "lift", "cum. capture"):
+        lift.add_column(column, justify="right")
+    for row in report["lift"]:
+        lift.add_row(str(row["decile"]), str(row["users"]), str(row["responders"]),
+                     f"{row['rate']:.4f}", f"{row['lift']:.2f}",
+                     f"{row['cumulative_capture']:.2f}")  # fmt: skip
+    console.print(lift)
+    rep = Table(title="Representation among seed members vs the rest (BH q-values)")
+    for column in ("feature", "audience", "share", "rest", "share", "ratio", "q"):
+        rep.add_column(column, justify="right")
+    for row in report["representation"][:30]:
+        rep.add_row(row["feature"], str(row["audience_users"]), f"{row['audience_share']:.3f}",
+                    str(row["rest_users"]), f"{row['rest_share']:.3f}", f"{row['ratio']:.2f}",
+                    f"{row['q_value']:.2g}")  # fmt: skip
+    console.print(rep)

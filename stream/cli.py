@@ -482,12 +482,16 @@ def report_banners_command(
 
 
 def _register_loyalty_commands() -> None:
-    from stream.audience_cli import evaluate_audience
+    from stream.audience_cli import evaluate_audience, load_audience, report_audience
     from stream.loyalty_cli import evaluate_loyalty, report_retention
 
     evaluate_cli.command("loyalty")(evaluate_loyalty)
     report_cli.command("retention")(report_retention)
     evaluate_cli.command("audience")(evaluate_audience)
+    report_cli.command("audience")(report_audience)
+    audience_cli = typer.Typer(no_args_is_help=True, help="Seed audiences.")
+    audience_cli.command("load")(load_audience)
+    cli.add_typer(audience_cli, name="audience")
 
 
 _register_loyalty_commands()

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.audiences import AudienceConfig
 from processors.banners import BannerConfig
 from processors.cooccurrence import CooccurrenceConfig
 from processors.events import DecodeLimits
@@ -120,6 +121,14 @@ class Settings(BaseSettings):
     loyalty_metric_window: int = Field(5000, ge=100, le=1_000_000)
     win_back_threshold: float = Field(0.3, ge=0.0, le=1.0)
     loyalty_snapshot_seconds: float = Field(10.0, ge=0.5, le=3600.0)
+    # Audiences (processors/audiences.py, docs/evaluation.md)
+    audience_holdout_share: float = Field(0.2, ge=0.0, lt=1.0)
+    audience_negative_ratio: int = Field(3, ge=1, le=100)
+    audience_snapshot_seconds: float = Field(2.0, ge=0.5, le=3600.0)
+    max_audiences: int = Field(100, ge=1, le=10_000)
+    audience_max_members: int = Field(1_000_000, ge=1, le=100_000_000)
+    #: Bearer token of POST /v1/audiences/{id}/members; unset: the endpoint answers 503.
+    audience_api_token: SecretStr | None = Field(None, min_length=16)
     #: HMAC-SHA256 key of model snapshots. Unset: the learner's models are neither shared
     #: with other workers nor checkpointed (nothing unsigned is ever unpickled).
     model_signing_key: SecretStr | None = Field(None, min_length=16)
@@ -188,6 +197,26 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def audiences_topic(self) -> str:
+        return f"{self.topic_prefix}.audiences"
+
+    @property
+    def audience_examples_topic(self) -> str:
+        return f"{self.topic_prefix}.audiences.examples"
+
+    @property
+    def audience_models_topic(self) -> str:
+        return f"{self.topic_prefix}.audiences.models"
+
+    def audience_config(self) -> AudienceConfig:
+        return AudienceConfig(
+            holdout_share=self.audience_holdout_share,
+            negative_ratio=self.audience_negative_ratio,
+            max_audiences=self.max_audiences,
+            max_members=self.audience_max_members,
+        )
 
     @property
     def loyalty_examples_topic(self) -> str:

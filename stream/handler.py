@@ -23,6 +23,7 @@ from processors.profile import profile_of
 from processors.slates import encode_slate
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
 from state.tables import UserStateStore
+from stream.audience_service import AudienceService
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class EventHandler:
         metrics: Metrics,
         events_topic: str,
         loyalty_examples: Any = None,
+        audiences: AudienceService | None = None,
+        audience_examples: Any = None,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -54,6 +57,8 @@ class EventHandler:
         #: Where resolved loyalty labels go (the learner's single-partition topic); None: kept
         #: nowhere (tests of the slice alone).
         self.loyalty_examples = loyalty_examples
+        self.audiences = audiences
+        self.audience_examples = audience_examples
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
 
@@ -124,6 +129,10 @@ class EventHandler:
                 )
             profile = profile_of(state, win_back_threshold=win_back_threshold)
             self.writer.stage(user_id, FieldWrite("profile", state.version, _json.encode(profile)))
+        if self.audiences is not None:
+            await self.audiences.after_batch(
+                result.touched, self.writer, self.audience_examples, now_ms
+            )
         await self._flush_until_written()
         # Labels are sent before the states that no longer hold them are persisted: a crash
         # in between re-resolves them on replay (at-least-once, like everything here).

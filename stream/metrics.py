@@ -174,6 +174,33 @@ class Metrics:
             live_labels,
             registry=registry,
         )
+        self.audience_seeds = Counter(
+            "appetence_audience_seeds_total",
+            "Seed membership records applied: added, removed, ignored (no change or over a "
+            "bound), rejected (invalid)",
+            ["result"],
+            registry=registry,
+        )
+        self.audience_snapshots = Counter(
+            "appetence_audience_snapshots_total",
+            "Audience model snapshots: published, loaded, ignored (not newer), rejected",
+            ["result"],
+            registry=registry,
+        )
+        self.audience_members = Gauge(
+            "appetence_audience_members",
+            "Seed members over all audiences (bounded per audience)",
+            registry=registry,
+        )
+        self.audience_entries = Gauge(
+            "appetence_audience_learner_entries",
+            "Members, population and reservoir feature vectors the audience learner holds",
+            registry=registry,
+        )
+        for result in ("added", "removed", "ignored", "rejected"):
+            self.audience_seeds.labels(result=result)
+        for result in ("published", "loaded", "ignored", "rejected"):
+            self.audience_snapshots.labels(result=result)
         for target in ("returns", "loyal"):
             for outcome in ("positive", "negative"):
                 self.loyalty_labels_resolved.labels(target=target, outcome=outcome)

@@ -9,6 +9,9 @@
 | ``{prefix}.catalog.dlq``       | as input | DeadLetter JSON                | 1          |
 | ``{prefix}.loyalty.examples``  | target   | resolved label JSON            | 1          |
 | ``{prefix}.loyalty.models``    | "loyalty"| HMAC-signed model snapshot (compacted) | 1  |
+| ``{prefix}.audiences``         | aud/user | seed membership; null = removed (compacted) | 1   |
+| ``{prefix}.audiences.examples``| user_id  | audience features of a touched user | 1          |
+| ``{prefix}.audiences.models``  | "audiences" | signed models, cuts, reports (compacted) | 1 |
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # One learner: a single partition orders every resolved label for one consumer.
         TopicSpec(settings.loyalty_examples_topic, 1, {"retention.ms": retention_ms}),
         TopicSpec(settings.loyalty_models_topic, 1, {"cleanup.policy": "compact"}),
+        # Seed membership: every worker follows all of it (the learner may move).
+        TopicSpec(settings.audiences_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.audience_examples_topic, 1, {"retention.ms": retention_ms}),
+        TopicSpec(settings.audience_models_topic, 1, {"cleanup.policy": "compact"}),
     ]
 
 

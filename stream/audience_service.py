@@ -1,0 +1,195 @@
+"""Audiences in the worker: seed membership, the learner, snapshots, live scoring, segments.
+
+Seed changes arrive on the compacted ``{prefix}.audiences`` topic (key ``audience/user``,
+null = removed), which every worker follows, so whichever worker owns the single-partition
+examples topic (the learner) knows every audience. Workers send the audience features of
+their touched users there (and of all their users once, when a new audience appears); the
+learner learns and publishes signed snapshots (models, decile cut points, reports) that
+every worker follows. Each worker scores its touched users with the newest snapshot, and
+re-scores all its users when a new one arrives, writing the ``audiences`` field and the
+``…:audience:{id}:decile:{d}`` sorted sets under one versioned compare-and-set per user.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from processors.audiences import (
+    AudienceConfig,
+    AudienceLearner,
+    AudienceScorer,
+    audience_features,
+    audience_update,
+    learner_snapshot,
+    parse_seed_record,
+)
+from processors.signing import signed_pickle, verified_unpickle
+from processors.user_state import UserState
+from state.redis_writer import SegmentWrite, UserHashWriter
+from stream.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = b"audiences"
+FIELD = "audiences"
+_json = msgspec.json.Encoder()
+
+
+class AudienceExample(msgspec.Struct, frozen=True):
+    u: str  # user id
+    f: dict[str, float]  # audience features
+
+
+_example_decoder = msgspec.json.Decoder(AudienceExample)
+
+
+class AudienceService:
+    def __init__(self, config: AudienceConfig, metrics: Metrics, signing_key: bytes | None) -> None:
+        self.learner = AudienceLearner(config)
+        self.scorer = AudienceScorer()
+        self.metrics = metrics
+        self.signing_key = signing_key
+        self._dirty = False  # the learner changed since its last snapshot
+        self._rescored_generation = 0
+        self._backfill = False  # a new audience appeared: send every user's features once
+        self._rescore_queue: list[str] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.learner.membership.members)
+
+    # --- seeds (every worker) -----------------------------------------------------------
+    async def on_seed_record(self, record: Any) -> None:
+        parsed = parse_seed_record(record.key, record.value)
+        if parsed is None:
+            self.metrics.audience_seeds.labels(result="rejected").inc()
+            log.warning("invalid audience seed record at offset %s skipped", record.offset)
+            return
+        audience_id, user_id, add = parsed
+        new_audience = add and audience_id not in self.learner.membership.members
+        if add:
+            changed = self.learner.member_added(audience_id, user_id)
+        else:
+            changed = self.learner.member_removed(audience_id, user_id)
+        self._dirty |= changed
+        self._backfill |= new_audience
+        result = ("added" if add else "removed") if changed else "ignored"
+        self.metrics.audience_seeds.labels(result=result).inc()
+
+    # --- the learner (the worker owning the examples partition) -------------------------
+    def learn(self, values: Iterable[bytes | None]) -> None:
+        learner = self.learner
+        if not learner.models and self.scorer.models:
+            learner.models = dict(self.scorer.models)  # a new learner resumes the snapshot
+        for value in values:
+            if value is None:
+                continue
+            try:
+                example = _example_decoder.decode(value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            learner.observe(example.u, example.f)
+            self._dirty = True
+
+    def snapshot_due(self) -> bytes | None:
+        if not self._dirty or self.signing_key is None or not self.learner.population:
+            return None
+        self._dirty = False
+        generation = max(int(time.time() * 1000), self.scorer.generation + 1)
+        self.metrics.audience_snapshots.labels(result="published").inc()
+        return signed_pickle(learner_snapshot(self.learner, generation), self.signing_key)
+
+    # --- every worker -------------------------------------------------------------------
+    def load_snapshot(self, blob: bytes | None) -> None:
+        if blob is None or self.signing_key is None:
+            return
+        try:
+            loaded = self.scorer.adopt(verified_unpickle(blob, self.signing_key))
+        except Exception as error:  # bad signature, or a blob of an incompatible version
+            log.error("audience snapshot rejected: %s", error)
+            self.metrics.audience_snapshots.labels(result="rejected").inc()
+            return
+        self.metrics.audience_snapshots.labels(result="loaded" if loaded else "ignored").inc()
+
+    def stage(self, user_id: str, state: UserState, writer: UserHashWriter, now_ms: int) -> bool:
+        """Score one user and stage the field and segment moves; True if anything changed."""
+        scores = self.scorer.score(audience_features(state, now_ms))
+        if not scores and not state.audience_deciles:
+            return False
+        payload, moves = audience_update(state.audience_deciles, scores)
+        state.audience_version += 1
+        state.audience_deciles = {a: d for a, (_, d) in scores.items()}
+        writer.stage_segments(
+            user_id,
+            SegmentWrite(
+                FIELD,
+                state.audience_version,
+                _json.encode(payload),
+                tuple(
+                    (
+                        None if old is None else writer.segment_key(audience, old),
+                        None if new is None else writer.segment_key(audience, new),
+                        score,
+                    )
+                    for audience, old, new, score in moves
+                ),
+            ),
+        )
+        return True
+
+    async def after_batch(
+        self,
+        touched: dict[str, UserState],
+        writer: UserHashWriter,
+        examples: Any,
+        now_ms: int,
+    ) -> None:
+        """Touched users: scored and staged (flushed with the batch), features to the
+        learner while any audience exists."""
+        if self.scorer.models:
+            for user_id, state in touched.items():
+                self.stage(user_id, state, writer, now_ms)
+        if self.active and examples is not None:
+            for user_id, state in touched.items():
+                await self._send_example(examples, user_id, state, now_ms)
+
+    async def _send_example(self, examples: Any, user_id: str, state: UserState, now: int) -> None:
+        value = _json.encode(AudienceExample(user_id, audience_features(state, now)))
+        await examples.send(key=user_id.encode(), value=value)
+
+    async def maintain(
+        self,
+        states: list[tuple[str, UserState]],
+        writer: UserHashWriter,
+        examples: Any,
+        now_ms: int,
+        limit: int = 20_000,
+    ) -> dict[str, UserState]:
+        """Periodic: send every user's features once after a new audience appeared, and
+        re-score users (``limit`` per call) after a new snapshot. Returns the states changed
+        (to persist after the caller flushed the writer)."""
+        if self._backfill and examples is not None:
+            self._backfill = False
+            for user_id, state in states:
+                await self._send_example(examples, user_id, state, now_ms)
+        if self.scorer.generation > self._rescored_generation:
+            self._rescored_generation = self.scorer.generation
+            self._rescore_queue = [user_id for user_id, _ in states]
+        changed: dict[str, UserState] = {}
+        if self._rescore_queue:
+            held = dict(states)
+            batch, self._rescore_queue = self._rescore_queue[:limit], self._rescore_queue[limit:]
+            for user_id in batch:
+                current = held.get(user_id)
+                if current is not None and self.stage(user_id, current, writer, now_ms):
+                    changed[user_id] = current
+        return changed
+
+    def report(self, audience_id: str) -> dict[str, Any] | None:
+        """The learner's latest report of an audience (from the newest snapshot)."""
+        return self.scorer.reports.get(audience_id)
