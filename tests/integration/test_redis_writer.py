@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
+from state.redis_writer import FieldWrite, RedisUnavailable, SegmentWrite, UserHashWriter
 from stream.embedded import EmbeddedStack, free_port
 
 pytestmark = pytest.mark.integration
@@ -105,3 +105,37 @@ def test_unreachable_redis_raises_after_retries_and_keeps_the_writes() -> None:
         return writer.pending_users
 
     assert run(scenario()) == 1
+
+
+async def write_segments(url: str, prefix: str, writes: list[tuple[int, int | None, int]]) -> int:
+    """(version, decile to leave, decile to join) writes of user u1 in audience a."""
+    client = aioredis.Redis.from_url(url)
+    writer = UserHashWriter(client, prefix, 600)
+    for version, old, new in writes:
+        moves = (
+            (
+                None if old is None else writer.segment_key("a", old),
+                writer.segment_key("a", new),
+                0.5,
+            ),
+        )
+        writer.stage_segments("u1", SegmentWrite("audiences", version, b"{}", moves))
+    result = await writer.flush()
+    await client.aclose()
+    return result.written
+
+
+def test_a_stale_segment_write_moves_no_one_back(
+    stack: EmbeddedStack, redis_client: redis.Redis
+) -> None:
+    prefix = f"s{uuid.uuid4().hex[:6]}"
+
+    def deciles() -> list[int]:
+        return [redis_client.zcard(f"{prefix}:audience:a:decile:{d}") for d in range(1, 4)]
+
+    assert run(write_segments(stack.redis_url, prefix, [(1, None, 3), (2, 3, 1)])) == 2
+    assert deciles() == [1, 0, 0]
+    # a replay of version 1 (join 3) and a stale version 2: refused, nothing moves
+    assert run(write_segments(stack.redis_url, prefix, [(1, None, 3), (2, 1, 2)])) == 0
+    assert deciles() == [1, 0, 0]
+    assert 0 < redis_client.pttl(f"{prefix}:audience:a:decile:1") <= 600_000

@@ -111,3 +111,21 @@ def test_planted_audience_in_simulation_is_found() -> None:
     assert report["top_decile_lift"] > 3.0
     assert report["planted_over_represented_q_below_0_01"]
     assert report["other_categories_over_represented"] == []
+
+
+def test_seed_records_and_api_tokens_are_validated() -> None:
+    from processors.audiences import audience_update, parse_seed_record
+    from stream.audience_api import authorized
+    from stream.config import load_settings
+
+    assert parse_seed_record(b"a/u1", b"1") == ("a", "u1", True)
+    assert parse_seed_record(b"a/u1", None) == ("a", "u1", False)
+    for bad in (None, b"", b"a/", b"/u1", b"\xff/u", b"a/" + b"x" * 200):
+        assert parse_seed_record(bad, b"1") is None
+    settings = load_settings(audience_api_token="a-token-of-16-chars-or-more")
+    assert authorized(settings, "Bearer a-token-of-16-chars-or-more")
+    for header in (None, "", "Bearer wrong", "a-token-of-16-chars-or-more"):
+        assert not authorized(settings, header)
+    assert not authorized(load_settings(), "Bearer anything")  # no token: endpoint off
+    payload, moves = audience_update({}, {"a": (0.5, 4)})
+    assert payload == {"a": {"score": 0.5, "decile": 4}} and moves == [("a", None, 4, 0.5)]
