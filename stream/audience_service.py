@@ -45,7 +45,9 @@ class AudienceExample(msgspec.Struct, frozen=True):
     f: dict[str, float]  # audience features
 
 
-_example_decoder = msgspec.json.Decoder(AudienceExample)
+_examples_decoder = msgspec.json.Decoder(list[AudienceExample])
+#: Examples per record of the examples topic (one record per batch, not one per user).
+EXAMPLES_PER_RECORD = 500
 
 
 class AudienceService:
@@ -90,10 +92,12 @@ class AudienceService:
             if value is None:
                 continue
             try:
-                example = _example_decoder.decode(value)
+                examples = _examples_decoder.decode(value)
             except (msgspec.DecodeError, msgspec.ValidationError):
+                log.warning("undecodable audience examples record skipped")
                 continue
-            learner.observe(example.u, example.f)
+            for example in examples:
+                learner.observe(example.u, example.f)
             self._dirty = True
 
     def snapshot_due(self) -> bytes | None:
@@ -116,10 +120,20 @@ class AudienceService:
             return
         self.metrics.audience_snapshots.labels(result="loaded" if loaded else "ignored").inc()
 
-    def stage(self, user_id: str, state: UserState, writer: UserHashWriter, now_ms: int) -> bool:
-        """Score one user and stage the field and segment moves; True if anything changed."""
+    def stage(
+        self,
+        user_id: str,
+        state: UserState,
+        writer: UserHashWriter,
+        now_ms: int,
+        only_if_moved: bool = False,
+    ) -> bool:
+        """Score one user and stage the field and segment moves; True if anything was
+        staged. ``only_if_moved``: skip users whose deciles did not change (re-scoring)."""
         scores = self.scorer.score(audience_features(state, now_ms))
         if not scores and not state.audience_deciles:
+            return False
+        if only_if_moved and {a: d for a, (_, d) in scores.items()} == state.audience_deciles:
             return False
         payload, moves = audience_update(state.audience_deciles, scores)
         state.audience_version += 1
@@ -155,12 +169,17 @@ class AudienceService:
             for user_id, state in touched.items():
                 self.stage(user_id, state, writer, now_ms)
         if self.active and examples is not None:
-            for user_id, state in touched.items():
-                await self._send_example(examples, user_id, state, now_ms)
+            await self._send_examples(examples, list(touched.items()), now_ms)
 
-    async def _send_example(self, examples: Any, user_id: str, state: UserState, now: int) -> None:
-        value = _json.encode(AudienceExample(user_id, audience_features(state, now)))
-        await examples.send(key=user_id.encode(), value=value)
+    async def _send_examples(
+        self, examples: Any, users: list[tuple[str, UserState]], now_ms: int
+    ) -> None:
+        for start in range(0, len(users), EXAMPLES_PER_RECORD):
+            chunk = [
+                AudienceExample(user_id, audience_features(state, now_ms))
+                for user_id, state in users[start : start + EXAMPLES_PER_RECORD]
+            ]
+            await examples.send(key=None, value=_json.encode(chunk))
 
     async def maintain(
         self,
@@ -175,8 +194,7 @@ class AudienceService:
         (to persist after the caller flushed the writer)."""
         if self._backfill and examples is not None:
             self._backfill = False
-            for user_id, state in states:
-                await self._send_example(examples, user_id, state, now_ms)
+            await self._send_examples(examples, states, now_ms)
         if self.scorer.generation > self._rescored_generation:
             self._rescored_generation = self.scorer.generation
             self._rescore_queue = [user_id for user_id, _ in states]
@@ -186,7 +204,9 @@ class AudienceService:
             batch, self._rescore_queue = self._rescore_queue[:limit], self._rescore_queue[limit:]
             for user_id in batch:
                 current = held.get(user_id)
-                if current is not None and self.stage(user_id, current, writer, now_ms):
+                if current is not None and self.stage(
+                    user_id, current, writer, now_ms, only_if_moved=True
+                ):
                     changed[user_id] = current
         return changed
 

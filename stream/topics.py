@@ -10,7 +10,7 @@
 | ``{prefix}.loyalty.examples``  | target   | resolved label JSON            | 1          |
 | ``{prefix}.loyalty.models``    | "loyalty"| HMAC-signed model snapshot (compacted) | 1  |
 | ``{prefix}.audiences``         | aud/user | seed membership; null = removed (compacted) | 1   |
-| ``{prefix}.audiences.examples``| user_id  | audience features of a touched user | 1          |
+| ``{prefix}.audiences.examples``| none     | JSON array of touched users' features | 1       |
 | ``{prefix}.audiences.models``  | "audiences" | signed models, cuts, reports (compacted) | 1 |
 """
 
