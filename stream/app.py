@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,49 @@ def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class SharedModel:
+    """A model learned by one worker and served by all: its examples topic (one partition,
+    so one learner in the group), its compacted snapshot topic (followed by every worker)."""
+
+    name: str
+    examples_topic: Any
+    models_topic: Any
+    snapshot_key: bytes
+    models_topic_name: str
+    snapshot_seconds: float
+    learn: Callable[[Iterable[bytes | None]], object]
+    snapshot_due: Callable[[], bytes | None]
+    load: Callable[[bytes | None], None]
+
+
+def _wire_shared_model(
+    app: faust.App, consumer_options: dict[str, Any], shared: SharedModel
+) -> None:
+    """The learner agent, the snapshot timer and the snapshot follower of one shared model."""
+
+    async def load(record: Any) -> None:
+        shared.load(record.value)
+
+    async def follow_snapshots() -> None:
+        await follow_topic(consumer_options, shared.models_topic_name, load)
+
+    async def learn(stream: Any) -> None:
+        async for batch in stream.take_events(1000, within=0.5):
+            shared.learn(event.value for event in batch)
+
+    async def publish_snapshot() -> None:
+        blob = shared.snapshot_due()
+        if blob is not None:
+            await shared.models_topic.send(key=shared.snapshot_key, value=blob)
+
+    follow_snapshots.__name__ = f"follow_{shared.name}_snapshots"
+    publish_snapshot.__name__ = f"publish_{shared.name}_snapshot"
+    app.task(follow_snapshots)
+    app.agent(shared.examples_topic, name=f"learn-{shared.name}")(learn)
+    app.timer(interval=shared.snapshot_seconds)(publish_snapshot)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Appetence:
@@ -237,53 +281,22 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def follow_catalog() -> None:
         await catalog_follower.run()
 
-    async def load_snapshot(record: Any) -> None:
-        learner.load(record.value)
-
-    @app.task
-    async def follow_loyalty_models() -> None:
-        await follow_topic(
-            aiokafka_client_options(settings), settings.loyalty_models_topic, load_snapshot
-        )
-
-    @app.agent(loyalty_examples_topic, name="learn-loyalty")
-    async def learn_loyalty(stream: Any) -> None:
-        async for batch in stream.take_events(1000, within=1.0):
-            learner.learn(event.value for event in batch)
-
-    @app.timer(interval=settings.loyalty_snapshot_seconds)
-    async def publish_loyalty_snapshot() -> None:
-        blob = learner.snapshot_due()
-        if blob is not None:
-            await loyalty_models_topic.send(key=SNAPSHOT_KEY, value=blob)
-
-    async def load_audience_snapshot(record: Any) -> None:
-        audiences.load_snapshot(record.value)
+    for shared in (
+        SharedModel("loyalty", loyalty_examples_topic, loyalty_models_topic, SNAPSHOT_KEY,
+                    settings.loyalty_models_topic, settings.loyalty_snapshot_seconds,
+                    learner.learn, learner.snapshot_due, learner.load),
+        SharedModel("audiences", audience_examples_topic, audience_models_topic,
+                    AUDIENCE_SNAPSHOT_KEY, settings.audience_models_topic,
+                    settings.audience_snapshot_seconds,
+                    audiences.learn, audiences.snapshot_due, audiences.load_snapshot),
+    ):  # fmt: skip
+        _wire_shared_model(app, aiokafka_client_options(settings), shared)
 
     @app.task
     async def follow_audience_seeds() -> None:
         await follow_topic(
             aiokafka_client_options(settings), settings.audiences_topic, audiences.on_seed_record
         )
-
-    @app.task
-    async def follow_audience_models() -> None:
-        await follow_topic(
-            aiokafka_client_options(settings),
-            settings.audience_models_topic,
-            load_audience_snapshot,
-        )
-
-    @app.agent(audience_examples_topic, name="learn-audiences")
-    async def learn_audiences(stream: Any) -> None:
-        async for batch in stream.take_events(2000, within=0.5):
-            audiences.learn(event.value for event in batch)
-
-    @app.timer(interval=settings.audience_snapshot_seconds)
-    async def publish_audience_snapshot() -> None:
-        blob = audiences.snapshot_due()
-        if blob is not None:
-            await audience_models_topic.send(key=AUDIENCE_SNAPSHOT_KEY, value=blob)
 
     @app.timer(interval=1.0)
     async def maintain_audiences() -> None:
