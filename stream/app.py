@@ -301,7 +301,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=1.0)
     async def maintain_audiences() -> None:
         changed = await audiences.maintain(
-            states.items(), rescore_writer, audience_examples_topic, int(time.time() * 1000)
+            states.items, rescore_writer, audience_examples_topic, int(time.time() * 1000)
         )
         if changed:
             await rescore_writer.flush()

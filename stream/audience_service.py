@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -183,7 +183,7 @@ class AudienceService:
 
     async def maintain(
         self,
-        states: list[tuple[str, UserState]],
+        held: Callable[[], list[tuple[str, UserState]]],
         writer: UserHashWriter,
         examples: Any,
         now_ms: int,
@@ -191,19 +191,20 @@ class AudienceService:
     ) -> dict[str, UserState]:
         """Periodic: send every user's features once after a new audience appeared, and
         re-score users (``limit`` per call) after a new snapshot. Returns the states changed
-        (to persist after the caller flushed the writer)."""
+        (to persist after the caller flushed the writer). ``held``: the worker's users, read
+        only when there is something to do."""
         if self._backfill and examples is not None:
             self._backfill = False
-            await self._send_examples(examples, states, now_ms)
+            await self._send_examples(examples, held(), now_ms)
         if self.scorer.generation > self._rescored_generation:
             self._rescored_generation = self.scorer.generation
-            self._rescore_queue = [user_id for user_id, _ in states]
+            self._rescore_queue = [user_id for user_id, _ in held()]
         changed: dict[str, UserState] = {}
         if self._rescore_queue:
-            held = dict(states)
+            by_user = dict(held())
             batch, self._rescore_queue = self._rescore_queue[:limit], self._rescore_queue[limit:]
             for user_id in batch:
-                current = held.get(user_id)
+                current = by_user.get(user_id)
                 if current is not None and self.stage(
                     user_id, current, writer, now_ms, only_if_moved=True
                 ):
