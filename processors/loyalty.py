@@ -201,6 +201,14 @@ def with_recency(features: Mapping[str, Any], hours: float) -> dict[str, Any]:
     return out
 
 
+_CHECKINS = (0, 24, 72, 168, 336, 720, 1440, 2160, 4320)
+
+
+def _checkin_of(hours: float) -> int:
+    """The latest default check-in at or before ``hours`` of silence."""
+    return max((c for c in _CHECKINS if c <= hours), default=0)
+
+
 def encode(
     features: Mapping[str, Any], numeric: Sequence[str] = BEHAVIOUR_FEATURES
 ) -> dict[str, float]:
@@ -228,6 +236,9 @@ def encode(
         elif name == "recency_hours":
             if value:
                 out[name] = math.log1p(value) / 5.0
+            # Silent for at least this check-in: one weight per step of silence, so the
+            # linear model can bend with it (scoring maps any silence to its check-in).
+            out[f"silent>={_checkin_of(value)}h"] = 1.0
         elif value:
             out[name] = math.log1p(float(value)) / 2.0
     return out
