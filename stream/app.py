@@ -177,41 +177,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         producer_acks=-1,
         producer_max_batch_size=settings.kafka_producer_batch_bytes,
     )
-    events_topic = app.topic(
-        settings.events_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
-    dead_letter_topic = app.topic(
-        settings.dead_letter_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
-    changelog_topic = app.topic(
-        settings.user_state_changelog_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
+
+    def raw_topic(name: str, partitions: int) -> Any:
+        """Keys and values stay bytes: decoding is ours (validated, dead-lettered)."""
+        return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
+
+    events_topic = raw_topic(settings.events_topic, settings.partitions)
+    dead_letter_topic = raw_topic(settings.dead_letter_topic, settings.partitions)
+    changelog_topic = raw_topic(settings.user_state_changelog_topic, settings.partitions)
     states = UserStateStore(
         settings.user_state_changelog_topic,
         FaustTopicWriter(changelog_topic),
         AIOKafkaPartitionReader(aiokafka_client_options(settings)),
     )
-    loyalty_examples_topic = app.topic(
-        settings.loyalty_examples_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=1,
-    )
-    loyalty_models_topic = app.topic(
-        settings.loyalty_models_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=1,
-    )
+    loyalty_examples_topic = raw_topic(settings.loyalty_examples_topic, 1)
+    loyalty_models_topic = raw_topic(settings.loyalty_models_topic, 1)
     redis = make_redis(settings)
     processor = SliceProcessor(settings.slice_config())
     signing_key = (
@@ -221,23 +201,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     if signing_key is None:
         log.warning(
-            "APPETENCE_MODEL_SIGNING_KEY is not set: loyalty models are neither shared "
-            "between workers nor checkpointed"
+            "APPETENCE_MODEL_SIGNING_KEY is not set: loyalty and audience models are neither "
+            "shared between workers nor checkpointed"
         )
     learner = LoyaltyLearner(processor.loyalty, metrics, signing_key)
     audiences = AudienceService(settings.audience_config(), metrics, signing_key)
-    audiences_topic = app.topic(
-        settings.audiences_topic, key_serializer="raw", value_serializer="raw", partitions=1
-    )
-    audience_examples_topic = app.topic(
-        settings.audience_examples_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=1,
-    )
-    audience_models_topic = app.topic(
-        settings.audience_models_topic, key_serializer="raw", value_serializer="raw", partitions=1
-    )
+    audiences_topic = raw_topic(settings.audiences_topic, 1)
+    audience_examples_topic = raw_topic(settings.audience_examples_topic, 1)
+    audience_models_topic = raw_topic(settings.audience_models_topic, 1)
     rescore_writer = UserHashWriter(  # its own staging: the agent's writer flushes on its own
         redis, settings.redis_key_prefix, settings.redis_ttl_seconds, settings.redis_max_retries
     )
@@ -259,12 +230,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         audience_examples=audience_examples_topic,
     )
 
-    catalog_dead_letters = app.topic(
-        settings.catalog_dead_letter_topic,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=1,
-    )
+    catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)
 
     async def send_catalog_dead_letter(key: bytes | None, value: bytes) -> Any:
         return await catalog_dead_letters.send(key=key, value=value)
