@@ -222,6 +222,15 @@ class AudienceLearner:
             self._learn_member(audience_id, user_id, features)
         return True
 
+    def forget_user(self, user_id: str) -> list[str]:
+        """Erase a user from memberships, the population and the reservoir; returns the
+        audiences they were a seed of (their seed records are to be tombstoned)."""
+        audiences = [a for a, m in self.membership.members.items() if user_id in m]
+        self.membership.forget_user(user_id)
+        self.population.pop(user_id, None)
+        self.reservoir = [pair for pair in self.reservoir if pair[0] != user_id]
+        return audiences
+
     def member_removed(self, audience_id: str, user_id: str) -> bool:
         return self.membership.apply(audience_id, user_id, add=False)
 

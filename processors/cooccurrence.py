@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Literal
@@ -177,6 +177,23 @@ class CooccurrenceModel:
         recent.append(session_id)
         if len(recent) > 2 * self.config.session_knn_sample:
             del recent[: len(recent) - self.config.session_knn_sample]
+
+    def forget_visitors(self, is_theirs: Callable[[str], bool]) -> int:
+        """Erase every remembered visitor for which ``is_theirs(visitor_id)`` holds (a user
+        asked to be forgotten): their item sets and every listing of them under an item.
+        Aggregated counts (rules, pairs, popularity) are not personal and stay. Returns the
+        visitors erased. Rare and O(remembered listings)."""
+        gone = [visitor for visitor in self.sessions if is_theirs(visitor)]
+        for visitor in gone:
+            del self.sessions[visitor]
+        for item, visitors in list(self.item_sessions.items()):
+            if any(is_theirs(v) for v in visitors):
+                kept = [v for v in visitors if not is_theirs(v)]
+                if kept:
+                    self.item_sessions[item] = kept
+                else:
+                    del self.item_sessions[item]
+        return len(gone)
 
     def session_knn_votes(
         self, session: Sequence[str], exclude_session: str | None = None

@@ -780,6 +780,13 @@ class ExpiryQueue:
             heapq.heappush(self._heap, (min(p.deadline for p in state.pending), user_id))
             self._queued.add(user_id)
 
+    def forget(self, user_id: str) -> None:
+        """Remove a user's entry (a forget request)."""
+        if user_id in self._queued:
+            self._queued.discard(user_id)
+            self._heap = [entry for entry in self._heap if entry[1] != user_id]
+            heapq.heapify(self._heap)
+
     def expire_due(
         self,
         watermark: int,

@@ -105,6 +105,16 @@ class SliceProcessor:
         self.expiry = ExpiryQueue()
         self.watermark = 0  # the latest event time seen: horizons pass by event time
 
+    def forget_user(self, user_id: str) -> int:
+        """Erase what this processor holds about one user outside their UserState (which the
+        caller deletes): the next-click model's memory of them as a visitor (by user, or each
+        of their sessions ``user#n``) and their loyalty deadline. Returns visitors erased."""
+        session_prefix = f"{user_id}#"
+        self.expiry.forget(user_id)
+        return self.cooccurrence.forget_visitors(
+            lambda visitor: visitor == user_id or visitor.startswith(session_prefix)
+        )
+
     def apply_catalog(self, record: CatalogRecord | None, key: str | None = None) -> None:
         """One catalog record (``None`` with its ``key``: a tombstone)."""
         if record is None:

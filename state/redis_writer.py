@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 CAS_SCRIPT = (Path(__file__).with_name("cas_hset.lua")).read_text()
 SEGMENTS_SCRIPT = (Path(__file__).with_name("cas_segments.lua")).read_text()
+FORGET_SCRIPT = (Path(__file__).with_name("forget_user.lua")).read_text()
+DECILES = range(1, 11)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,23 @@ class UserHashWriter:
         current = fields.get(write.field)
         if current is None or current.version < write.version:
             fields[write.field] = write
+
+    def discard(self, user_id: str) -> None:
+        """Drop a user's staged writes (a forget request arrived before the flush)."""
+        self._pending.pop(user_id, None)
+        self._pending_segments.pop(user_id, None)
+
+    async def forget(self, user_id: str, audience_ids: Iterable[str], requested_at_ms: int) -> bool:
+        """Delete the user's hash and segment memberships in one script, unless the hash
+        holds events newer than the request. True if anything was deleted or nothing was
+        there; False when the user had come back after the request."""
+        self.discard(user_id)
+        keys = [self.key(user_id)] + [
+            self.segment_key(audience, decile) for audience in audience_ids for decile in DECILES
+        ]
+        limit = requested_at_ms * 1000 + 999
+        result = await self.client.eval(FORGET_SCRIPT, len(keys), *keys, limit, user_id)
+        return int(result) > 0
 
     async def _load_script(self) -> str:
         sha: str = await self.client.script_load(CAS_SCRIPT)

@@ -99,6 +99,17 @@ class UserStateStore:
             self._index[user_id] = state
             self.writer.send(user_id.encode(), encode_user_state(state), state.partition)
 
+    def forget(self, user_id: str, partition: int) -> bool:
+        """Delete a user (a forget request): from memory, and a tombstone on the changelog
+        when this worker holds the partition. True if the state was held here."""
+        state = self._index.pop(user_id, None)
+        if state is not None:
+            partition = state.partition
+            self._by_partition.get(partition, {}).pop(user_id, None)
+        if partition in self._by_partition:
+            self.writer.send(user_id.encode(), None, partition)
+        return state is not None
+
     def evict_idle(self, older_than_ms: int, limit: int) -> int:
         """Delete up to ``limit`` users idle since before ``older_than_ms`` (tombstones)."""
         idle = [

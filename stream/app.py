@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from processors.events import EventDecoder
+from processors.forget import ForgottenUsers
 from processors.pipeline import SliceProcessor
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
 from state.redis_writer import UserHashWriter
@@ -27,14 +28,18 @@ from stream.audience_service import AudienceService
 from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
 from stream.follower import follow_topic
+from stream.forget_service import ForgetService
 from stream.handler import EventHandler
 from stream.loyalty_learner import SNAPSHOT_KEY, LoyaltyLearner
 from stream.metrics import Metrics
+from stream.topics import aiokafka_client_options
 
 log = logging.getLogger(__name__)
 
 STATE_SWEEP_SECONDS = 60.0
 STATE_SWEEP_LIMIT = 10_000
+#: Forget requests remembered (for the event age window) to drop a user's late events.
+FORGOTTEN_USERS_MAX = 1_000_000
 
 
 @dataclass
@@ -67,25 +72,16 @@ def _broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-def aiokafka_client_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
-    if settings.kafka_sasl_mechanism and settings.kafka_sasl_password is not None:
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    return options
-
-
 def make_redis(settings: Settings) -> aioredis.Redis:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    options: dict[str, Any] = {}
+    if settings.redis_url.startswith("rediss://") and settings.redis_ssl_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ssl_ca_file
     return aioredis.Redis.from_url(
         settings.redis_url,
+        username=settings.redis_username,
         password=password,
+        **options,
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
         health_check_interval=30,
@@ -190,6 +186,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         FaustTopicWriter(changelog_topic),
         AIOKafkaPartitionReader(aiokafka_client_options(settings)),
     )
+    audiences_topic = raw_topic(settings.audiences_topic, 1)
     loyalty_examples_topic = raw_topic(settings.loyalty_examples_topic, 1)
     loyalty_models_topic = raw_topic(settings.loyalty_models_topic, 1)
     redis = make_redis(settings)
@@ -206,28 +203,39 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         )
     learner = LoyaltyLearner(processor.loyalty, metrics, signing_key)
     audiences = AudienceService(settings.audience_config(), metrics, signing_key)
-    audiences_topic = raw_topic(settings.audiences_topic, 1)
     audience_examples_topic = raw_topic(settings.audience_examples_topic, 1)
     audience_models_topic = raw_topic(settings.audience_models_topic, 1)
     rescore_writer = UserHashWriter(  # its own staging: the agent's writer flushes on its own
         redis, settings.redis_key_prefix, settings.redis_ttl_seconds, settings.redis_max_retries
     )
+    writer = UserHashWriter(
+        redis,
+        settings.redis_key_prefix,
+        settings.redis_ttl_seconds,
+        max_retries=settings.redis_max_retries,
+    )
+    forget = ForgetService(
+        ForgottenUsers(FORGOTTEN_USERS_MAX, settings.max_event_age_seconds * 1000),
+        states,
+        processor,
+        audiences,
+        writer,
+        audiences_topic,
+        metrics,
+        settings.partitions,
+    )
     handler = EventHandler(
         decoder=EventDecoder(settings.decode_limits()),
         processor=processor,
         states=states,
-        writer=UserHashWriter(
-            redis,
-            settings.redis_key_prefix,
-            settings.redis_ttl_seconds,
-            max_retries=settings.redis_max_retries,
-        ),
+        writer=writer,
         dead_letters=dead_letter_topic,
         metrics=metrics,
         events_topic=settings.events_topic,
         loyalty_examples=loyalty_examples_topic,
         audiences=audiences,
         audience_examples=audience_examples_topic,
+        forget=forget,
     )
 
     catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)
@@ -263,6 +271,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         await follow_topic(
             aiokafka_client_options(settings), settings.audiences_topic, audiences.on_seed_record
         )
+
+    @app.task
+    async def follow_forget_requests() -> None:
+        await follow_topic(
+            aiokafka_client_options(settings), settings.forget_topic, forget.on_record
+        )
+
+    @app.timer(interval=STATE_SWEEP_SECONDS)
+    async def expire_forget_requests() -> None:
+        forget.expire()
 
     @app.timer(interval=1.0)
     async def maintain_audiences() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -67,6 +68,53 @@ def worker() -> None:
     faust.Worker(
         built.app, loglevel=settings.log_level, redirect_stdouts=False
     ).execute_from_commandline()
+
+
+@cli.command()
+def collector() -> None:
+    """Run the HTTP collector: POST /v1/events from browsers and servers, GET /tracker.js."""
+    import asyncio
+
+    from stream.collector import serve
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+@cli.command()
+def forget(
+    user_ids: Annotated[list[str] | None, typer.Argument(help="User ids to forget")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="A file of user ids, one per line (- for stdin)")
+    ] = None,
+) -> None:
+    """Forget users (GDPR erasure): every worker deletes their state, Redis keys, audience
+    memberships and visitor memory; their older in-flight events are dropped."""
+    from processors.forget import encode_forget_request, valid_user_id
+    from stream.topics import make_producer
+
+    ids = list(user_ids or [])
+    if file is not None:
+        handle = sys.stdin if str(file) == "-" else file.open()
+        ids += [line.strip() for line in handle if line.strip()]
+    invalid = [user for user in ids if not valid_user_id(user)]
+    if invalid or not ids:
+        typer.echo(f"appetence: invalid or no user ids: {invalid[:5]}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    producer = make_producer(settings)
+    now_ms = int(time.time() * 1000)
+    for user in ids:
+        producer.send(
+            settings.forget_topic, key=user.encode(), value=encode_forget_request(user, now_ms)
+        )
+    producer.flush(timeout=30)
+    producer.close()
+    typer.echo(json.dumps({"forget_requests": len(ids), "topic": settings.forget_topic}))
 
 
 @topics_cli.command("create")

@@ -64,7 +64,11 @@ class Settings(BaseSettings):
 
     # --- Redis -----------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ACL user (Redis 6+); the password is then that user's. Unset: the default user.
+    redis_username: str | None = None
     redis_password: SecretStr | None = None
+    #: CA bundle for a rediss:// (TLS) URL; unset: the system's trust store.
+    redis_ssl_ca_file: str | None = None
     redis_key_prefix: str = Field("appetence:v1", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
     redis_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     redis_max_retries: int = Field(8, ge=0, le=100)
@@ -133,6 +137,26 @@ class Settings(BaseSettings):
     #: with other workers nor checkpointed (nothing unsigned is ever unpickled).
     model_signing_key: SecretStr | None = Field(None, min_length=16)
 
+    # --- HTTP collector (appetence collector) -----------------------------------------
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(8088, ge=0, le=65535)
+    #: Larger request bodies are refused with 413.
+    collector_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    collector_max_events_per_request: int = Field(500, ge=1, le=10_000)
+    #: Per client (address, pseudonymised): sustained requests per second and burst.
+    collector_rate_per_second: float = Field(20.0, gt=0.0)
+    collector_rate_burst: int = Field(60, ge=1)
+    collector_max_clients: int = Field(100_000, ge=1)
+    #: Bytes accepted but not yet acknowledged by Kafka; past it requests get 503.
+    collector_buffer_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    #: Origins allowed to post from browsers (CORS); "*" allows any. Empty: no CORS headers.
+    collector_cors_origins: list[str] = Field(default_factory=list, max_length=1000)
+    #: HMAC key of client-address pseudonyms (rate-limit buckets). Unset: a random key per
+    #: process. The raw address is never written anywhere.
+    collector_ip_key: SecretStr | None = Field(None, min_length=16)
+    #: Take the client address from X-Forwarded-For (only behind your own proxy).
+    collector_trust_forwarded_for: bool = False
+
     # --- HTTP (metrics and health) ---------------------------------------------------
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
@@ -197,6 +221,10 @@ class Settings(BaseSettings):
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def forget_topic(self) -> str:
+        return f"{self.topic_prefix}.forget"
 
     @property
     def audiences_topic(self) -> str:

@@ -24,6 +24,7 @@ from processors.slates import encode_slate
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
 from state.tables import UserStateStore
 from stream.audience_service import AudienceService
+from stream.forget_service import ForgetService
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class EventHandler:
         loyalty_examples: Any = None,
         audiences: AudienceService | None = None,
         audience_examples: Any = None,
+        forget: ForgetService | None = None,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -59,6 +61,7 @@ class EventHandler:
         self.loyalty_examples = loyalty_examples
         self.audiences = audiences
         self.audience_examples = audience_examples
+        self.forget = forget
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
 
@@ -114,9 +117,13 @@ class EventHandler:
             timestamps.append(message.timestamp)
             self.positions[partition] = max(self.positions.get(partition, 0), message.offset + 1)
 
+        if self.forget is not None:
+            decoded = self.forget.keep_events(decoded)
         held = self.states.partitions
         await self.states.ensure_recovered({partition for partition, _ in decoded})
         recovered = self.states.partitions - held
+        if recovered and self.forget is not None:
+            self.forget.after_recovery(recovered)
         if recovered:  # their pending loyalty labels wait for the watermark here now
             self.processor.schedule_pending(self.states.items(recovered))
         result = self.processor.process_batch(decoded, self.states, now_ms)
@@ -134,6 +141,8 @@ class EventHandler:
                 result.touched, self.writer, self.audience_examples, now_ms
             )
         await self._flush_until_written()
+        if self.forget is not None:
+            await self.forget.settle(result)
         # Labels are sent before the states that no longer hold them are persisted: a crash
         # in between re-resolves them on replay (at-least-once, like everything here).
         for example in result.resolved:

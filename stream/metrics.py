@@ -197,6 +197,21 @@ class Metrics:
             "Members, population and reservoir feature vectors the audience learner holds",
             registry=registry,
         )
+        self.users_forgotten = Counter(
+            "appetence_users_forgotten_total",
+            "Forget requests applied by this worker (state, visitor memory, audiences, Redis)",
+            registry=registry,
+        )
+        self.events_forgotten = Counter(
+            "appetence_events_forgotten_total",
+            "Events dropped because their user asked to be forgotten after they happened",
+            registry=registry,
+        )
+        self.forgotten_users = Gauge(
+            "appetence_forgotten_users",
+            "Forget requests remembered to drop the user's older in-flight events (bounded)",
+            registry=registry,
+        )
         for result in ("added", "removed", "ignored", "rejected"):
             self.audience_seeds.labels(result=result)
         for result in ("published", "loaded", "ignored", "rejected"):
@@ -213,3 +228,54 @@ class Metrics:
             self.redis_writes.labels(result=result)
         for event_type in ("pageview", "click", "impression"):
             self.events_consumed.labels(type=event_type)
+
+
+class CollectorMetrics:
+    """What ``appetence collector`` exports (its own registry, its own /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "appetence_collector_requests_total",
+            "HTTP requests to POST /v1/events by status code",
+            ["status"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "appetence_collector_events_total",
+            "Events received by result (accepted: produced to Kafka; rejected: dead-lettered)",
+            ["result"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "appetence_collector_events_rejected_total",
+            "Events the collector rejected, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "appetence_collector_request_seconds",
+            "From request to Kafka's acknowledgement of its events (202 answers)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.buffer_bytes = Gauge(
+            "appetence_collector_buffer_bytes",
+            "Request bytes awaiting Kafka's acknowledgement (bounded)",
+            registry=registry,
+        )
+        self.buffer_full = Counter(
+            "appetence_collector_buffer_full_total",
+            "Requests refused with 503 because the producer buffer was full",
+            registry=registry,
+        )
+        self.produce_errors = Counter(
+            "appetence_collector_produce_errors_total",
+            "Requests refused with 503 because Kafka did not acknowledge in time",
+            registry=registry,
+        )
+        for status in ("202", "400", "413", "429", "503"):
+            self.requests.labels(status=status)
+        for result in ("accepted", "rejected"):
+            self.events.labels(result=result)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)

@@ -12,11 +12,13 @@
 | ``{prefix}.audiences``         | aud/user | seed membership; null = removed (compacted) | 1   |
 | ``{prefix}.audiences.examples``| none     | JSON array of touched users' features | 1       |
 | ``{prefix}.audiences.models``  | "audiences" | signed models, cuts, reports (compacted) | 1 |
+| ``{prefix}.forget``            | user_id  | forget request JSON            | 1          |
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.audiences_topic, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.audience_examples_topic, 1, {"retention.ms": retention_ms}),
         TopicSpec(settings.audience_models_topic, 1, {"cleanup.policy": "compact"}),
+        # Forget requests: every worker reads all of them; kept as long as events are
+        # accepted, so a restarted worker still drops a forgotten user's late events.
+        TopicSpec(settings.forget_topic, 1, {"retention.ms": retention_ms}),
     ]
 
 
@@ -71,6 +76,21 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
             options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     if settings.kafka_ssl_cafile:
         options["ssl_cafile"] = settings.kafka_ssl_cafile
+    return options
+
+
+def aiokafka_client_options(settings: Settings) -> dict[str, Any]:
+    """Security options shared by every aiokafka client (worker readers, collector)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism and settings.kafka_sasl_password is not None:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
 
 
@@ -137,6 +157,7 @@ def partition_for(user_id: str, partitions: int) -> int:
 __all__ = [
     "KafkaError",
     "TopicSpec",
+    "aiokafka_client_options",
     "ensure_topics",
     "kafka_client_options",
     "make_producer",
