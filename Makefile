@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration lint typecheck bench schemas clean
+.PHONY: run test test-unit test-integration lint typecheck bench schemas clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,16 @@ schemas: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Optional system packages some tests use (they skip cleanly without them): Debian's
+## redis-server, prometheus (promtool), chromium + chromium-driver, docker-compose (config check).
+SYSTEM_PACKAGES := redis-server prometheus chromium chromium-driver docker-compose
+system-deps:
+	@missing=""; for cmd in redis-server promtool prometheus chromium chromedriver docker-compose; do \
+		command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	if [ -z "$$missing" ]; then echo "system packages present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null) \
+		|| echo "system packages not installed; their tests will skip"; \
+	else echo "missing:$$missing (their tests will skip)"; fi

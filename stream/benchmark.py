@@ -11,11 +11,13 @@ import asyncio
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
@@ -25,7 +27,7 @@ from processors.slates import encode_slate
 from processors.user_state import UserState
 from state.redis_writer import FieldWrite, UserHashWriter
 from stream.config import load_settings
-from stream.embedded import embedded_stack, free_port
+from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
 from stream.live import buckets, quantile, scrape, total
 from stream.supervisor import spawn_worker, worker_env
 from stream.topics import ensure_topics, make_producer, partition_for
@@ -207,6 +209,68 @@ async def _bench_redis(url: str, users: int) -> dict[str, float]:
     return {"redis_cas_users_per_second": _rate(2 * users, seconds)}
 
 
+async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[int, float]:
+    """POST every body with ``concurrency`` clients; (events accepted, seconds)."""
+    import aiohttp
+
+    queue = list(reversed(bodies))
+    accepted = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal accepted
+        while queue:
+            body = queue.pop()
+            async with session.post(url, data=body) as response:
+                if response.status != 202:
+                    raise RuntimeError(f"collector answered {response.status}")
+                accepted += int((await response.json())["accepted"])
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return accepted, time.perf_counter() - started
+
+
+def bench_collector(env: dict[str, str], log_dir: Path, events: int) -> dict[str, Any]:
+    """The collector alone on the embedded broker: 100-event requests from 8 clients in this
+    process (which shares the 2 cores), validated, produced and acknowledged."""
+    ensure_topics(
+        load_settings(
+            kafka_bootstrap=env["APPETENCE_KAFKA_BOOTSTRAP"], topic_prefix="bench-collector"
+        )
+    )
+    port = free_port()
+    proc = spawn(
+        "collector",
+        [sys.executable, "-m", "stream.cli", "collector"],
+        log_dir / "collector.log",
+        env={
+            **env,
+            "APPETENCE_COLLECTOR_PORT": str(port),
+            "APPETENCE_COLLECTOR_RATE_PER_SECOND": "100000",
+            "APPETENCE_COLLECTOR_RATE_BURST": "100000",
+            # Its own topics: the end-to-end worker must not see these events.
+            "APPETENCE_TOPIC_PREFIX": "bench-collector",
+        },
+    )
+    try:
+        wait_for_port(port, 30, proc.popen)
+        now = int(time.time() * 1000)
+        simulated = _events(events)
+        bodies = [
+            msgspec.json.encode(
+                [msgspec.structs.replace(e, ts=now) for e in simulated[i : i + 100]]
+            )
+            for i in range(0, len(simulated), 100)
+        ]
+        accepted, seconds = asyncio.run(
+            _post_all(f"http://127.0.0.1:{port}/v1/events", bodies, concurrency=8)
+        )
+    finally:
+        proc.stop()
+    return {"collector_events": accepted, "collector_events_per_second": _rate(accepted, seconds)}
+
+
 def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
     with embedded_stack(log_dir) as stack:
         web_port = free_port()
@@ -217,6 +281,7 @@ def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
         env["APPETENCE_APP_ID"] = "bench"
         ensure_topics(settings)
         redis_result = asyncio.run(_bench_redis(stack.redis_url, 20_000))
+        redis_result.update(bench_collector(env, log_dir, min(events, 50_000)))
         worker = spawn_worker(env, log_dir / "worker.log")
         metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         try:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from processors.audiences import AudienceConfig
 from processors.banners import BannerConfig
@@ -338,6 +338,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n" + "\n".join(unknown))
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as error:  # e.g. a list setting that is not a JSON array
+        cause = f": {error.__cause__}" if error.__cause__ else ""
+        raise ConfigError(f"invalid configuration:\n  {error}{cause}") from None
     except ValidationError as error:
         lines = []
         for problem in error.errors():

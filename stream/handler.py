@@ -166,6 +166,7 @@ class EventHandler:
         metrics.batch_records.observe(len(batch))
         metrics.batch_events.observe(len(decoded))
         metrics.processing_seconds.observe(time.perf_counter() - started)
+        metrics.last_batch_timestamp.set(done)
         return result
 
     async def _flush_until_written(self) -> None:

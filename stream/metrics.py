@@ -197,6 +197,11 @@ class Metrics:
             "Members, population and reservoir feature vectors the audience learner holds",
             registry=registry,
         )
+        self.last_batch_timestamp = Gauge(
+            "appetence_last_batch_timestamp_seconds",
+            "When this worker last finished a batch of events (slates written): freshness",
+            registry=registry,
+        )
         self.users_forgotten = Counter(
             "appetence_users_forgotten_total",
             "Forget requests applied by this worker (state, visitor memory, audiences, Redis)",

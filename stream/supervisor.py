@@ -63,12 +63,22 @@ def run_stack(
     with embedded_stack(log_dir, broker_port, redis_port) as stack:
         web_port = web_port or free_port()
         env = worker_env(stack.bootstrap, stack.redis_url, web_port)
+        collector_port = free_port()
+        collector_env = {
+            **env,
+            "APPETENCE_COLLECTOR_HOST": "127.0.0.1",
+            "APPETENCE_COLLECTOR_PORT": str(collector_port),
+        }
+        # A local demo page on any origin may post to the local collector.
+        collector_env.setdefault("APPETENCE_COLLECTOR_CORS_ORIGINS", '["*"]')
         settings = load_settings(kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url)
         header = (
             f"broker  {stack.bootstrap}   "
             f"(APPETENCE_KAFKA_BOOTSTRAP={stack.bootstrap} appetence produce < events.jsonl)\n"
             f"redis   {stack.redis_url}   (redis-cli -p {stack.redis_port})\n"
             f"metrics http://127.0.0.1:{web_port}/metrics   health http://127.0.0.1:{web_port}/health\n"
+            f"collect POST http://127.0.0.1:{collector_port}/v1/events   "
+            f"tracker http://127.0.0.1:{collector_port}/tracker.js\n"
             f"topic   {settings.events_topic}  dead letters {settings.dead_letter_topic}\n"
             f"key     {settings.redis_key_prefix}:user:<user_id>   logs {log_dir}"
         )
@@ -76,6 +86,14 @@ def run_stack(
         ensure_topics(settings)
         try:
             children.append(spawn_worker(env, log_dir / "worker.log"))
+            children.append(
+                spawn(
+                    "collector",
+                    [sys.executable, "-m", "stream.cli", "collector"],
+                    log_dir / "collector.log",
+                    env=collector_env,
+                )
+            )
             if demo:
                 children.append(
                     spawn(
@@ -126,6 +144,7 @@ def run_stack(
     summary.update(
         broker=stack.bootstrap,
         redis=stack.redis_url,
+        collector=f"http://127.0.0.1:{collector_port}",
         log_dir=str(log_dir),
         children_exit_codes={c.name: c.popen.returncode for c in children},
     )

@@ -107,6 +107,18 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
             env={**os.environ, "APPETENCE_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}"},
         )
         assert wait(lambda: client.hget("appetence:v1:user:hand-user", "recipes"), 30)
+        # ... and so is one a browser would send through the collector that up runs.
+        collector = next(
+            line.split()[2]
+            for line in (proc.stdout.readline() for _ in range(10))  # type: ignore[union-attr]
+            if line.startswith("collect")
+        )
+        browser_event = {**event, "event_id": "http-1", "user_id": "http-user"}
+        request = urllib.request.Request(
+            collector, data=json.dumps(browser_event).encode(), method="POST"
+        )
+        assert urllib.request.urlopen(request).status == 202
+        assert wait(lambda: client.hget("appetence:v1:user:http-user", "recipes"), 30)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -116,4 +128,5 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
     summary = json.loads(output[output.index("{\n") :])
     assert summary["events_consumed"] > 0
     assert summary["children_exit_codes"]["worker"] == 0
+    assert not listening(int(summary["collector"].rsplit(":", 1)[1]))
     assert not listening(broker_port) and not listening(redis_port) and not listening(web_port)

@@ -76,3 +76,32 @@ def test_cooccurrence_decay_defaults_to_three_days_and_zero_turns_it_off(
     monkeypatch.setenv("APPETENCE_COOCCURRENCE_HALF_LIFE_SECONDS", "-1")
     with pytest.raises(ConfigError, match="COOCCURRENCE_HALF_LIFE_SECONDS"):
         load_settings()
+
+
+def test_a_list_setting_that_is_not_json_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APPETENCE_COLLECTOR_CORS_ORIGINS", "https://a.example")
+    with pytest.raises(ConfigError, match="collector_cors_origins"):
+        load_settings()
+
+
+def test_no_secret_is_shown_in_a_repr_or_a_json_dump(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {
+        "APPETENCE_KAFKA_SASL_PASSWORD": "kafka-secret-value-1",
+        "APPETENCE_REDIS_PASSWORD": "redis-secret-value-2",
+        "APPETENCE_MODEL_SIGNING_KEY": "signing-secret-value-3",
+        "APPETENCE_AUDIENCE_API_TOKEN": "audience-secret-value-4",
+        "APPETENCE_COLLECTOR_IP_KEY": "collector-secret-value-5",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("APPETENCE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("APPETENCE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("APPETENCE_KAFKA_SASL_USERNAME", "appetence")
+    settings = load_settings()
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    for value in secrets.values():
+        assert value not in shown
+    assert settings.kafka_sasl_password is not None
+    assert settings.kafka_sasl_password.get_secret_value() == "kafka-secret-value-1"
