@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-unit test-integration lint typecheck bench schemas clean system-deps
+.PHONY: run test test-faults test-unit test-integration lint typecheck bench schemas clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## The fault suite at full intensity (10 SIGKILLs, 60 s Redis outage, 3 workers); results
+## appended to out/faults.jsonl for docs/reliability.md. `make test` runs it at low intensity.
+test-faults: $(STAMP)
+	mkdir -p out
+	APPETENCE_FAULTS=full APPETENCE_FAULTS_RESULTS=out/faults.jsonl $(BIN)/pytest -m faults -s tests/integration
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit processors

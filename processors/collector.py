@@ -122,6 +122,8 @@ def collect_body(decoder: EventDecoder, body: bytes, now_ms: int, max_events: in
             parts = [bytes(part) for part in _array_of_raw.decode(body)]
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
             return _whole_body_rejected(out, "invalid_json", str(error), body)
+        except RecursionError:
+            return _whole_body_rejected(out, "invalid_json", "nested too deeply", body)
         if not parts:
             return _whole_body_rejected(out, "empty_batch", "an array with no events", body)
         if len(parts) > max_events:

@@ -172,6 +172,9 @@ class EventDecoder:
                 reason = "not_utf8" if isinstance(error, UnicodeDecodeError) else "invalid_json"
                 out.rejections.append(Rejection(reason, str(error), value))
                 return out
+            except RecursionError:  # hostile nesting ([[[[...): not JSON we take
+                out.rejections.append(Rejection("invalid_json", "nested too deeply", value))
+                return out
             if not parts:
                 out.rejections.append(Rejection("empty_batch", "batch with no events", value))
             for part in parts:
@@ -195,6 +198,9 @@ class EventDecoder:
             return
         except UnicodeDecodeError as error:
             out.rejections.append(Rejection("not_utf8", str(error), raw))
+            return
+        except RecursionError:
+            out.rejections.append(Rejection("invalid_json", "nested too deeply", raw))
             return
         if event.ts > now_ms + limits.max_future_skew_ms:
             out.rejections.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -68,8 +68,11 @@ class UserHashWriter:
         max_retries: int = 8,
         base_backoff_seconds: float = 0.05,
         max_backoff_seconds: float = 5.0,
+        on_failed_attempt: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
+        #: Called with the number of users pending after every failed flush attempt (metrics).
+        self.on_failed_attempt = on_failed_attempt
         self.key_prefix = key_prefix
         self.ttl_ms = ttl_seconds * 1000
         self.max_retries = max_retries
@@ -187,6 +190,8 @@ class UserHashWriter:
             try:
                 return await self._flush_once()
             except (RedisError, OSError) as error:
+                if self.on_failed_attempt is not None:
+                    self.on_failed_attempt(self.pending_users)
                 if attempt == self.max_retries:
                     raise RedisUnavailable(f"Redis flush failed: {error}") from error
                 log.warning("Redis flush failed (%s); retry %d in %.2fs", error, attempt + 1, delay)

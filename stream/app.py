@@ -206,13 +206,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     audience_examples_topic = raw_topic(settings.audience_examples_topic, 1)
     audience_models_topic = raw_topic(settings.audience_models_topic, 1)
     rescore_writer = UserHashWriter(  # its own staging: the agent's writer flushes on its own
-        redis, settings.redis_key_prefix, settings.redis_ttl_seconds, settings.redis_max_retries
+        redis,
+        settings.redis_key_prefix,
+        settings.redis_ttl_seconds,
+        settings.redis_max_retries,
+        on_failed_attempt=metrics.redis_writes.labels(result="error").inc,
     )
     writer = UserHashWriter(
         redis,
         settings.redis_key_prefix,
         settings.redis_ttl_seconds,
         max_retries=settings.redis_max_retries,
+        on_failed_attempt=metrics.redis_writes.labels(result="error").inc,
     )
     forget = ForgetService(
         ForgottenUsers(FORGOTTEN_USERS_MAX, settings.max_event_age_seconds * 1000),

@@ -171,13 +171,11 @@ class EventHandler:
 
     async def _flush_until_written(self) -> None:
         """Block this partition's progress (not memory) until Redis takes the writes."""
-        users = self.writer.pending_users
         while True:
             flush_started = time.perf_counter()
             try:
                 flushed = await self.writer.flush()
-            except RedisUnavailable as error:
-                self.metrics.redis_writes.labels(result="error").inc(users)
+            except RedisUnavailable as error:  # each failed attempt was counted by the writer
                 log.error("%s; pausing consumption and retrying", error)
                 await asyncio.sleep(1.0)
                 continue

@@ -68,7 +68,8 @@ class Metrics:
         )
         self.redis_writes = Counter(
             "appetence_redis_writes_total",
-            "Per-user Redis writes by result (ok, stale, error)",
+            "Per-user Redis writes by result: ok, stale (a newer version was there), error (users "
+            "in a failed flush attempt, counted per attempt; the write is retried)",
             ["result"],
             registry=registry,
         )

@@ -189,3 +189,10 @@ def test_non_object_inside_a_batch_is_rejected_alone() -> None:
     result = decoder().decode_record(b"[42," + encode_event(click()) + b"]", NOW)
     assert result.events == [click()]
     assert [(r.reason, r.raw) for r in result.rejections] == [("not_an_object", b"42")]
+
+
+def test_hostile_nesting_is_rejected_not_raised() -> None:
+    decoder = EventDecoder(DecodeLimits())
+    for value in (b"[" * 5000 + b"]" * 5000, b'[{"a":' * 3000 + b"1" + b"}]" * 3000):
+        result = decoder.decode_record(value, now_ms=0)
+        assert not result.events and result.rejections[0].reason == "invalid_json"
