@@ -26,7 +26,7 @@ test: $(STAMP)
 ## appended to out/faults.jsonl for docs/reliability.md. `make test` runs it at low intensity.
 test-faults: $(STAMP)
 	mkdir -p out
-	APPETENCE_FAULTS=full APPETENCE_FAULTS_RESULTS=out/faults.jsonl $(BIN)/pytest -m faults -s tests/integration
+	FAULT_INTENSITY=full FAULT_RESULTS=out/faults.jsonl $(BIN)/pytest -m faults -s tests/integration
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit processors

@@ -26,11 +26,12 @@ from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
 from processors.user_state import UserState
 from state.redis_writer import FieldWrite, UserHashWriter
+from stream.catalog_load import publish_catalog
 from stream.config import load_settings
 from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
 from stream.live import buckets, quantile, scrape, total
 from stream.supervisor import spawn_worker, worker_env
-from stream.topics import ensure_topics, make_producer, partition_for
+from stream.topics import aiokafka_client_options, ensure_topics, make_producer, partition_for
 
 
 def _events(n: int) -> list[Event]:
@@ -271,61 +272,163 @@ def bench_collector(env: dict[str, str], log_dir: Path, events: int) -> dict[str
     return {"collector_events": accepted, "collector_events_per_second": _rate(accepted, seconds)}
 
 
-def bench_end_to_end(events: int, log_dir: Path) -> dict[str, Any]:
+def _model(seed: int = 1) -> TrafficModel:
+    # Start a day back so that event time stays in the past (and valid) for ~10M events.
+    return TrafficModel(SimulationConfig(seed=seed), start_ms=int(time.time() * 1000) - 86_400_000)
+
+
+async def _ceiling(options: dict[str, Any], topic: str, expected: int) -> dict[str, float]:
+    """Consume-and-decode only: plain aiokafka (no group), the worker's decoder."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    decoder = EventDecoder(DecodeLimits())
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100, **options
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        for tp in assigned:
+            consumer.seek(tp, 0)
+        decoded = 0
+        now = int(time.time() * 1000)
+        started = time.perf_counter()
+        while decoded < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if not batches and time.perf_counter() - started > 120:
+                raise TimeoutError(f"ceiling pass read only {decoded} of {expected} events")
+            for records in batches.values():
+                for record in records:
+                    decoded += len(decoder.decode_record(record.value, now).events)
+        seconds = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return {"ceiling_events_per_second": _rate(decoded, seconds)}
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _latency_window(metrics_urls: list[str]) -> list[tuple[float, float]]:
+    merged: dict[float, float] = {}
+    for url in metrics_urls:
+        for bound, count in buckets(scrape(url), "appetence_event_to_redis_seconds"):
+            merged[bound] = merged.get(bound, 0.0) + count
+    return sorted(merged.items())
+
+
+def _handled_all(metrics_urls: list[str]) -> float:
+    return sum(_handled(scrape(url)) for url in metrics_urls)
+
+
+def bench_pipeline(
+    events: int, workers: int, log_dir: Path, latency_seconds: float = 20.0
+) -> dict[str, Any]:
+    """The full pipeline (decode, every processor, coalesced pipelined Redis writes) draining
+    ``events`` preloaded simulated events with ``workers`` processes; the consume-and-decode
+    ceiling over the same topic; then event->Redis latency at half the measured rate."""
     with embedded_stack(log_dir) as stack:
-        web_port = free_port()
-        env = worker_env(stack.bootstrap, stack.redis_url, web_port)
         settings = load_settings(
             kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, app_id="bench"
         )
-        env["APPETENCE_APP_ID"] = "bench"
         ensure_topics(settings)
         redis_result = asyncio.run(_bench_redis(stack.redis_url, 20_000))
-        redis_result.update(bench_collector(env, log_dir, min(events, 50_000)))
-        worker = spawn_worker(env, log_dir / "worker.log")
-        metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        base_env = worker_env(stack.bootstrap, stack.redis_url, free_port())
+        base_env["APPETENCE_APP_ID"] = "bench"
+        redis_result.update(bench_collector(base_env, log_dir, min(events, 50_000)))
+        model = _model()
+        producer = make_producer(settings)
+        publish_catalog(model.catalog_records(), producer, settings)  # banners on
+        simulated = [event for _, event in zip(range(events), model.events(), strict=False)]
+        for partition, value in _envelopes(simulated, settings.partitions):
+            producer.send(settings.events_topic, value=value, partition=partition)
+        producer.flush()
+        results: dict[str, Any] = {**redis_result, "pipeline_events": events, "workers": workers}
+        results.update(
+            asyncio.run(_ceiling(aiokafka_client_options(settings), settings.events_topic, events))
+        )
+        procs = []
+        urls = []
+        for index in range(workers):
+            port = free_port()
+            env = {**base_env, "APPETENCE_WEB_PORT": str(port)}
+            procs.append(spawn_worker(env, log_dir / f"worker-{index}.log"))
+            urls.append(f"http://127.0.0.1:{port}/metrics")
         try:
-            while not scrape(metrics_url):
-                time.sleep(0.2)
-            time.sleep(5)  # let the group join finish before timing
-            # Generate and encode first, so the timing measures the worker, not the simulator.
-            records = _envelopes(_events(events), settings.partitions)
-            producer = make_producer(settings)
-            produce_started = time.monotonic()
-            for partition, value in records:
-                producer.send(settings.events_topic, value=value, partition=partition)
-            producer.flush()
-            producer.close()
-            produced = time.monotonic() - produce_started
-            while _handled(scrape(metrics_url)) < events:
-                if time.monotonic() - produce_started > 600:
-                    raise TimeoutError("end-to-end run did not finish in 600 s")
+            baseline_rss = 0
+            while _handled_all(urls) == 0:  # start-up and group join are not the pipeline
+                baseline_rss = sum(_rss_kib(p.popen.pid) for p in procs)
+                time.sleep(0.05)
+            first = time.monotonic()
+            first_count = _handled_all(urls)
+            while (done := _handled_all(urls)) < events:
+                if time.monotonic() - first > 900:
+                    raise TimeoutError(f"drained only {done} of {events} events in 900 s")
                 time.sleep(0.1)
-            consumed = time.monotonic() - produce_started
-            samples = scrape(metrics_url)
+            drain_seconds = time.monotonic() - first
+            rate = (events - first_count) / drain_seconds
+            peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
+            samples = [scrape(url) for url in urls]
+            users = sum(total(x, "appetence_users_in_state") for x in samples)
+            results.update(
+                pipeline_events_per_second=round(rate, 1),
+                pipeline_share_of_ceiling=round(rate / results["ceiling_events_per_second"], 4),
+                pipeline_drain_seconds=round(drain_seconds, 2),
+                peak_rss_mib=round(peak_rss / 1024, 1),
+                rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
+                users_in_state=users,
+                rss_growth_bytes_per_user=round((peak_rss - baseline_rss) * 1024 / max(users, 1)),
+                cooccurrence_entries=sum(
+                    total(x, "appetence_cooccurrence_entries") for x in samples
+                ),
+                popularity_entries=sum(total(x, "appetence_popularity_entries") for x in samples),
+                redis_writes_ok=sum(
+                    value
+                    for x in samples
+                    for labels, value in x.get("appetence_redis_writes_total", [])
+                    if labels.get("result") == "ok"
+                ),
+            )
+            # Latency at a fixed offered rate: half the measured maximum, produced live.
+            offered = max(50.0, rate / 2)
+            before = _latency_window(urls)
+            live = [e for _, e in zip(range(int(offered * latency_seconds)), model.events(),
+                                      strict=False)]  # fmt: skip
+            started = time.monotonic()
+            for index, event in enumerate(live):
+                producer.send(
+                    settings.events_topic, value=encode_event(event), key=event.user_id.encode()
+                )
+                ahead = (index + 1) / offered - (time.monotonic() - started)
+                if ahead > 0.005:
+                    producer.flush()
+                    time.sleep(ahead)
+            producer.flush()
+            deadline = time.monotonic() + 120
+            while _handled_all(urls) < events + len(live) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            after = _latency_window(urls)
+            window = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
+            results.update(
+                latency_offered_events_per_second=round(offered, 1),
+                latency_events=len(live),
+                latency_p50_seconds_upper_bound=quantile(window, 0.5),
+                latency_p99_seconds_upper_bound=quantile(window, 0.99),
+            )
         finally:
-            worker.stop()
-    latency = buckets(samples, "appetence_event_to_redis_seconds")
-    return {
-        **redis_result,
-        "e2e_events": events,
-        "e2e_events_rejected": total(samples, "appetence_events_rejected_total"),
-        "e2e_produce_seconds": round(produced, 2),
-        "e2e_seconds_until_all_in_redis": round(consumed, 2),
-        "e2e_events_per_second": _rate(events, consumed),
-        "e2e_event_to_redis_p50_seconds_upper_bound": quantile(latency, 0.5),
-        "e2e_event_to_redis_p99_seconds_upper_bound": quantile(latency, 0.99),
-        "e2e_redis_writes_ok": total(
-            {
-                "x": [
-                    s
-                    for s in samples.get("appetence_redis_writes_total", [])
-                    if s[0].get("result") == "ok"
-                ]
-            },
-            "x",
-        ),
-    }
+            producer.close()
+            for proc in procs:
+                proc.stop()
+    return results
 
 
 def bench_loyalty(events: list[Event], forest_examples: int = 2_000) -> dict[str, Any]:
@@ -412,7 +515,11 @@ def bench_loyalty(events: list[Event], forest_examples: int = 2_000) -> dict[str
 
 
 def run_benchmarks(
-    events: int, e2e: bool, e2e_events: int, sessions: list[list[str]] | None = None
+    events: int,
+    e2e: bool,
+    e2e_events: int,
+    sessions: list[list[str]] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
     else the simulator's click sessions do.
@@ -434,7 +541,6 @@ def run_benchmarks(
     results.update(bench_loyalty(simulated))
     results["amplification"] = measure_amplification(click_sessions)
     if e2e:
-        results.update(
-            bench_end_to_end(e2e_events, Path(tempfile.mkdtemp(prefix="appetence-bench-")))
-        )
+        log_dir = Path(tempfile.mkdtemp(prefix="appetence-bench-"))
+        results.update(bench_pipeline(e2e_events, workers, log_dir))
     return results

@@ -608,9 +608,16 @@ def replay_command(
 
 @cli.command()
 def bench(
-    events: Annotated[int, typer.Option(help="Simulated events to process")] = 200_000,
-    e2e: Annotated[bool, typer.Option(help="Also run end to end through broker and Redis")] = True,
-    e2e_events: Annotated[int, typer.Option(help="Events for the end-to-end run")] = 100_000,
+    events: Annotated[
+        int, typer.Option(help="Simulated events: processor stages and the preloaded pipeline")
+    ] = 100_000,
+    workers: Annotated[int, typer.Option(help="Worker processes draining the pipeline")] = 1,
+    e2e: Annotated[
+        bool, typer.Option(help="Also run the pipeline through broker and Redis")
+    ] = True,
+    e2e_events: Annotated[
+        int | None, typer.Option(help="Events for the pipeline run (default: --events)")
+    ] = None,
     sessions: Annotated[
         Path | None,
         typer.Option(help="Session-rec click log for the co-occurrence benchmarks"),
@@ -622,7 +629,15 @@ def bench(
     from stream.datasets import read_session_rec
 
     click_sessions = [list(s) for s in read_session_rec(sessions)] if sessions else None
-    results = run_benchmarks(events=events, e2e=e2e, e2e_events=e2e_events, sessions=click_sessions)
+    if workers < 1:
+        raise typer.BadParameter("--workers must be at least 1")
+    results = run_benchmarks(
+        events=events,
+        e2e=e2e,
+        e2e_events=e2e_events or events,
+        sessions=click_sessions,
+        workers=workers,
+    )
     if as_json:
         typer.echo(json.dumps(results))
     else:

@@ -1,6 +1,6 @@
 """The fault-injection suite: real broker, real Redis, workers as subprocesses, loopback only,
 bounded in time. `make test` runs each fault at a small intensity; `make test-faults`
-(APPETENCE_FAULTS=full) at the intensity docs/reliability.md reports: 10 SIGKILLs, a 60 s
+(FAULT_INTENSITY=full) at the intensity docs/reliability.md reports: 10 SIGKILLs, a 60 s
 Redis outage, three workers.
 
 The oracle is the same processors run in-process over the same events
@@ -45,10 +45,10 @@ from .test_end_to_end import oracle_states, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
-FULL = os.environ.get("APPETENCE_FAULTS") == "full"
+FULL = os.environ.get("FAULT_INTENSITY") == "full"
 KILLS = 10 if FULL else 2
 REDIS_OUTAGE_SECONDS = 60 if FULL else 8
-RESULTS = Path(os.environ.get("APPETENCE_FAULTS_RESULTS", "")) if FULL else None
+RESULTS = Path(os.environ.get("FAULT_RESULTS", "")) if FULL else None
 
 
 def record(name: str, **values: object) -> None:
