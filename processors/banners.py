@@ -111,6 +111,10 @@ class CtrStats:
         self.max_keys = max_keys
         #: key -> {bucket index: [impressions, clicks]}
         self._windows: dict[str, dict[int, list[float]]] = {}
+        # Posteriors computed since the last learn_one, per (banner, segment, bucket): every
+        # user of a batch reads the same ones (a quarter of the slice's time went here).
+        self._posteriors: dict[tuple[str, str, int], tuple[float, float]] = {}
+        self._posteriors_config: BannerConfig | None = None
 
     @staticmethod
     def _key(banner_id: str, segment: str) -> str:
@@ -118,6 +122,8 @@ class CtrStats:
 
     def learn_one(self, banner_id: str, segment: str, clicked: bool, ts_ms: int) -> None:
         """One impression (``clicked`` False) or one click on a shown banner."""
+        if self._posteriors:
+            self._posteriors.clear()
         bucket = ts_ms // self.bucket_ms
         windows = self._windows
         for key in (self._key(banner_id, segment), self._key(banner_id, ALL_SEGMENTS)):
@@ -155,6 +161,18 @@ class CtrStats:
         self, banner_id: str, segment: str, config: BannerConfig, now_ms: int
     ) -> tuple[float, float]:
         """Beta(alpha, beta) of the banner's CTR in ``segment``, shrunk to its overall CTR."""
+        if self._posteriors_config is not config or len(self._posteriors) > 100_000:
+            self._posteriors.clear()
+            self._posteriors_config = config
+        key = (banner_id, segment, now_ms // self.bucket_ms)
+        cached = self._posteriors.get(key)
+        if cached is None:
+            cached = self._posteriors[key] = self._posterior(banner_id, segment, config, now_ms)
+        return cached
+
+    def _posterior(
+        self, banner_id: str, segment: str, config: BannerConfig, now_ms: int
+    ) -> tuple[float, float]:
         clicks, impressions = self._counts(self._key(banner_id, ALL_SEGMENTS), now_ms)
         overall = (config.prior_clicks + clicks) / (config.prior_impressions + impressions)
         clicks, impressions = self._counts(self._key(banner_id, segment), now_ms)

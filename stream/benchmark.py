@@ -21,10 +21,10 @@ import msgspec
 import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
-from processors.pipeline import SliceConfig, SliceProcessor
+from processors.pipeline import SliceProcessor
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
-from processors.user_state import UserState
+from processors.user_state import UserState, encode_user_state
 from state.redis_writer import FieldWrite, UserHashWriter
 from stream.catalog_load import publish_catalog
 from stream.config import load_settings
@@ -88,8 +88,52 @@ def bench_decode(events: list[Event]) -> dict[str, float]:
     }
 
 
+def profile_slice(
+    events: list[Event], batch_size: int = 500, top: int = 15
+) -> list[dict[str, Any]]:
+    """Where the slice's time goes: cProfile over the processors (functions by cumulative
+    time, as shares of the whole run). Profiling inflates the total ~3x; shares hold."""
+    import cProfile
+    import pstats
+
+    processor = SliceProcessor(load_settings().slice_config())
+    for record in _model().catalog_records():
+        processor.apply_catalog(record)
+    states: dict[str, UserState] = {}
+    now = int(time.time() * 1000)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(0, len(events), batch_size):
+        result = processor.process_batch([(0, e) for e in events[i : i + batch_size]], states, now)
+        states.update(result.touched)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    whole = max(cumulative for _, _, _, cumulative, _ in entries.values())
+    ranked = sorted(entries.items(), key=lambda kv: kv[1][3], reverse=True)
+    out = []
+    for (filename, line, name), (_, calls, _, cumulative, _) in ranked:
+        if "/processors/" not in filename:
+            continue
+        module = filename.rsplit("/processors/", 1)[1]
+        out.append(
+            {
+                "function": f"processors/{module}:{line} {name}",
+                "calls": calls,
+                "share_of_slice": round(cumulative / whole, 3),
+            }
+        )
+        if len(out) == top:
+            break
+    return out
+
+
 def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
-    processor = SliceProcessor(SliceConfig())
+    """The worker's processors as configured by default, with the simulator's catalog (so
+    banner slates are built too), in batches as the agent takes them."""
+    processor = SliceProcessor(load_settings().slice_config())
+    for record in _model().catalog_records():
+        processor.apply_catalog(record)
     states: dict[str, UserState] = {}
     now = int(time.time() * 1000)
     slates = 0
@@ -102,10 +146,16 @@ def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
                 encode_slate(slate)
                 slates += 1
     seconds = time.perf_counter() - started
+    state_bytes = sum(len(encode_user_state(state)) for state in states.values())
     return {
         "slice_events_per_second": _rate(len(events), seconds),
         "slates_per_second": _rate(slates, seconds),
         "users": len(states),
+        # What a user costs in the changelog (and, decoded, roughly in memory).
+        "user_state_bytes_per_user": round(state_bytes / max(len(states), 1)),
+        "cooccurrence_entries_per_user": round(
+            processor.cooccurrence.size() / max(len(states), 1), 1
+        ),
     }
 
 
@@ -377,6 +427,7 @@ def bench_pipeline(
             drain_seconds = time.monotonic() - first
             rate = (events - first_count) / drain_seconds
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
+            time.sleep(2.5)  # the state-size gauges refresh every 2 s
             samples = [scrape(url) for url in urls]
             users = sum(total(x, "appetence_users_in_state") for x in samples)
             results.update(
@@ -403,14 +454,15 @@ def bench_pipeline(
             before = _latency_window(urls)
             live = [e for _, e in zip(range(int(offered * latency_seconds)), model.events(),
                                       strict=False)]  # fmt: skip
+            # As the collector and the simulator produce: one envelope per partition per tick.
+            tick = 0.02
             started = time.monotonic()
-            for index, event in enumerate(live):
-                producer.send(
-                    settings.events_topic, value=encode_event(event), key=event.user_id.encode()
-                )
-                ahead = (index + 1) / offered - (time.monotonic() - started)
-                if ahead > 0.005:
-                    producer.flush()
+            for index in range(0, len(live), max(1, int(offered * tick))):
+                due = live[index : index + max(1, int(offered * tick))]
+                for partition, value in _envelopes(due, settings.partitions):
+                    producer.send(settings.events_topic, value=value, partition=partition)
+                ahead = (index + len(due)) / offered - (time.monotonic() - started)
+                if ahead > 0:
                     time.sleep(ahead)
             producer.flush()
             deadline = time.monotonic() + 120
@@ -520,6 +572,7 @@ def run_benchmarks(
     e2e_events: int,
     sessions: list[list[str]] | None = None,
     workers: int = 1,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
     else the simulator's click sessions do.
@@ -535,6 +588,8 @@ def run_benchmarks(
     }
     results.update(bench_decode(simulated))
     results.update(bench_slice(simulated))
+    if profile:
+        results["slice_profile"] = profile_slice(simulated[:20_000])
     click_sessions = sessions if sessions is not None else simulated_sessions(simulated)
     results["sessions_source"] = "file" if sessions is not None else "simulator"
     results.update(bench_cooccurrence(click_sessions))

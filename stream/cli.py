@@ -622,6 +622,9 @@ def bench(
         Path | None,
         typer.Option(help="Session-rec click log for the co-occurrence benchmarks"),
     ] = None,
+    profile: Annotated[
+        bool, typer.Option(help="Also profile the processors (cProfile): where the time goes")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Measure the hot path: decode, process, co-occurrence, and end to end (events/s)."""
@@ -637,6 +640,7 @@ def bench(
         e2e_events=e2e_events or events,
         sessions=click_sessions,
         workers=workers,
+        profile=profile,
     )
     if as_json:
         typer.echo(json.dumps(results))

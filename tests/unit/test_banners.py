@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.banners import (
@@ -115,3 +115,25 @@ def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
     after = _closed_loop(hour, 5 * hour, dead, stats, rng)
     assert after["good"] / hour < 0.1 * before["good"] / (4 * hour)
     assert after["fair"] > after["bad"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["b1", "b2"]), st.sampled_from(["s1", "s2"]),
+                  st.booleans(), st.integers(0, 3_600_000), st.booleans()),  # fmt: skip
+        max_size=60,
+    )
+)
+def test_cached_posteriors_always_equal_freshly_computed_ones(
+    steps: list[tuple[str, str, bool, int, bool]],
+) -> None:
+    stats = CtrStats(window_ms=600_000, buckets=6)
+    config = BannerConfig()
+    for banner, segment, clicked, ts, learn in steps:
+        if learn:
+            stats.learn_one(banner, segment, clicked, ts)
+        got = stats.posterior(banner, segment, config, ts)
+        assert got == stats._posterior(banner, segment, config, ts)
+    other = BannerConfig(segment_prior_strength=3.0)  # another config is never served stale
+    assert stats.posterior("b1", "s1", other, 0) == stats._posterior("b1", "s1", other, 0)

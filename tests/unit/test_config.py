@@ -105,3 +105,26 @@ def test_no_secret_is_shown_in_a_repr_or_a_json_dump(monkeypatch: pytest.MonkeyP
         assert value not in shown
     assert settings.kafka_sasl_password is not None
     assert settings.kafka_sasl_password.get_secret_value() == "kafka-secret-value-1"
+
+
+def test_sasl_ssl_reaches_every_kind_of_kafka_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker (Faust), its followers and the collector (aiokafka), the CLI (kafka-python)."""
+    from stream.app import _broker_credentials
+    from stream.topics import aiokafka_client_options, kafka_client_options
+
+    for name, value in {
+        "APPETENCE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "APPETENCE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "APPETENCE_KAFKA_SASL_USERNAME": "appetence",
+        "APPETENCE_KAFKA_SASL_PASSWORD": "scram-secret-0123",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    plain = kafka_client_options(settings)
+    assert (plain["security_protocol"], plain["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert plain["sasl_plain_password"] == "scram-secret-0123"
+    aio = aiokafka_client_options(settings)
+    assert aio["security_protocol"] == "SASL_SSL" and aio["ssl_context"] is not None
+    assert aio["sasl_mechanism"] == "SCRAM-SHA-512" and aio["sasl_plain_username"] == "appetence"
+    credentials = _broker_credentials(settings)
+    assert credentials.mechanism.value == "SCRAM-SHA-512" and credentials.ssl_context is not None

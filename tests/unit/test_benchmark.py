@@ -1,0 +1,33 @@
+"""The benchmark's own measurements are sound (not their numbers: those live in
+docs/benchmarks.md, never in tests)."""
+
+from __future__ import annotations
+
+import json
+
+from stream.benchmark import _envelopes, _events, bench_slice, profile_slice
+from stream.topics import partition_for
+
+
+def test_the_profile_names_processor_functions_with_shares_of_the_slice() -> None:
+    profile = profile_slice(_events(400), batch_size=100, top=8)
+    assert 0 < len(profile) <= 8
+    assert profile[0]["function"].endswith("process_batch")
+    assert all(0 < entry["share_of_slice"] <= 1 for entry in profile)
+    shares = [entry["share_of_slice"] for entry in profile]
+    assert shares == sorted(shares, reverse=True)
+
+
+def test_the_slice_stage_counts_users_and_their_state_size() -> None:
+    result = bench_slice(_events(300), batch_size=100)
+    assert result["users"] > 10 and result["user_state_bytes_per_user"] > 100
+
+
+def test_envelopes_keep_each_users_events_on_their_partition_in_order() -> None:
+    events = _events(500)
+    seen = []
+    for partition, value in _envelopes(events, partitions=4, size=7):
+        for event in json.loads(value):
+            assert partition_for(event["user_id"], 4) == partition
+            seen.append(event["event_id"])
+    assert sorted(seen) == sorted(e.event_id for e in events)
