@@ -120,8 +120,13 @@ def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["b1", "b2"]), st.sampled_from(["s1", "s2"]),
-                  st.booleans(), st.integers(0, 3_600_000), st.booleans()),  # fmt: skip
+        st.tuples(
+            st.sampled_from(["b1", "b2"]),
+            st.sampled_from(["s1", "s2"]),
+            st.booleans(),
+            st.integers(0, 3_600_000),
+            st.booleans(),
+        ),
         max_size=60,
     )
 )
