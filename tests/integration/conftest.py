@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from processors.events import PageView, encode_event
 from stream.config import Settings, load_settings
 from stream.embedded import EmbeddedStack, ManagedProcess, embedded_stack, free_port
 from stream.live import scrape, total
 from stream.supervisor import spawn_worker, worker_env
-from stream.topics import ensure_topics
+from stream.topics import ensure_topics, make_producer
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,32 @@ class WorkerHandle:
     def stop(self) -> None:
         for proc in self.processes:
             proc.stop(timeout=20)
+
+
+def send_taste_groups(
+    settings: Settings,
+    groups: list[tuple[list[str], list[str]]],
+    recipes: int,
+    now: int,
+    **context: str,
+) -> int:
+    """Each user of a group views one recipe of each of the group's categories (a minute
+    ago); returns the events sent. Two groups of distinct tastes make a look-alike problem."""
+    producer = make_producer(settings)
+    sent = 0
+    for users, categories in groups:
+        for n, user in enumerate(users):
+            for k, category in enumerate(categories):
+                event = PageView(
+                    event_id=f"{user}-{k}", ts=now - 60_000 + k * 1000, user_id=user,
+                    item_id=f"r{(n + k) % recipes}", item_type="recipe", category=category,
+                    **context,
+                )  # fmt: skip
+                producer.send(settings.events_topic, value=encode_event(event), key=user.encode())
+                sent += 1
+    producer.flush()
+    producer.close()
+    return sent
 
 
 def versions_match(client: redis.Redis, settings: Settings, expected: dict[str, int]) -> bool:

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from processors.events import PageView, encode_event
 from stream.embedded import EmbeddedStack
-from stream.topics import make_producer
 
-from .conftest import WorkerHandle
+from .conftest import WorkerHandle, send_taste_groups
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +57,11 @@ def test_one_thousand_seeds_update_segments_within_seconds(
     worker = audience_worker
     settings = worker.settings
     worker.start()
-    producer = make_producer(settings)
     now = int(time.time() * 1000)
     vegans = [f"v{i}" for i in range(1200)]
     others = [f"o{i}" for i in range(1300)]
-    for users, categories in ((vegans, ["vegan", "salad"]), (others, ["grill", "pasta"])):
-        for n, user in enumerate(users):
-            for k, category in enumerate(categories):
-                event = PageView(
-                    event_id=f"{user}-{k}", ts=now - 60_000 + k * 1000, user_id=user,
-                    item_id=f"r{(n + k) % 50}", item_type="recipe", category=category,
-                    device="mobile",
-                )  # fmt: skip
-                producer.send(settings.events_topic, value=encode_event(event), key=user.encode())
-    producer.flush()
+    groups = [(vegans, ["vegan", "salad"]), (others, ["grill", "pasta"])]
+    send_taste_groups(settings, groups, recipes=50, now=now, device="mobile")
     worker.wait_for(
         lambda: worker.metric("appetence_events_consumed_total") >= 5000,
         timeout=120,
@@ -111,4 +100,3 @@ def test_one_thousand_seeds_update_segments_within_seconds(
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/audiences/vegans") as response:
         report = json.loads(response.read())
     assert report["members"] == 1000 and len(report["lift"]) == 10
-    producer.close()

@@ -21,7 +21,7 @@ from processors.events import PageView, encode_event
 from stream.embedded import EmbeddedStack
 from stream.topics import kafka_client_options, make_producer, partition_for
 
-from .conftest import WorkerHandle
+from .conftest import WorkerHandle, send_taste_groups
 
 pytestmark = pytest.mark.integration
 
@@ -90,19 +90,12 @@ def test_forget_erases_the_user_everywhere_within_60_seconds(
     worker = forget_worker
     settings = worker.settings
     worker.start()
-    producer = make_producer(settings)
     now = int(time.time() * 1000)
     vegans = [f"v{i}" for i in range(300)]
     others = [f"o{i}" for i in range(300)]
-    for users, categories in ((vegans, ["vegan", "salad"]), (others, ["grill", "pasta"])):
-        for n, user in enumerate(users):
-            for k, category in enumerate(categories):
-                event = PageView(
-                    event_id=f"{user}-{k}", ts=now - 60_000 + k * 1000, user_id=user,
-                    item_id=f"r{(n + k) % 30}", item_type="recipe", category=category,
-                )  # fmt: skip
-                producer.send(settings.events_topic, value=encode_event(event), key=user.encode())
-    producer.flush()
+    groups = [(vegans, ["vegan", "salad"]), (others, ["grill", "pasta"])]
+    send_taste_groups(settings, groups, recipes=30, now=now)
+    producer = make_producer(settings)
     worker.wait_for(
         lambda: worker.metric("appetence_events_consumed_total") >= 1200,
         timeout=120,
