@@ -132,6 +132,25 @@ def worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle]:
     handle.stop()
 
 
+AUDIENCE_API_TOKEN = "audience-api-token-for-the-test"
+
+
+@pytest.fixture()
+def audience_worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle]:
+    """A worker that shares models (signing key) and takes seeds over HTTP (token)."""
+    handle = WorkerHandle(
+        stack,
+        tmp_path,
+        {
+            "APPETENCE_MODEL_SIGNING_KEY": "audience-test-signing-key-0123456789",
+            "APPETENCE_AUDIENCE_API_TOKEN": AUDIENCE_API_TOKEN,
+            "APPETENCE_AUDIENCE_SNAPSHOT_SECONDS": "1",
+        },
+    )
+    yield handle
+    handle.stop()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):

@@ -7,35 +7,14 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-from stream.embedded import EmbeddedStack
-
+from .conftest import AUDIENCE_API_TOKEN as TOKEN
 from .conftest import WorkerHandle, send_taste_groups
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "audience-api-token-for-the-test"
-
-
-@pytest.fixture()
-def audience_worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle]:
-    handle = WorkerHandle(
-        stack,
-        tmp_path,
-        {
-            "APPETENCE_MODEL_SIGNING_KEY": "audience-test-signing-key-0123456789",
-            "APPETENCE_AUDIENCE_API_TOKEN": TOKEN,
-            "APPETENCE_AUDIENCE_SNAPSHOT_SECONDS": "1",
-        },
-    )
-    yield handle
-    handle.stop()
-
 
 def post(worker: WorkerHandle, path: str, body: object, token: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     request = urllib.request.Request(

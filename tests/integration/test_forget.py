@@ -10,38 +10,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from processors.events import PageView, encode_event
-from stream.embedded import EmbeddedStack
 from stream.topics import kafka_client_options, make_producer, partition_for
 
+from .conftest import AUDIENCE_API_TOKEN as TOKEN
 from .conftest import WorkerHandle, send_taste_groups
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "forget-test-audience-token-0123"
-
-
-@pytest.fixture()
-def forget_worker(stack: EmbeddedStack, tmp_path: Path) -> Iterator[WorkerHandle]:
-    handle = WorkerHandle(
-        stack,
-        tmp_path,
-        {
-            "APPETENCE_MODEL_SIGNING_KEY": "forget-test-signing-key-0123456789",
-            "APPETENCE_AUDIENCE_API_TOKEN": TOKEN,
-            "APPETENCE_AUDIENCE_SNAPSHOT_SECONDS": "1",
-        },
-    )
-    yield handle
-    handle.stop()
-
 
 def keys_mentioning(client: redis.Redis, prefix: str, user: str) -> list[str]:
     """Every key under the prefix that is the user's or holds the user as a member/field."""
@@ -85,9 +65,9 @@ def run_cli(worker: WorkerHandle, *args: str) -> dict[str, object]:
 
 
 def test_forget_erases_the_user_everywhere_within_60_seconds(
-    forget_worker: WorkerHandle, redis_client: redis.Redis
+    audience_worker: WorkerHandle, redis_client: redis.Redis
 ) -> None:
-    worker = forget_worker
+    worker = audience_worker
     settings = worker.settings
     worker.start()
     now = int(time.time() * 1000)
