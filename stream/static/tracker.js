@@ -67,16 +67,11 @@
     if (/Mobi|Android|iPhone/i.test(ua)) return "mobile";
     return "desktop";
   }
-  function referrerClass() {
-    var r = document.referrer;
-    if (!r) return "direct";
-    try {
-      var host = new URL(r).hostname;
-      if (host === location.hostname) return "internal";
-      if (/google|bing|duckduckgo|yahoo|ecosia|baidu/.test(host)) return "search";
-      if (/facebook|instagram|twitter|x\.com|t\.co|pinterest|tiktok|reddit|linkedin/.test(host)) return "social";
-    } catch (e) { /* not a URL */ }
-    return "other";
+  function referrerOrigin() {
+    // Only the origin (scheme and host), never the path or query: the worker classifies it
+    // (search / social / other; none = direct).
+    try { return document.referrer ? new URL(document.referrer).origin : null; }
+    catch (e) { return null; }
   }
   function track(event) {
     var base = {
@@ -85,9 +80,10 @@
       user_id: userId(),
       session_id: session(),
       site: site,
-      device: device(),
-      referrer: referrerClass()
+      device: device()
     };
+    var referrer = referrerOrigin();
+    if (referrer) base.referrer = referrer;
     for (var key in event) if (Object.prototype.hasOwnProperty.call(event, key)) base[key] = event[key];
     queue.push(base);
     if (queue.length >= MAX_BATCH) flush(false);

@@ -199,6 +199,7 @@ def test_the_tracker_in_a_real_browser_sends_a_click_that_reaches_the_slate(
 <div data-banner-id="b1" data-placement="top" style="height:50px">banner</div>
 </body></html>"""
     )
+    (site / "start.html").write_text('<!doctype html><a id="go" href="index.html">recipes</a>')
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -218,7 +219,8 @@ def test_the_tracker_in_a_real_browser_sends_a_click_that_reaches_the_slate(
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        browser.get(f"{origin}/index.html")
+        browser.get(f"{origin}/start.html?campaign=secret")  # the referrer of index.html
+        browser.find_element(By.ID, "go").click()
         browser.find_element(By.ID, "recipe").click()
         key = settings.user_key("browser-user")
         worker.wait_for(
@@ -246,3 +248,5 @@ def test_the_tracker_in_a_real_browser_sends_a_click_that_reaches_the_slate(
     consumer.close()
     assert {e["type"] for e in sent} == {"pageview", "impression", "click"}
     assert all("ip" not in e for e in sent)
+    # The referrer travels as its origin only: never a path or query string.
+    assert {e.get("referrer") for e in sent} == {origin}
