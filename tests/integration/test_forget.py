@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import redis
@@ -20,6 +19,7 @@ from stream.topics import kafka_client_options, make_producer, partition_for
 
 from .conftest import AUDIENCE_API_TOKEN as TOKEN
 from .conftest import WorkerHandle, send_taste_groups
+from .test_audiences import post
 
 pytestmark = pytest.mark.integration
 
@@ -82,14 +82,8 @@ def test_forget_erases_the_user_everywhere_within_60_seconds(
         what="1,200 events processed",
     )
     seeds = vegans[:150]
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{worker.web_port}/v1/audiences/vegans/members",
-        data=json.dumps({"add": seeds}).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request) as response:
-        assert response.status == 202
+    status, _ = post(worker, "/v1/audiences/vegans/members", {"add": seeds}, TOKEN)
+    assert status == 202
     prefix = settings.redis_key_prefix
     target, bystander = "v1", "v2"
     worker.wait_for(
