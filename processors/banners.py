@@ -270,14 +270,23 @@ def rank_banners(
 ) -> list[RankedBanner]:
     """The user's top ``config.size`` eligible banners, best first."""
     explore = rng.random() < config.exploration_share
-    ranked = []
+    slate_rank: dict[str, int] = {}
+    for rank, item in enumerate(user.slate_items):
+        slate_rank.setdefault(item, rank)
+    betavariate = rng.betavariate
+    scored: list[tuple[float, str, Banner, float, float, float, str | None]] = []
     for banner in banners:
         if not eligible(banner, user, now_ms):
             continue
         alpha, beta = ctr.posterior(banner.banner_id, user.segment, config, now_ms)
-        sample = rng.betavariate(alpha, beta)
+        sample = betavariate(alpha, beta)
         content = content_match(banner, user, config)
-        overlap, via = recipe_overlap(banner, user.slate_items)
+        overlap, via = 0.0, None
+        if banner.linked_items:  # as recipe_overlap, from the slate's ranks
+            hits = {item for item in banner.linked_items if item in slate_rank}
+            if hits:
+                overlap = len(hits) / len(set(banner.linked_items))
+                via = min(hits, key=slate_rank.__getitem__)
         if explore:
             score = sample
         else:
@@ -285,6 +294,9 @@ def rank_banners(
             score = sample * lift * 2.0 ** (banner.priority / 10.0)
         if banner.banner_id in user.clicked_today:
             score *= config.clicked_demotion
-        ranked.append(RankedBanner(banner.banner_id, score, content, overlap, sample, via))
-    ranked.sort(key=lambda b: (-b.score, b.banner_id))
-    return ranked[: config.size]
+        scored.append((-score, banner.banner_id, banner, content, overlap, sample, via))
+    scored.sort(key=lambda entry: (entry[0], entry[1]))
+    return [
+        RankedBanner(banner_id, -negative, content, overlap, sample, via)
+        for negative, banner_id, _, content, overlap, sample, via in scored[: config.size]
+    ]

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Literal
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
@@ -46,15 +44,24 @@ class CooccurrenceConfig:
     # Time decay of evidence; None: counts never fade. 72 h was chosen on a validation split.
     half_life_ms: float | None = 72 * 3_600_000
     max_items: int = 100_000  # items with neighbour lists; the least clicked are dropped
+    votes_per_item: int = 50  # strongest rule votes each session item casts
+    # An item's vote lists are materialised and rebuilt once its (decayed) click count has
+    # grown by this fraction since: a slate merges short ready lists, and a hot item's
+    # lists are not re-sorted on every click. 0: rebuilt on every request.
+    vote_refresh: float = 0.1
     # Neighbour visitors (session-kNN in the spirit of V-SkNN, or user-user neighbours when
-    # the worker keys them by user): past visitors sharing items with the current session
-    # vote for their items. Needs visitor ids in learn_one; 0 disables.
+    # the worker keys them by user): past visitors of the session's last items vote for the
+    # other items they viewed. Kept per item as co-visitation counts (how many visitors of A
+    # also viewed B), so a slate merges short materialised lists instead of scanning
+    # visitors. Needs visitor ids in learn_one; 0 disables.
     session_knn_weight: float = 1.5
-    session_knn_sample: int = 300  # most recent visitors per item considered
-    session_knn_neighbours: int = 200  # most similar visitors that vote
+    # An item's visitor votes count at most this many (time-decayed) visitors: a popular
+    # item's votes are its visitors' shares, not raw counts that drown a rarer session item.
+    neighbour_cap: float = 30.0
+    neighbour_votes_per_item: int = 50  # strongest co-visited items that vote per item
     max_visitor_items: int = 50  # items remembered per visitor (the oldest are forgotten)
-    # Weight of the current session's item i places from the end when matching sessions:
-    # exp(-i / decay); None: linear (position / length), as in V-SkNN.
+    # Weight of the session's item i places from the end: exp(-i / decay); None: linear
+    # (position / length), as in V-SkNN. The last 3 items vote.
     session_knn_position_decay: float | None = 1.0
     max_sessions: int = 100_000  # visitors remembered; the least recently active are forgotten
     # Of predict_one's k places, up to this many (at most k // 4) are kept for items the
@@ -79,6 +86,32 @@ def _llr(k11: float, k12: float, k21: float, k22: float) -> float:
 
 
 Evidence = tuple[Literal["rules", "pairs"], str, str, float]  # table, row, column, amount
+
+
+@dataclass(frozen=True, slots=True)
+class VoteSources:
+    """A session's voting items: (item, weight, its votes), rules and neighbour visitors."""
+
+    rules: list[tuple[str, float, dict[str, float]]]
+    visitors: list[tuple[str, float, dict[str, float]]]
+    last: str  # the session's last item ("" for an empty session)
+
+    def strongest(self, candidate: str) -> str:
+        """The session item behind a candidate's strongest vote: its strongest rule vote,
+        else its strongest neighbour-visitor vote, else the session's last item."""
+        for group in (self.rules, self.visitors):
+            best, source = 0.0, ""
+            for item, weight, votes in group:
+                share = weight * votes.get(candidate, 0.0)
+                if share > best:
+                    best, source = share, item
+            if source:
+                return source
+        return self.last
+
+
+def _value(entry: tuple[str, float]) -> float:
+    return entry[1]
 
 
 def click_evidence(session_before: Sequence[str], item: str, steps: int) -> list[Evidence]:
@@ -114,7 +147,12 @@ class CooccurrenceModel:
         self._landmark: float | None = None
         # visitor id -> its items (a dict as an ordered set: the oldest first)
         self.sessions: dict[str, dict[str, None]] = {}
-        self.item_sessions: dict[str, list[str]] = {}
+        # co-visitation: covisits[a][b] = (decayed) visitors who viewed both a and b;
+        # covisits[a][a] = visitors of a
+        self.covisits: dict[str, dict[str, float]] = {}
+        self._latest_weight = 1.0  # forward-decay weight of the latest evidence
+        # item -> (its click count when built, rule votes, visitor votes); see vote_refresh
+        self._vote_lists: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
         self._popular: list[tuple[str, float]] | None = None
 
     # --- learning ---------------------------------------------------------------------
@@ -128,7 +166,9 @@ class CooccurrenceModel:
         exponent = (ts_ms - self._landmark) / half_life
         if exponent > 200.0:  # rescale everything so weights stay finite
             factor = 2.0**-exponent
-            for table in (self.rules, self.pairs):
+            self._latest_weight *= factor
+            self._vote_lists.clear()
+            for table in (self.rules, self.pairs, self.covisits):
                 for row in table.values():
                     for key in row:
                         row[key] *= factor
@@ -136,7 +176,10 @@ class CooccurrenceModel:
             self.total *= factor
             self._landmark = ts_ms
             exponent = 0.0
-        return float(2.0**exponent)
+        weight = float(2.0**exponent)
+        if weight > self._latest_weight:
+            self._latest_weight = weight
+        return weight
 
     def learn_one(
         self,
@@ -147,9 +190,9 @@ class CooccurrenceModel:
     ) -> None:
         """Learn that ``item`` was clicked after ``session_before`` (oldest first)."""
         config = self.config
-        if session_id is not None and config.session_knn_weight > 0.0:
-            self._remember_session(session_id, item)
         weight = self._weight(ts_ms)
+        if session_id is not None and config.session_knn_weight > 0.0:
+            self._remember_visit(session_id, item, weight)
         self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
         self.total += weight
         self._popular = None
@@ -159,85 +202,83 @@ class CooccurrenceModel:
         if len(self.item_counts) > 2 * config.max_items:
             self._drop_rare_items()
 
-    def _remember_session(self, session_id: str, item: str) -> None:
+    def _remember_visit(self, visitor: str, item: str, weight: float) -> None:
+        """Add ``item`` to the visitor's items; a new one is co-visited with each earlier one."""
         sessions = self.sessions
-        items = sessions.pop(session_id, None)  # re-inserted last: most recently active
+        items = sessions.pop(visitor, None)  # re-inserted last: most recently active
         if items is None:
             items = {}
             if len(sessions) >= self.config.max_sessions:
                 del sessions[next(iter(sessions))]  # the least recently active
-        sessions[session_id] = items
+        sessions[visitor] = items
         if item in items:
             return
+        covisits, bump = self.covisits, self._bump
+        for earlier in items:
+            bump(covisits, earlier, item, weight)
+            bump(covisits, item, earlier, weight)
+        bump(covisits, item, item, weight)
         items[item] = None
         if len(items) > self.config.max_visitor_items:
-            # The visitor stays listed under the forgotten item; votes only read live items.
             del items[next(iter(items))]
-        recent = self.item_sessions.setdefault(item, [])
-        recent.append(session_id)
-        if len(recent) > 2 * self.config.session_knn_sample:
-            del recent[: len(recent) - self.config.session_knn_sample]
 
     def forget_visitors(self, is_theirs: Callable[[str], bool]) -> int:
         """Erase every remembered visitor for which ``is_theirs(visitor_id)`` holds (a user
-        asked to be forgotten): their item sets and every listing of them under an item.
-        Aggregated counts (rules, pairs, popularity) are not personal and stay. Returns the
-        visitors erased. Rare and O(remembered listings)."""
+        asked to be forgotten): their item sets. Aggregated counts (rules, pairs,
+        co-visitation, popularity) are not personal and stay. Returns the visitors erased.
+        Rare and O(remembered visitors)."""
         gone = [visitor for visitor in self.sessions if is_theirs(visitor)]
         for visitor in gone:
             del self.sessions[visitor]
-        for item, visitors in list(self.item_sessions.items()):
-            if any(is_theirs(v) for v in visitors):
-                kept = [v for v in visitors if not is_theirs(v)]
-                if kept:
-                    self.item_sessions[item] = kept
-                else:
-                    del self.item_sessions[item]
         return len(gone)
 
-    def session_knn_votes(
-        self, session: Sequence[str], exclude_session: str | None = None
-    ) -> dict[str, float]:
-        """Items of the most similar past sessions, weighted by similarity.
-
-        Similarity of a past session = sum of the position weights (the most recent item
-        weighs most, see ``session_knn_position_decay``) of the current session's items it
-        contains.
+    def visitor_votes(self, item: str) -> list[tuple[str, float]]:
+        """What the visitors of ``item`` viewed: the ``neighbour_votes_per_item`` items most
+        co-visited with it, each as the number of its visitors (capped at ``neighbour_cap``,
+        in today's decayed units) who viewed that item too. The item itself is included
+        (revisits).
         """
-        config = self.config
-        if not session:
-            return {}
+        row = self.covisits.get(item)
+        if not row:
+            return []
+        visitors = row.get(item) or max(row.values())
+        factor = min(visitors / self._latest_weight, self.config.neighbour_cap) / visitors
+        top = heapq.nlargest(self.config.neighbour_votes_per_item, row.items(), key=_value)
+        return [(candidate, count * factor) for candidate, count in top]
+
+    def _knn_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
+        """The session's last 3 distinct items with their neighbour weights (most recent
+        first): exp(-places from the end / ``session_knn_position_decay``)."""
         length = len(session)
-        decay = config.session_knn_position_decay
-        weights = {
-            item: (position + 1) / length
-            if decay is None
-            else math.exp((position + 1 - length) / decay)
-            for position, item in enumerate(session)
-        }
-        candidates: set[str] = set()
-        for item in session[-3:]:
-            candidates.update(self.item_sessions.get(item, [])[-config.session_knn_sample :])
-        candidates.discard(exclude_session or "")
-        similar: list[tuple[float, str]] = []
-        sessions = self.sessions
-        weight_of = weights.__getitem__
-        session_items = weights.keys()
-        for session_id in candidates:
-            items = sessions.get(session_id)
-            if items:
-                shared = session_items & items.keys()  # a C-level set intersection
-                if shared:
-                    similar.append((sum(map(weight_of, shared)), session_id))
-        # Neighbours sharing the same items have the same similarity: count each group's
-        # items at C speed (Counter), then weight the counts once per group.
-        groups: dict[float, list[dict[str, None]]] = {}
-        for similarity, session_id in heapq.nlargest(config.session_knn_neighbours, similar):
-            groups.setdefault(similarity, []).append(sessions[session_id])
+        decay = self.config.session_knn_position_decay
+        out: list[tuple[str, float]] = []
+        for position in range(length - 1, max(length - 4, -1), -1):
+            item = session[position]
+            if any(item == done for done, _ in out):
+                continue
+            out.append(
+                (
+                    item,
+                    (position + 1) / length
+                    if decay is None
+                    else math.exp((position + 1 - length) / decay),
+                )
+            )
+        return out
+
+    def session_knn_votes(self, session: Sequence[str]) -> dict[str, float]:
+        """Neighbour visitors' votes for a session: the visitor votes of the session's last 3
+        items, weighted by position (``session_knn_position_decay``).
+
+        Equivalent to scoring every recent visitor of those items by the position weights
+        of the items it shares with the session and summing the visitors' items (session-kNN
+        without the top-N cut), but merged from materialised per-item lists.
+        """
         votes: dict[str, float] = {}
-        for similarity, members in groups.items():
-            for item, count in Counter(chain.from_iterable(members)).items():
-                votes[item] = votes.get(item, 0.0) + count * similarity
+        get = votes.get
+        for item, weight in self._knn_items(session):
+            for candidate, vote in self.vote_lists(item)[1].items():
+                votes[candidate] = get(candidate, 0.0) + weight * vote
         return votes
 
     def _drop_rare_items(self) -> None:
@@ -245,7 +286,7 @@ class CooccurrenceModel:
             heapq.nlargest(self.config.max_items, self.item_counts.items(), key=lambda kv: kv[1])
         )
         self.item_counts = keep
-        for table in (self.rules, self.pairs, self.item_sessions):
+        for table in (self.rules, self.pairs, self.covisits, self._vote_lists):
             for item in [i for i in table if i not in keep]:
                 del table[item]
 
@@ -318,71 +359,89 @@ class CooccurrenceModel:
                 out[candidate] = out.get(candidate, 0.0) + weight * value / peak
         if limit is None:
             return list(out.items())
-        return heapq.nlargest(limit, out.items(), key=lambda kv: kv[1])
+        return heapq.nlargest(limit, out.items(), key=_value)
+
+    def vote_lists(self, item: str) -> tuple[dict[str, float], dict[str, float]]:
+        """The item's materialised rule votes (top ``votes_per_item``) and visitor votes,
+        rebuilt once its click count has grown by ``vote_refresh`` since they were built."""
+        count = self.item_counts.get(item, 0.0)
+        cached = self._vote_lists.get(item)
+        if cached is not None and count <= cached[0] * (1.0 + self.config.vote_refresh):
+            return cached[1], cached[2]
+        rule_votes = dict(self.votes(item, self.config.votes_per_item))
+        visitor_votes = (
+            dict(self.visitor_votes(item)) if self.config.session_knn_weight > 0.0 else {}
+        )
+        if count > 0.0:  # an item never clicked (pruned, or only seen) is not remembered
+            self._vote_lists[item] = (count, rule_votes, visitor_votes)
+        return rule_votes, visitor_votes
+
+    def _rule_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
+        """The session's last ``recent_items`` distinct items with their vote weights (most
+        recent first): 1, ``recency_decay``, ``recency_decay``², ..."""
+        config = self.config
+        out: list[tuple[str, float]] = []
+        weight = 1.0
+        for item in reversed(session[-config.recent_items :] if config.recent_items else []):
+            if any(item == done for done, _ in out):
+                continue
+            out.append((item, weight))
+            weight *= config.recency_decay
+        return out
+
+    def vote_sources(self, session: Sequence[str]) -> VoteSources:
+        """The session items that vote, with their weights and materialised vote lists."""
+        rules = [
+            (item, weight, self.vote_lists(item)[0]) for item, weight in self._rule_items(session)
+        ]
+        visitors = (
+            [(item, weight, self.vote_lists(item)[1]) for item, weight in self._knn_items(session)]
+            if self.config.session_knn_weight > 0.0
+            else []
+        )
+        return VoteSources(rules, visitors, session[-1] if session else "")
 
     def candidates(
-        self,
-        session: Sequence[str],
-        limit: int | None = None,
-        memo: dict[str, list[tuple[str, float]]] | None = None,
-        session_id: str | None = None,
-    ) -> dict[str, tuple[float, str]]:
-        """Scored next items for a session, each with the session item that voted most.
+        self, session: Sequence[str], sources: VoteSources | None = None
+    ) -> dict[str, float]:
+        """Scored next items for a session.
 
         The session's last ``recent_items`` items vote (see ``votes``), the most recent with
-        weight 1, the one before with ``recency_decay``, and so on. ``memo`` caches votes
-        while the model is not learning (one batch's slates); ``limit`` caps each vote list
-        (and the neighbour visitors' votes at ``4 * limit``).
+        weight 1, the one before with ``recency_decay``, and so on; then the neighbour
+        visitors (``session_knn_votes``), scaled to the rule votes' peak times
+        ``session_knn_weight``. Both from the items' materialised lists (``vote_lists``);
+        ``sources`` passes them in when the caller already has them (``vote_sources``).
         """
-        config = self.config
+        if sources is None:
+            sources = self.vote_sources(session)
         scores: dict[str, float] = {}
-        best_source: dict[str, tuple[float, str]] = {}
-        weight = 1.0
-        seen_recent: set[str] = set()
-        for item in reversed(session[-config.recent_items :] if config.recent_items else []):
-            if item in seen_recent:
-                continue
-            seen_recent.add(item)
-            if memo is None:
-                item_votes = self.votes(item, limit)
-            else:
-                cached = memo.get(item)
-                if cached is None:
-                    cached = memo[item] = self.votes(item, limit)
-                item_votes = cached
-            for candidate, vote in item_votes:
-                share = weight * vote
-                scores[candidate] = scores.get(candidate, 0.0) + share
-                current = best_source.get(candidate)
-                if current is None or current[0] < share:
-                    best_source[candidate] = (share, item)
-            weight *= config.recency_decay
-        if config.session_knn_weight > 0.0:
-            knn = self.session_knn_votes(session, exclude_session=session_id)
-            if knn:
-                # Scaled to the rule scores' peak so the weight means the same on any data.
-                scale = config.session_knn_weight * max(scores.values(), default=1.0)
-                scale /= max(knn.values())
-                last = session[-1]
-                knn_votes = (
-                    knn.items()
-                    if limit is None or len(knn) <= 4 * limit
-                    else heapq.nlargest(4 * limit, knn.items(), key=lambda kv: kv[1])
-                )
-                for candidate, vote in knn_votes:
-                    scores[candidate] = scores.get(candidate, 0.0) + vote * scale
-                    best_source.setdefault(candidate, (0.0, last))
-        return {c: (score, best_source[c][1]) for c, score in scores.items()}
+        get = scores.get
+        for _, weight, votes in sources.rules:
+            for candidate, vote in votes.items():
+                scores[candidate] = get(candidate, 0.0) + weight * vote
+        knn: dict[str, float] = {}
+        knn_get = knn.get
+        for _, weight, votes in sources.visitors:
+            for candidate, vote in votes.items():
+                knn[candidate] = knn_get(candidate, 0.0) + weight * vote
+        if knn:
+            # Scaled to the rule scores' peak so the weight means the same on any data.
+            scale = self.config.session_knn_weight * max(scores.values(), default=1.0)
+            scale /= max(knn.values())
+            for candidate, vote in knn.items():
+                scores[candidate] = get(candidate, 0.0) + vote * scale
+        return scores
 
     def predict_one(
         self, session: Sequence[str], k: int = 20, session_id: str | None = None
     ) -> list[tuple[str, float]]:
         """Top ``k`` next items for a session (oldest first): scored candidates, up to
         ``revisit_slots`` of the session's own items that did not rank, popular items as fill.
+        ``session_id`` is part of the evaluator's protocol; this model needs no exclusion (the
+        session's own visits count in the co-visitation like any other visitor's).
         """
-        candidates = self.candidates(session, session_id=session_id)
-        scores = {item: score for item, (score, _) in candidates.items()}
-        ranked = heapq.nlargest(k, scores.items(), key=lambda kv: kv[1])
+        scores = self.candidates(session)
+        ranked = heapq.nlargest(k, scores.items(), key=_value)
         if len(ranked) < k:
             have = {item for item, _ in ranked}
             floor = min((s for _, s in ranked), default=1.0)

@@ -173,7 +173,6 @@ class SliceProcessor:
                 )
         self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
-        votes_memo: dict[str, list[tuple[str, float]]] = {}  # the model is frozen from here
         for user_id, state in result.touched.items():
             slates = result.slates[user_id] = {}
             types = {"recipe"} | {item.item_type for item in state.recent}
@@ -187,7 +186,6 @@ class SliceProcessor:
                         self.items,
                         config.assembly,
                         now_ms,
-                        votes_memo,
                     )
             if self.catalog.banners:
                 slates["banners"] = self.banner_slate(state, slates, now_ms)

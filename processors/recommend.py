@@ -22,7 +22,6 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +44,6 @@ class AssemblyConfig:
     max_per_category: int = 8  # diversity: at most this many items of one category
     session_gap_ms: int = 30 * 60 * 1000
     top_categories: int = 3
-    candidates_per_item: int = 30  # strongest next-click votes considered per session item
     # Whose item sets the model's neighbour visitors are: each user's (user-user neighbours
     # across sessions) or each session's (session-kNN).
     neighbour_scope: Literal["user", "session"] = "user"
@@ -97,15 +95,6 @@ def visitor_id(user: UserState, scope: Literal["user", "session"]) -> str:
     return user.user_id if scope == "user" else f"{user.user_id}#{user.sessions}"
 
 
-@dataclass(slots=True)
-class _Candidate:
-    score: float
-    category: str | None
-    best_share: float
-    source: str | None = None  # the session item behind the strongest next-click vote
-    text: str | None = None  # or a ready reason from the popularity scorer
-
-
 def assemble_slate(
     user: UserState,
     item_type: str,
@@ -114,72 +103,58 @@ def assemble_slate(
     catalog: ItemCatalog,
     config: AssemblyConfig,
     now_ms: int,
-    votes_memo: dict[str, list[tuple[str, float]]] | None = None,
 ) -> Slate:
-    """Blend next-click candidates with popular-in-category ones for one item type.
-
-    ``votes_memo`` shares per-item vote lists between the slates of one batch.
-    """
+    """Blend next-click candidates with popular-in-category ones for one item type."""
     exclude = set(config.exclude_items)
     if config.exclude_seen:
         exclude |= user.seen_items()
-    candidates: dict[str, _Candidate] = {}  # reasons are formatted only for the winners
-
-    scored = model.candidates(
-        current_session(user.recent, config.session_gap_ms),
-        limit=config.candidates_per_item,
-        memo=votes_memo,
-        session_id=visitor_id(user, config.neighbour_scope),
-    )
-    peak = max((score for score, _ in scored.values()), default=0.0)
+    session = current_session(user.recent, config.session_gap_ms)
+    sources = model.vote_sources(session)
+    scored = model.candidates(session, sources)
+    peak = max(scored.values(), default=0.0)
     scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-    # Only the strongest votes can make the slate: enough for the size after exclusions,
-    # items of other types and the diversity cap; popular candidates fill the rest.
-    keep = 4 * config.size + len(exclude)
-    strongest = (
-        heapq.nlargest(keep, scored.items(), key=lambda kv: kv[1][0])
-        if len(scored) > keep
-        else scored.items()
-    )
-    catalog_get = catalog.get
-    for item_id, (score, source) in strongest:
-        known = catalog_get(item_id)
-        if known is None or known[0] != item_type or item_id in exclude:
-            continue
-        share = score * scale
-        candidates[item_id] = _Candidate(share, known[1], share, source=source)
-
-    popular = popular_candidates(
+    total = {item_id: score * scale for item_id, score in scored.items()}
+    popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, reason)
+    weight = config.popularity_weight
+    for item_id, popularity_score, category, reason in popular_candidates(
         user, popularity, item_type, config.size * 2, config.top_categories, exclude
-    )
-    for item_id, popularity_score, category, reason in popular:
-        share = config.popularity_weight * popularity_score
-        candidate = candidates.get(item_id)
-        if candidate is None:
-            candidates[item_id] = _Candidate(share, category, share, text=reason)
-            continue
-        candidate.score += share
-        if share > candidate.best_share:
-            candidate.best_share, candidate.source, candidate.text = share, None, reason
+    ):
+        share = weight * popularity_score
+        popular[item_id] = (share, category, reason)
+        total[item_id] = total.get(item_id, 0.0) + share
+    # Best first, ties by id; the checks below run only until the slate is full.
+    ordered = sorted(total)
+    ordered.sort(key=total.__getitem__, reverse=True)
 
+    catalog_get = catalog.get
     per_category: dict[str | None, int] = {}
     items: list[SlateItem] = []
-    ordered = sorted(candidates.items(), key=lambda kv: (-kv[1].score, kv[0]))
-    for item_id, candidate in ordered:
-        category = candidate.category
+    for item_id in ordered:
+        if item_id in exclude:
+            continue
+        known = catalog_get(item_id)
+        from_popular = popular.get(item_id)
+        if known is not None and known[0] == item_type:
+            category = known[1]
+        elif from_popular is not None:
+            category = from_popular[1]
+        else:  # a next-click candidate of another type, or unknown to the catalog
+            continue
         if category is not None:
             if per_category.get(category, 0) >= config.max_per_category:
                 continue
             per_category[category] = per_category.get(category, 0) + 1
-        if candidate.source is not None:
-            evidence = model.pairs.get(candidate.source, {}).get(item_id, 0.0)
-            if evidence >= 0.5:
-                reason = f"because you viewed {candidate.source} ({evidence:.0f} times together)"
-            else:  # voted by neighbour visitors only (no co-occurrence in one window)
-                reason = f"visitors who viewed {candidate.source} also viewed it"
+        voted = total[item_id] - from_popular[0] if from_popular else total[item_id]
+        if from_popular is not None and (item_id not in scored or from_popular[0] > voted):
+            reason = from_popular[2]
         else:
-            reason = candidate.text or ""
-        items.append(SlateItem(item_id, round(candidate.score, 6), reason, category))
+            source = sources.strongest(item_id)
+            evidence = model.pairs.get(source, {}).get(item_id, 0.0)
+            if evidence >= 0.5:
+                reason = f"because you viewed {source} ({evidence:.0f} times together)"
+            else:  # voted by neighbour visitors only (no co-occurrence in one window)
+                reason = f"visitors who viewed {source} also viewed it"
+        items.append(SlateItem(item_id, round(total[item_id], 6), reason, category))
         if len(items) == config.size:
             break
     return Slate(

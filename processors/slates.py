@@ -82,7 +82,8 @@ def popular_candidates(
     interest in the category times the item's share of its category's peak), then trending
     items below every category match (at most 0.1 of the trending peak).
     """
-    best: dict[str, tuple[float, str]] = {}  # item -> (score, category)
+    score_of: dict[str, float] = {}
+    category_of: dict[str, str] = {}
     interests = user.interests.normalised_top(top_categories) if user.interests else []
     for category, interest in interests:
         ranked = popularity.in_category(item_type, category)
@@ -91,17 +92,20 @@ def popular_candidates(
         scale = interest / ranked[0][1]
         for item_id, pop in _take(ranked, size, exclude):
             score = pop * scale
-            current = best.get(item_id)
-            if current is None or current[0] < score:
-                best[item_id] = (score, category)
-    top = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:size]
+            if score > score_of.get(item_id, -1.0):
+                score_of[item_id] = score
+                category_of[item_id] = category
+    top = sorted(score_of)  # best first, ties by id
+    top.sort(key=score_of.__getitem__, reverse=True)
+    reasons = {category: f"popular in {category}" for category, _ in interests}
     out: list[PopularCandidate] = [
-        (item_id, score, category, f"popular in {category}") for item_id, (score, category) in top
+        (item_id, score_of[item_id], category_of[item_id], reasons[category_of[item_id]])
+        for item_id in top[:size]
     ]
     if len(out) < size:
         trending = popularity.overall(item_type)
         peak = trending[0][1] if trending else 1.0
-        taken = exclude | best.keys()
+        taken = exclude | score_of.keys()
         for item_id, pop in _take(trending, size - len(out), taken):
             out.append((item_id, 0.1 * pop / peak, None, "trending now"))
     return out

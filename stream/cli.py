@@ -323,7 +323,16 @@ def evaluate_next_click_command(
     session_knn_weight: Annotated[
         float, typer.Option(help="Weight of session-kNN candidates (0: off)")
     ] = _MODEL_DEFAULTS.session_knn_weight,
-    session_knn_neighbours: int = _MODEL_DEFAULTS.session_knn_neighbours,
+    neighbour_cap: Annotated[
+        float, typer.Option(help="Visitors an item's neighbour votes count at most")
+    ] = _MODEL_DEFAULTS.neighbour_cap,
+    votes_per_item: Annotated[
+        int, typer.Option(help="Strongest rule votes each session item casts")
+    ] = _MODEL_DEFAULTS.votes_per_item,
+    vote_refresh: Annotated[
+        float,
+        typer.Option(help="Rebuild an item's vote lists after its clicks grew by this share"),
+    ] = _MODEL_DEFAULTS.vote_refresh,
     half_life_hours: Annotated[
         float, typer.Option(help="Half-life of co-occurrence evidence in hours (0: no decay)")
     ] = (_MODEL_DEFAULTS.half_life_ms or 0.0) / 3_600_000,
@@ -356,7 +365,9 @@ def evaluate_next_click_command(
         recency_decay=recency_decay,
         symmetric_weight=symmetric_weight,
         session_knn_weight=session_knn_weight,
-        session_knn_neighbours=session_knn_neighbours,
+        neighbour_cap=neighbour_cap,
+        votes_per_item=votes_per_item,
+        vote_refresh=vote_refresh,
         half_life_ms=half_life_hours * 3_600_000 if half_life_hours > 0 else None,
         revisit_slots=revisit_slots,
     )
@@ -376,7 +387,8 @@ def evaluate_next_click_command(
         "similarity": similarity, "steps": steps, "recent_items": recent_items,
         "recency_decay": recency_decay, "symmetric_weight": symmetric_weight,
         "max_neighbours": max_neighbours, "session_knn_weight": session_knn_weight,
-        "session_knn_neighbours": session_knn_neighbours, "half_life_hours": half_life_hours,
+        "neighbour_cap": neighbour_cap, "votes_per_item": votes_per_item,
+        "vote_refresh": vote_refresh, "half_life_hours": half_life_hours,
         "revisit_slots": revisit_slots,
     }  # fmt: skip
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))

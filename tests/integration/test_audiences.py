@@ -16,6 +16,7 @@ from .conftest import WorkerHandle, send_taste_groups
 
 pytestmark = pytest.mark.integration
 
+
 def post(worker: WorkerHandle, path: str, body: object, token: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     request = urllib.request.Request(
         f"http://127.0.0.1:{worker.web_port}{path}",

@@ -23,6 +23,7 @@ from .test_audiences import post
 
 pytestmark = pytest.mark.integration
 
+
 def keys_mentioning(client: redis.Redis, prefix: str, user: str) -> list[str]:
     """Every key under the prefix that is the user's or holds the user as a member/field."""
     found = []

@@ -47,9 +47,7 @@ def test_the_compose_users_can_do_their_jobs_and_nothing_more(acl_redis: int) ->
         writer = UserHashWriter(client, "appetence:v1", ttl_seconds=600, max_retries=0)
         writer.stage("u1", FieldWrite("recipes", 5, b'{"items":[]}'))
         segment = writer.segment_key("brand", 1)
-        writer.stage_segments(
-            "u1", SegmentWrite("audiences", 1, b"{}", ((None, segment, 0.9),))
-        )
+        writer.stage_segments("u1", SegmentWrite("audiences", 1, b"{}", ((None, segment, 0.9),)))
         flushed = await writer.flush()
         assert flushed.written >= 1
         assert await client.zscore(segment, "u1") == 0.9

@@ -147,26 +147,86 @@ def test_rare_items_are_dropped_beyond_the_item_cap() -> None:
     assert len(model.rules) <= 20 and len(model.pairs) <= 20
 
 
-def test_session_knn_votes_come_from_similar_other_sessions() -> None:
-    model = CooccurrenceModel(CooccurrenceConfig(session_knn_weight=1.0))
+def test_session_knn_votes_come_from_visitors_of_the_session_items() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(session_knn_weight=1.0, half_life_ms=None))
     for sid, session in {"s1": ["a", "b", "z"], "s2": ["a", "b", "y"], "s3": ["q", "r"]}.items():
         for position, item in enumerate(session):
             model.learn_one(session[:position], item, session_id=sid)
     votes = model.session_knn_votes(["a", "b"])
     assert votes["z"] == votes["y"] > 0 and "q" not in votes
-    model.learn_one([], "a", session_id="me")
-    assert model.session_knn_votes(["a"], exclude_session="me").get("b", 0) > 0
-    assert list(model.sessions["me"]) == ["a"]
+    assert model.covisits["a"]["z"] == model.covisits["z"]["a"] == 1.0
+    assert model.covisits["a"]["a"] == 2.0  # a's visitors
+    assert list(model.sessions["s3"]) == ["q", "r"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=6), max_size=12),
+    st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=5),
+)
+def test_session_knn_votes_equal_scoring_every_visitor(
+    visits: list[list[str]], session: list[str]
+) -> None:
+    """The materialised co-visitation lists give what session-kNN without a top-N cut
+    gives: every past visitor, weighted by the position weights of the session's last 3
+    items it viewed, votes for each item it viewed."""
+    config = CooccurrenceConfig(
+        half_life_ms=None, neighbour_cap=1e9, vote_refresh=0.0, max_visitor_items=100
+    )
+    model = CooccurrenceModel(config)
+    for visitor, items in enumerate(visits):
+        for position, item in enumerate(items):
+            model.learn_one(items[:position], item, session_id=f"v{visitor}")
+    weights: dict[str, float] = {}
+    for places_back, item in enumerate(reversed(session[-3:])):
+        weights.setdefault(item, math.exp(-places_back))
+    expected: dict[str, float] = {}
+    for items in visits:
+        similarity = sum(w for item, w in weights.items() if item in items)
+        for item in set(items) if similarity else ():
+            expected[item] = expected.get(item, 0.0) + similarity
+    votes = model.session_knn_votes(session)
+    assert votes.keys() == expected.keys()
+    for item, vote in votes.items():
+        assert math.isclose(vote, expected[item], rel_tol=1e-9)
+
+
+def test_a_popular_items_visitor_votes_are_capped() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(half_life_ms=None, neighbour_cap=10.0))
+    for visitor in range(100):
+        model.learn_one([], "hot", session_id=f"h{visitor}")
+        model.learn_one(["hot"], "x" if visitor % 2 else "y", session_id=f"h{visitor}")
+    model.learn_one([], "rare", session_id="r")
+    model.learn_one(["rare"], "z", session_id="r")
+    hot = model.visitor_votes("hot")
+    assert dict(hot)["hot"] == 10.0 and dict(hot)["x"] == 5.0  # shares of 10, not of 100
+    assert dict(model.visitor_votes("rare"))["z"] == 1.0
+
+
+def test_vote_lists_are_rebuilt_once_the_item_has_grown_by_the_refresh_share() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(half_life_ms=None, vote_refresh=0.5))
+    for _ in range(4):
+        model.learn_one([], "a")
+        model.learn_one(["a"], "b")
+    assert model.vote_lists("a")[0] == {"b": 1.1}  # rule 1 + 0.1 x cosine 1
+    model.learn_one([], "a")
+    model.learn_one(["a"], "c")  # a: 4 -> 5 clicks, within the refresh share
+    assert "c" not in model.vote_lists("a")[0]  # stale
+    model.learn_one([], "a")  # 6 = 4 x 1.5: still within
+    assert "c" not in model.vote_lists("a")[0]
+    model.learn_one([], "a")  # 7 > 6: rebuilt
+    assert "c" in model.vote_lists("a")[0]
 
 
 def test_session_memory_is_bounded() -> None:
     model = CooccurrenceModel(
-        CooccurrenceConfig(session_knn_weight=1.0, max_sessions=10, session_knn_sample=5)
+        CooccurrenceConfig(session_knn_weight=1.0, max_sessions=10, max_neighbours=10)
     )
     for sid in range(100):
         model.learn_one([], "hot", session_id=f"s{sid}")
+        model.learn_one(["hot"], f"item{sid}", session_id=f"s{sid}")
     assert len(model.sessions) <= 11
-    assert len(model.item_sessions["hot"]) <= 10
+    assert len(model.covisits["hot"]) <= 20
 
 
 def test_visitor_memory_keeps_the_latest_items_and_the_most_recently_active_visitors() -> None:
