@@ -534,11 +534,16 @@ def observe(
     signals: Signals,
     config: LoyaltyConfig,
     models: LoyaltyModels,
+    score_now: bool = True,
 ) -> list[ResolvedExample]:
     """Fold one event of the user into ``state``; return the labels it resolves.
 
     A late event (older than the user's latest) updates counts but never moves session
     boundaries or prediction times: what was predicted stays predicted.
+
+    ``score_now=False`` leaves the scoring (``score``) to the caller, who calls it once
+    per user per batch for the user's last event — and before any of the user's later events
+    that does not ``supersede`` it — with the same result as scoring every event.
     """
     resolved: list[ResolvedExample] = []
     new_user = state.first_ts < 0
@@ -579,7 +584,16 @@ def observe(
         and len(state.session_categories) < MAX_SESSION_CATEGORIES
     ):
         state.session_categories.append(category[:64])
-    # Served now, and (unless the event is late) the pending labels' prediction time.
+    if score_now:
+        score(state, ts, late, config, models)
+    return resolved
+
+
+def score(
+    state: LoyaltyState, ts: int, late: bool, config: LoyaltyConfig, models: LoyaltyModels
+) -> None:
+    """The scores served after the user's event at ``ts`` and, unless it was ``late``, the
+    pending labels' prediction time (``observe`` calls it; see ``score_now``)."""
     features = features_of(state, state.last_ts)
     scores = models.predict_targets(features)
     returns = scores["returns"]
@@ -594,7 +608,20 @@ def observe(
             _snapshot(state, "loyal", ts, deadline, features, loyal)
     if not late:
         _snapshot(state, "returns", ts, ts + config.return_horizon_ms, features, returns)
-    return resolved
+
+
+def supersedes(state: LoyaltyState, ts: int, config: LoyaltyConfig) -> bool:
+    """Whether scoring an event at ``ts`` would overwrite everything scoring the user's
+    previous event wrote (same session, not late): then the previous one need not be scored.
+
+    >>> state = LoyaltyState(first_ts=0, last_ts=1_000)
+    >>> config = LoyaltyConfig()
+    >>> supersedes(state, 2_000, config), supersedes(state, 500, config)
+    (True, False)
+    >>> supersedes(state, 1_000 + config.session_gap_ms + 1, config)  # a new session
+    False
+    """
+    return ts >= state.last_ts and ts - state.last_ts <= config.session_gap_ms
 
 
 def expire(state: LoyaltyState, watermark: int, config: LoyaltyConfig) -> list[ResolvedExample]:

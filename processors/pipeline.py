@@ -38,7 +38,9 @@ from processors.loyalty import (
     ResolvedExample,
     context_of,
     observe,
+    score,
     signals_of,
+    supersedes,
     win_back,
 )
 from processors.popularity import PopularityConfig, PopularityIndex
@@ -137,6 +139,7 @@ class SliceProcessor:
         """
         result = BatchResult()
         config = self.config
+        unscored: dict[str, tuple[int, bool]] = {}  # user -> (ts, late) of its unscored event
         for partition, event in events:
             user_id = event.user_id
             state = result.touched.get(user_id) or states.get(user_id)
@@ -153,7 +156,7 @@ class SliceProcessor:
                 result.seq_gaps += 1
             result.touched[user_id] = state
             result.applied_by_type[event.type] += 1
-            self._observe_loyalty(user_id, state, event, result)
+            self._observe_loyalty(user_id, state, event, result, unscored)
             weight = POPULARITY_WEIGHTS[event.type]
             item_id, item_type = event.item_id, event.item_type
             if item_type == "banner" and item_id is not None and event.type != "pageview":
@@ -171,6 +174,11 @@ class SliceProcessor:
                     event.ts,
                     session_id=visitor_id(state, config.assembly.neighbour_scope),
                 )
+        for user_id, (ts, late) in unscored.items():
+            loyalty = result.touched[user_id].loyalty
+            if loyalty is not None:  # always: observed in this batch
+                score(loyalty, ts, late, config.loyalty, self.loyalty)
+                self.expiry.schedule(user_id, loyalty)
         self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         for user_id, state in result.touched.items():
@@ -192,16 +200,34 @@ class SliceProcessor:
         return result
 
     def _observe_loyalty(
-        self, user_id: str, state: UserState, event: Event, result: BatchResult
+        self,
+        user_id: str,
+        state: UserState,
+        event: Event,
+        result: BatchResult,
+        unscored: dict[str, tuple[int, bool]],
     ) -> None:
+        """Fold the event into the user's loyalty state; the scoring (two predictions per
+        target) runs once per user per batch, for the user's last event, unless a later event
+        of the batch needs the earlier one's scores first (a new session, a late event)."""
         loyalty = state.loyalty
         if loyalty is None:
             loyalty = state.loyalty = LoyaltyState()
         config = self.config.loyalty
+        previous = unscored.pop(user_id, None)
+        if previous is not None and not supersedes(loyalty, event.ts, config):
+            score(loyalty, previous[0], previous[1], config, self.loyalty)
+        late = loyalty.first_ts >= 0 and event.ts < loyalty.last_ts
         result.resolved += observe(
-            loyalty, event.ts, context_of(event), signals_of(event), config, self.loyalty
+            loyalty,
+            event.ts,
+            context_of(event),
+            signals_of(event),
+            config,
+            self.loyalty,
+            score_now=False,
         )
-        self.expiry.schedule(user_id, loyalty)
+        unscored[user_id] = (event.ts, late)
         self.watermark = max(self.watermark, event.ts)
 
     def expire_labels(self, states: StateLookup, result: BatchResult) -> None:

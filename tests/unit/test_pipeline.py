@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from processors.events import Click, Impression, PageView
 from processors.pipeline import SliceConfig, SliceProcessor
 from processors.simulator import SimulationConfig, TrafficModel
@@ -122,3 +124,61 @@ def test_user_neighbours_recommend_what_a_co_visitor_viewed_in_another_session()
 
 def test_session_neighbours_only_link_items_of_one_session() -> None:
     assert "r9" not in [item for item, _ in _slate_after_neighbour_visits("session")[:1]]
+
+
+def test_scoring_loyalty_once_per_user_per_batch_equals_scoring_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slice scores a user's loyalty for their last event of the batch only (and for an
+    earlier one when a later event needs it: a new session, a late event). With trained
+    models (so scores move with every feature), the states, served scores and resolved
+    labels equal those of scoring every event."""
+    import msgspec
+
+    import processors.pipeline as pipeline
+    from processors.loyalty import LoyaltyConfig
+
+    # Sessions end after 20 s of silence and returns are due within a minute, so the
+    # simulator's minutes of traffic resolve labels (a return, a new session, an expiry).
+    config = SliceConfig(
+        loyalty=LoyaltyConfig(
+            session_gap_ms=20_000, return_horizon_ms=60_000, recency_checkpoints_hours=(0,)
+        )
+    )
+    model = TrafficModel(SimulationConfig(seed=3), start_ms=0)
+    events = [e for _, e in zip(range(6000), model.events(), strict=False)]
+    warmup, rest = events[:2000], events[2000:]
+    trainer = SliceProcessor(config)
+    states: dict[str, UserState] = {}
+    examples = []
+    for i in range(0, len(warmup), 500):
+        result = trainer.process_batch([(0, e) for e in warmup[i : i + 500]], states, 10**12)
+        states.update(result.touched)
+        examples += result.resolved
+    assert len(examples) > 100
+
+    def run(every_event: bool) -> tuple[dict[str, bytes], list[bytes]]:
+        if every_event:  # the reference: observe scores each event itself, as it did before
+            observe = pipeline.observe
+            monkeypatch.setattr(pipeline, "score", lambda *_: None)
+            monkeypatch.setattr(pipeline, "observe", lambda *a, **_: observe(*a, score_now=True))
+        processor = SliceProcessor(config)
+        for example in examples:
+            processor.loyalty.learn(example)
+        user_states = {u: msgspec.msgpack.decode(msgspec.msgpack.encode(s), type=UserState)
+                       for u, s in states.items()}  # fmt: skip
+        resolved: list[bytes] = []
+        for i in range(0, len(rest), 500):
+            chunk = [(0, e) for e in rest[i : i + 500]]
+            result = processor.process_batch(chunk, user_states, 10**12)
+            user_states.update(result.touched)
+            resolved += [msgspec.msgpack.encode(example) for example in result.resolved]
+        monkeypatch.undo()
+        loyalty = {u: msgspec.msgpack.encode(s.loyalty) for u, s in user_states.items()}
+        return loyalty, resolved
+
+    batched, every = run(every_event=False), run(every_event=True)
+    assert batched[0] == every[0]
+    assert batched[1] == every[1] and len(batched[1]) > 100
+    scores = {msgspec.msgpack.decode(b)["return_probability"] for b in batched[0].values()}
+    assert len(scores) > 10  # the trained models do score users differently
