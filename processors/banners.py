@@ -268,19 +268,42 @@ def rank_banners(
     rng: random.Random,
     now_ms: int,
 ) -> list[RankedBanner]:
-    """The user's top ``config.size`` eligible banners, best first."""
+    """The user's top ``config.size`` eligible banners, best first.
+
+    ``eligible``, ``content_match``, ``recipe_overlap`` and ``relevance_lift`` inlined (the
+    same arithmetic in the same order): this runs for every banner of every touched user.
+    """
     explore = rng.random() < config.exploration_share
     slate_rank: dict[str, int] = {}
     for rank, item in enumerate(user.slate_items):
         slate_rank.setdefault(item, rank)
     betavariate = rng.betavariate
-    scored: list[tuple[float, str, Banner, float, float, float, str | None]] = []
+    posterior = ctr.posterior
+    segment = user.segment
+    interest_of = user.interests.get
+    tags, location = user.tags, user.location
+    impressions_today, clicked_today = user.impressions_today, user.clicked_today
+    category_points, tag_points = config.category_points, config.tag_points
+    content_weight, recipe_weight = config.content_weight, config.recipe_weight
+    scored: list[tuple[float, str, float, float, float, str | None]] = []
     for banner in banners:
-        if not eligible(banner, user, now_ms):
+        banner_id = banner.banner_id
+        if banner.win_back_only and not user.win_back:
             continue
-        alpha, beta = ctr.posterior(banner.banner_id, user.segment, config, now_ms)
+        if banner.active_from_ms is not None and now_ms < banner.active_from_ms:
+            continue
+        if banner.active_to_ms is not None and now_ms >= banner.active_to_ms:
+            continue
+        cap = banner.daily_cap
+        if cap is not None and impressions_today.get(banner_id, 0) >= cap:
+            continue
+        alpha, beta = posterior(banner_id, segment, config, now_ms)
         sample = betavariate(alpha, beta)
-        content = content_match(banner, user, config)
+        content = sum([category_points * interest_of(c, 0.0) for c in banner.categories])
+        if location is not None and location in banner.locations:
+            content += config.location_points
+        content += tag_points * len(tags.intersection(banner.tags))
+        content += banner.engagement_rate
         overlap, via = 0.0, None
         if banner.linked_items:  # as recipe_overlap, from the slate's ranks
             hits = {item for item in banner.linked_items if item in slate_rank}
@@ -290,13 +313,13 @@ def rank_banners(
         if explore:
             score = sample
         else:
-            lift = relevance_lift(content, config) + config.recipe_weight * overlap
+            lift = 1.0 + content_weight * content + recipe_weight * overlap
             score = sample * lift * 2.0 ** (banner.priority / 10.0)
-        if banner.banner_id in user.clicked_today:
+        if banner_id in clicked_today:
             score *= config.clicked_demotion
-        scored.append((-score, banner.banner_id, banner, content, overlap, sample, via))
+        scored.append((-score, banner_id, content, overlap, sample, via))
     scored.sort(key=lambda entry: (entry[0], entry[1]))
     return [
         RankedBanner(banner_id, -negative, content, overlap, sample, via)
-        for negative, banner_id, _, content, overlap, sample, via in scored[: config.size]
+        for negative, banner_id, content, overlap, sample, via in scored[: config.size]
     ]
