@@ -380,6 +380,26 @@ def _handled_all(metrics_urls: list[str]) -> float:
     return sum(_handled(scrape(url)) for url in metrics_urls)
 
 
+def _drain_breakdown(
+    samples: list[dict[str, list[tuple[dict[str, str], float]]]], worker_seconds: float
+) -> dict[str, float]:
+    def summed(name: str) -> float:
+        return sum(total(x, name) for x in samples)
+
+    batches = max(summed("appetence_batch_events_count"), 1.0)
+    return {
+        "batches": batches,
+        "mean_events_per_batch": round(summed("appetence_batch_events_sum") / batches, 1),
+        "mean_records_per_batch": round(summed("appetence_batch_records_sum") / batches, 1),
+        "batch_handling_share_of_drain": round(
+            summed("appetence_batch_processing_seconds_sum") / worker_seconds, 3
+        ),
+        "redis_flush_share_of_drain": round(
+            summed("appetence_redis_write_seconds_sum") / worker_seconds, 3
+        ),
+    }
+
+
 def bench_pipeline(
     events: int, workers: int, log_dir: Path, latency_seconds: float = 20.0
 ) -> dict[str, Any]:
@@ -448,6 +468,9 @@ def bench_pipeline(
                     for labels, value in x.get("appetence_redis_writes_total", [])
                     if labels.get("result") == "ok"
                 ),
+                # Where the drain's time went: batch sizes the workers took, and the share of the
+                # drain inside process-and-write (the rest: Faust, fetching, committing).
+                **_drain_breakdown(samples, drain_seconds * workers),
             )
             # Latency at a fixed offered rate: half the measured maximum, produced live.
             offered = max(50.0, rate / 2)
