@@ -49,7 +49,7 @@ from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
     ItemCatalog,
-    assemble_slate,
+    assemble_slates,
     current_session,
     visitor_id,
 )
@@ -182,19 +182,19 @@ class SliceProcessor:
         self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         for user_id, state in result.touched.items():
-            slates = result.slates[user_id] = {}
             types = {"recipe"} | {item.item_type for item in state.recent}
-            for slate_type, slate_field in SLATE_FIELDS.items():
-                if slate_type in types:
-                    slates[slate_field] = assemble_slate(
-                        state,
-                        slate_type,
-                        self.cooccurrence,
-                        ranked,
-                        self.items,
-                        config.assembly,
-                        now_ms,
-                    )
+            by_type = assemble_slates(
+                state,
+                [slate_type for slate_type in SLATE_FIELDS if slate_type in types],
+                self.cooccurrence,
+                ranked,
+                self.items,
+                config.assembly,
+                now_ms,
+            )
+            slates = result.slates[user_id] = {
+                SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
+            }
             if self.catalog.banners:
                 slates["banners"] = self.banner_slate(state, slates, now_ms)
         return result

@@ -22,10 +22,11 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from processors.cooccurrence import CooccurrenceModel
+from processors.cooccurrence import CooccurrenceModel, VoteSources
 from processors.popularity import RankedSnapshot
 from processors.slates import Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
@@ -105,6 +106,22 @@ def assemble_slate(
     now_ms: int,
 ) -> Slate:
     """Blend next-click candidates with popular-in-category ones for one item type."""
+    return assemble_slates(user, (item_type,), model, popularity, catalog, config, now_ms)[
+        item_type
+    ]
+
+
+def assemble_slates(
+    user: UserState,
+    item_types: Iterable[str],
+    model: CooccurrenceModel,
+    popularity: RankedSnapshot,
+    catalog: ItemCatalog,
+    config: AssemblyConfig,
+    now_ms: int,
+) -> dict[str, Slate]:
+    """One slate per item type for one user. The next-click candidates (which mix types) are
+    scored once and shared: each type's slate takes its own items from them."""
     exclude = set(config.exclude_items)
     if config.exclude_seen:
         exclude |= user.seen_items()
@@ -113,7 +130,30 @@ def assemble_slate(
     scored = model.candidates(session, sources)
     peak = max(scored.values(), default=0.0)
     scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-    total = {item_id: score * scale for item_id, score in scored.items()}
+    voted = {item_id: score * scale for item_id, score in scored.items()}
+    return {
+        item_type: _slate_of_type(
+            user, item_type, voted, sources, exclude, model, popularity, catalog, config, now_ms
+        )
+        for item_type in item_types
+    }
+
+
+def _slate_of_type(
+    user: UserState,
+    item_type: str,
+    voted: dict[str, float],
+    sources: VoteSources,
+    exclude: set[str],
+    model: CooccurrenceModel,
+    popularity: RankedSnapshot,
+    catalog: ItemCatalog,
+    config: AssemblyConfig,
+    now_ms: int,
+) -> Slate:
+    """The slate of one item type: ``voted`` (next-click scores in blend units) plus popular
+    in the user's categories, best first, filtered, diversified and explained."""
+    total = dict(voted)
     popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, reason)
     weight = config.popularity_weight
     for item_id, popularity_score, category, reason in popular_candidates(
@@ -144,8 +184,10 @@ def assemble_slate(
             if per_category.get(category, 0) >= config.max_per_category:
                 continue
             per_category[category] = per_category.get(category, 0) + 1
-        voted = total[item_id] - from_popular[0] if from_popular else total[item_id]
-        if from_popular is not None and (item_id not in scored or from_popular[0] > voted):
+        score = total[item_id]
+        if from_popular is not None and (
+            item_id not in voted or from_popular[0] > score - from_popular[0]
+        ):
             reason = from_popular[2]
         else:
             source = sources.strongest(item_id)
@@ -154,7 +196,7 @@ def assemble_slate(
                 reason = f"because you viewed {source} ({evidence:.0f} times together)"
             else:  # voted by neighbour visitors only (no co-occurrence in one window)
                 reason = f"visitors who viewed {source} also viewed it"
-        items.append(SlateItem(item_id, round(total[item_id], 6), reason, category))
+        items.append(SlateItem(item_id, round(score, 6), reason, category))
         if len(items) == config.size:
             break
     return Slate(
