@@ -22,7 +22,7 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +56,8 @@ class ItemCatalog:
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
         self._items: dict[str, tuple[str, str | None]] = {}
+        # (type, category) of an item, or None: the dict's own get, as this runs per candidate
+        self.get: Callable[[str], tuple[str, str | None] | None] = self._items.get
 
     def remember(self, item_id: str, item_type: str, category: str | None) -> None:
         items = self._items
@@ -65,9 +67,6 @@ class ItemCatalog:
         if len(items) > self.max_items:
             for stale in list(items)[: len(items) - self.max_items]:
                 del items[stale]
-
-    def get(self, item_id: str) -> tuple[str, str | None] | None:
-        return self._items.get(item_id)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -130,19 +129,28 @@ def assemble_slates(
     scored = model.candidates(session, sources)
     peak = max(scored.values(), default=0.0)
     scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-    voted = {item_id: score * scale for item_id, score in scored.items()}
-    return {
-        item_type: _slate_of_type(
-            user, item_type, voted, sources, exclude, model, popularity, catalog, config, now_ms
-        )
-        for item_type in item_types
-    }
+    voted: dict[str, float] = {}
+    of_type: dict[str, dict[str, float]] = {item_type: {} for item_type in item_types}
+    known = catalog.get
+    for item_id, score in scored.items():
+        voted[item_id] = scaled = score * scale
+        entry = known(item_id)
+        if entry is not None and entry[0] in of_type:
+            of_type[entry[0]][item_id] = scaled
+    slates = {}
+    for item_type in item_types:
+        slates[item_type] = _slate_of_type(
+            user, item_type, voted, of_type[item_type], sources, exclude, model, popularity,
+            catalog, config, now_ms,
+        )  # fmt: skip
+    return slates
 
 
 def _slate_of_type(
     user: UserState,
     item_type: str,
     voted: dict[str, float],
+    voted_of_type: dict[str, float],
     sources: VoteSources,
     exclude: set[str],
     model: CooccurrenceModel,
@@ -151,9 +159,10 @@ def _slate_of_type(
     config: AssemblyConfig,
     now_ms: int,
 ) -> Slate:
-    """The slate of one item type: ``voted`` (next-click scores in blend units) plus popular
-    in the user's categories, best first, filtered, diversified and explained."""
-    total = dict(voted)
+    """The slate of one item type: its next-click candidates (``voted_of_type``, of all
+    ``voted``, in blend units) plus popular in the user's categories, best first, filtered,
+    diversified and explained."""
+    total = dict(voted_of_type)
     popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, reason)
     weight = config.popularity_weight
     for item_id, popularity_score, category, reason in popular_candidates(
@@ -161,7 +170,7 @@ def _slate_of_type(
     ):
         share = weight * popularity_score
         popular[item_id] = (share, category, reason)
-        total[item_id] = total.get(item_id, 0.0) + share
+        total[item_id] = voted.get(item_id, 0.0) + share
     # Best first, ties by id; the checks below run only until the slate is full.
     ordered = sorted(total)
     ordered.sort(key=total.__getitem__, reverse=True)

@@ -85,16 +85,23 @@ def popular_candidates(
     score_of: dict[str, float] = {}
     category_of: dict[str, str] = {}
     interests = user.interests.normalised_top(top_categories) if user.interests else []
+    best = score_of.get
     for category, interest in interests:
         ranked = popularity.in_category(item_type, category)
-        if not ranked or ranked[0][1] <= 0.0:
+        if not ranked or ranked[0][1] <= 0.0 or size <= 0:
             continue
         scale = interest / ranked[0][1]
-        for item_id, pop in _take(ranked, size, exclude):
+        kept = 0  # the category's first ``size`` items not excluded
+        for item_id, pop in ranked:
+            if item_id in exclude:
+                continue
             score = pop * scale
-            if score > score_of.get(item_id, -1.0):
+            if score > best(item_id, -1.0):
                 score_of[item_id] = score
                 category_of[item_id] = category
+            kept += 1
+            if kept == size:
+                break
     top = sorted(score_of)  # best first, ties by id
     top.sort(key=score_of.__getitem__, reverse=True)
     reasons = {category: f"popular in {category}" for category, _ in interests}
