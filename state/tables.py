@@ -39,27 +39,50 @@ class ChangelogWriter(Protocol):
 
 
 class UserStateStore:
-    """Per-partition user state in memory, persisted coalesced and recovered on demand."""
+    """Per-partition user state in memory, persisted coalesced and recovered on demand.
+
+    Held *encoded*: each user as its changelog record (msgpack, ~2.6 KB for a simulated
+    user), decoded when a batch reads it, instead of ~10 KB of Python objects per user. The
+    encoding costs nothing extra (``persist`` encodes for the changelog anyway); a read
+    costs one decode (~20 µs) per user per batch. States a batch is still working on are
+    registered with ``hold`` until persisted, so other readers in the meantime (audience
+    re-scoring, forget requests) see the same objects the batch mutates, as they would with
+    objects held in memory.
+    """
 
     def __init__(self, topic: str, writer: ChangelogWriter, reader: ChangelogReader) -> None:
         self.topic = topic
         self.writer = writer
         self.reader = reader
-        self._by_partition: dict[int, dict[str, UserState]] = {}
-        self._index: dict[str, UserState] = {}
+        self._by_partition: dict[int, dict[str, bytes]] = {}  # partition -> user -> record
+        self._held: dict[str, tuple[int, int]] = {}  # user -> (partition, last event time)
+        self._in_flight: dict[str, UserState] = {}  # see hold()
         self.recoveries: list[tuple[int, int, float]] = []  # (partition, users, seconds)
 
     def get(self, user_id: str, /) -> UserState | None:
-        return self._index.get(user_id)
+        state = self._in_flight.get(user_id)
+        if state is not None:
+            return state
+        where = self._held.get(user_id)
+        if where is None:
+            return None
+        return decode_user_state(self._by_partition[where[0]][user_id])
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._held)
 
     def items(self, partitions: Iterable[int] | None = None) -> list[tuple[str, UserState]]:
-        """(user_id, state) pairs, of the given partitions or of all held."""
-        if partitions is None:
-            return list(self._index.items())
-        return [pair for p in partitions for pair in self._by_partition.get(p, {}).items()]
+        """(user_id, state) pairs, of the given partitions or of all held (decoded: O(users))."""
+        chosen = self._by_partition if partitions is None else partitions
+        in_flight = self._in_flight.get
+        return [
+            (user_id, in_flight(user_id) or decode_user_state(record))
+            for p in chosen
+            for user_id, record in self._by_partition.get(p, {}).items()
+        ]
+
+    def user_ids(self) -> list[str]:
+        return list(self._held)
 
     @property
     def partitions(self) -> set[int]:
@@ -71,7 +94,7 @@ class UserStateStore:
             started = time.perf_counter()
             marker = uuid.uuid4().hex.encode()
             until = await self.writer.send_and_wait_offset(MARKER_KEY, marker, partition)
-            users: dict[str, UserState] = {}
+            users: dict[str, bytes] = {}
             for record in await self.reader.read_partition(self.topic, partition, until):
                 if record.key == MARKER_KEY or record.key is None:
                     continue
@@ -79,9 +102,12 @@ class UserStateStore:
                 if record.value is None:
                     users.pop(user_id, None)  # tombstone
                 else:
-                    users[user_id] = decode_user_state(record.value)
-            self._by_partition[partition] = users
-            self._index.update(users)
+                    users[user_id] = record.value
+            held = self._by_partition[partition] = {}
+            for user_id, value in users.items():
+                state = decode_user_state(value)  # validates the record; its idle time
+                held[user_id] = value
+                self._held[user_id] = (partition, state.last_event_ts)
             seconds = time.perf_counter() - started
             self.recoveries.append((partition, len(users), seconds))
             log.info("recovered partition %d: %d users in %.3fs", partition, len(users), seconds)
@@ -90,35 +116,48 @@ class UserStateStore:
         """Forget partitions this worker no longer owns (their new owner recovers them)."""
         for partition in partitions:
             for user_id in self._by_partition.pop(partition, {}):
-                self._index.pop(user_id, None)
+                self._held.pop(user_id, None)
+                self._in_flight.pop(user_id, None)
+
+    def hold(self, states: dict[str, UserState]) -> None:
+        """Register states a batch changed and will persist later (after its Redis writes):
+        until then every read of these users returns these objects."""
+        self._in_flight.update(states)
 
     def persist(self, states: dict[str, UserState]) -> None:
-        """One changelog record per touched user (the producer batches the sends)."""
+        """One changelog record per touched user (the producer batches the sends); the
+        record is also what this store holds."""
         for user_id, state in states.items():
-            self._by_partition.setdefault(state.partition, {})[user_id] = state
-            self._index[user_id] = state
-            self.writer.send(user_id.encode(), encode_user_state(state), state.partition)
+            record = encode_user_state(state)
+            previous = self._held.get(user_id)
+            if previous is not None and previous[0] != state.partition:
+                self._by_partition.get(previous[0], {}).pop(user_id, None)
+            self._by_partition.setdefault(state.partition, {})[user_id] = record
+            self._held[user_id] = (state.partition, state.last_event_ts)
+            self._in_flight.pop(user_id, None)
+            self.writer.send(user_id.encode(), record, state.partition)
 
     def forget(self, user_id: str, partition: int) -> bool:
         """Delete a user (a forget request): from memory, and a tombstone on the changelog
         when this worker holds the partition. True if the state was held here."""
-        state = self._index.pop(user_id, None)
-        if state is not None:
-            partition = state.partition
+        where = self._held.pop(user_id, None)
+        self._in_flight.pop(user_id, None)
+        if where is not None:
+            partition = where[0]
             self._by_partition.get(partition, {}).pop(user_id, None)
         if partition in self._by_partition:
             self.writer.send(user_id.encode(), None, partition)
-        return state is not None
+        return where is not None
 
     def evict_idle(self, older_than_ms: int, limit: int) -> int:
         """Delete up to ``limit`` users idle since before ``older_than_ms`` (tombstones)."""
         idle = [
-            (user_id, state.partition)
-            for user_id, state in self._index.items()
-            if state.last_event_ts < older_than_ms
+            (user_id, partition)
+            for user_id, (partition, last_event_ts) in self._held.items()
+            if last_event_ts < older_than_ms and user_id not in self._in_flight
         ][:limit]
         for user_id, partition in idle:
-            self._index.pop(user_id, None)
+            self._held.pop(user_id, None)
             self._by_partition.get(partition, {}).pop(user_id, None)
             self.writer.send(user_id.encode(), None, partition)
         return len(idle)

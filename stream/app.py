@@ -290,9 +290,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=1.0)
     async def maintain_audiences() -> None:
         changed = await audiences.maintain(
-            states.items, rescore_writer, audience_examples_topic, int(time.time() * 1000)
+            states, rescore_writer, audience_examples_topic, int(time.time() * 1000)
         )
         if changed:
+            states.hold(changed)  # changed, persisted once their Redis writes are in
             await rescore_writer.flush()
             states.persist(changed)
 

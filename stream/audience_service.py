@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import msgspec
 
@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 SNAPSHOT_KEY = b"audiences"
 FIELD = "audiences"
 _json = msgspec.json.Encoder()
+
+
+class HeldUsers(Protocol):
+    """The worker's users (``state.tables.UserStateStore``)."""
+
+    def items(self) -> list[tuple[str, UserState]]: ...
+
+    def user_ids(self) -> list[str]: ...
+
+    def get(self, user_id: str, /) -> UserState | None: ...
 
 
 class AudienceExample(msgspec.Struct, frozen=True):
@@ -183,7 +193,7 @@ class AudienceService:
 
     async def maintain(
         self,
-        held: Callable[[], list[tuple[str, UserState]]],
+        held: HeldUsers,
         writer: UserHashWriter,
         examples: Any,
         now_ms: int,
@@ -195,16 +205,15 @@ class AudienceService:
         only when there is something to do."""
         if self._backfill and examples is not None:
             self._backfill = False
-            await self._send_examples(examples, held(), now_ms)
+            await self._send_examples(examples, held.items(), now_ms)
         if self.scorer.generation > self._rescored_generation:
             self._rescored_generation = self.scorer.generation
-            self._rescore_queue = [user_id for user_id, _ in held()]
+            self._rescore_queue = held.user_ids()
         changed: dict[str, UserState] = {}
         if self._rescore_queue:
-            by_user = dict(held())
             batch, self._rescore_queue = self._rescore_queue[:limit], self._rescore_queue[limit:]
             for user_id in batch:
-                current = by_user.get(user_id)
+                current = held.get(user_id)
                 if current is not None and self.stage(
                     user_id, current, writer, now_ms, only_if_moved=True
                 ):

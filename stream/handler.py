@@ -127,6 +127,9 @@ class EventHandler:
         if recovered:  # their pending loyalty labels wait for the watermark here now
             self.processor.schedule_pending(self.states.items(recovered))
         result = self.processor.process_batch(decoded, self.states, now_ms)
+        # Changed, persisted once Redis has the batch's writes: readers meanwhile see these.
+        self.states.hold(result.touched)
+        self.states.hold(result.expired)
         win_back_threshold = self.processor.config.loyalty.win_back_threshold
         for user_id, slates in result.slates.items():
             state = result.touched[user_id]

@@ -1,0 +1,134 @@
+"""The worker's user-state store: encoded in memory, in-flight states visible, changelog kept.
+
+The changelog writer and reader here are in-memory stand-ins for our own two protocols; the
+integration tests (crash-resume, rebalance, forget) run the store against the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from processors.events import Click
+from processors.user_state import UserState, UserStateConfig, apply_event, decode_user_state
+from state.tables import MARKER_KEY, UserStateStore
+
+TOPIC = "test-user-state-changelog"
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+
+
+class Changelog:
+    """Appends what the store sends; replays a partition as a reader would."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, list[Record]] = {}
+
+    def send(self, key: bytes, value: bytes | None, partition: int) -> None:
+        self.partitions.setdefault(partition, []).append(Record(key, value))
+
+    async def send_and_wait_offset(self, key: bytes, value: bytes, partition: int) -> int:
+        self.send(key, value, partition)
+        return len(self.partitions[partition]) - 1
+
+    async def read_partition(self, topic: str, partition: int, until_offset: int) -> list[Any]:
+        assert topic == TOPIC
+        return self.partitions.get(partition, [])[: until_offset + 1]
+
+
+def _state(user_id: str, partition: int, *clicks: tuple[str, int]) -> UserState:
+    state = UserState(user_id=user_id, partition=partition)
+    for n, (item, ts) in enumerate(clicks):
+        click = Click(event_id=f"{user_id}-{n}", ts=ts, user_id=user_id, item_id=item,
+                      item_type="recipe", category="pasta")  # fmt: skip
+        assert apply_event(state, click, UserStateConfig())
+    return state
+
+
+def _store(changelog: Changelog) -> UserStateStore:
+    return UserStateStore(TOPIC, changelog, changelog)
+
+
+def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
+    changelog = Changelog()
+    store = _store(changelog)
+    alice, bob = _state("alice", 0, ("r1", 1_000)), _state("bob", 1, ("r2", 2_000))
+    store.persist({"alice": alice, "bob": bob})
+    assert len(store) == 2 and store.partitions == {0, 1}
+    read = store.get("alice")
+    assert read == alice and read is not alice  # decoded from the held record
+    assert store.get("carol") is None
+    assert dict(store.items([1])) == {"bob": bob}
+    assert sorted(store.user_ids()) == ["alice", "bob"]
+    records = changelog.partitions[0]
+    assert records[-1].key == b"alice" and records[-1].value is not None
+    assert decode_user_state(records[-1].value) == alice
+
+
+def test_a_held_state_is_what_every_reader_sees_until_it_is_persisted() -> None:
+    store = _store(Changelog())
+    store.persist({"alice": _state("alice", 0, ("r1", 1_000))})
+    newer = _state("alice", 0, ("r1", 1_000), ("r2", 2_000))
+    store.hold({"alice": newer})
+    assert store.get("alice") is newer
+    assert dict(store.items())["alice"] is newer
+    newer.segment = "changed while in flight"
+    store.persist({"alice": newer})
+    read = store.get("alice")
+    assert read is not newer and read == newer
+
+
+def test_forget_drops_held_and_in_flight_state_with_a_tombstone() -> None:
+    changelog = Changelog()
+    store = _store(changelog)
+    store.persist({"alice": _state("alice", 0, ("r1", 1_000))})
+    store.hold({"alice": _state("alice", 0, ("r1", 1_000), ("r2", 2_000))})
+    assert store.forget("alice", partition=0)
+    assert store.get("alice") is None and len(store) == 0
+    assert changelog.partitions[0][-1] == Record(b"alice", None)
+    assert not store.forget("nobody", partition=5)  # partition not held: no tombstone
+    assert 5 not in changelog.partitions
+
+
+def test_evicting_idle_users_spares_the_active_and_the_in_flight() -> None:
+    changelog = Changelog()
+    store = _store(changelog)
+    store.persist(
+        {
+            "idle": _state("idle", 0, ("r1", 1_000)),
+            "busy": _state("busy", 0, ("r1", 1_000)),
+            "active": _state("active", 0, ("r1", 9_000)),
+        }
+    )
+    store.hold({"busy": _state("busy", 0, ("r1", 1_000))})
+    assert store.evict_idle(older_than_ms=5_000, limit=10) == 1
+    assert store.get("idle") is None
+    assert store.get("busy") is not None and store.get("active") is not None
+    assert changelog.partitions[0][-1] == Record(b"idle", None)
+
+
+def test_a_new_owner_recovers_the_partition_from_the_changelog() -> None:
+    changelog = Changelog()
+    first = _store(changelog)
+    alice = _state("alice", 0, ("r1", 1_000), ("r2", 2_000))
+    first.persist({"alice": alice, "bob": _state("bob", 0, ("r3", 3_000))})
+    first.forget("bob", partition=0)
+    first.persist({"carol": _state("carol", 1, ("r4", 4_000))})
+
+    second = _store(changelog)
+    asyncio.run(second.ensure_recovered({0}))
+    assert second.partitions == {0}
+    assert second.get("alice") == alice
+    assert second.get("bob") is None  # its tombstone
+    assert second.get("carol") is None  # another partition
+    assert changelog.partitions[0][-1].key == MARKER_KEY
+    assert second.recoveries[0][:2] == (0, 1)
+    # idle times come back too: eviction works on recovered users
+    assert second.evict_idle(older_than_ms=2_500, limit=10) == 1
+    second.release({0})
+    assert len(second) == 0 and second.partitions == set()
