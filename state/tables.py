@@ -57,6 +57,7 @@ class UserStateStore:
         self._by_partition: dict[int, dict[str, bytes]] = {}  # partition -> user -> record
         self._held: dict[str, tuple[int, int]] = {}  # user -> (partition, last event time)
         self._in_flight: dict[str, UserState] = {}  # see hold()
+        self.bytes_held = 0  # the held records' total size (a gauge)
         self.recoveries: list[tuple[int, int, float]] = []  # (partition, users, seconds)
 
     def get(self, user_id: str, /) -> UserState | None:
@@ -108,6 +109,7 @@ class UserStateStore:
                 state = decode_user_state(value)  # validates the record; its idle time
                 held[user_id] = value
                 self._held[user_id] = (partition, state.last_event_ts)
+                self.bytes_held += len(value)
             seconds = time.perf_counter() - started
             self.recoveries.append((partition, len(users), seconds))
             log.info("recovered partition %d: %d users in %.3fs", partition, len(users), seconds)
@@ -115,9 +117,10 @@ class UserStateStore:
     def release(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns (their new owner recovers them)."""
         for partition in partitions:
-            for user_id in self._by_partition.pop(partition, {}):
+            for user_id, record in self._by_partition.pop(partition, {}).items():
                 self._held.pop(user_id, None)
                 self._in_flight.pop(user_id, None)
+                self.bytes_held -= len(record)
 
     def hold(self, states: dict[str, UserState]) -> None:
         """Register states a batch changed and will persist later (after its Redis writes):
@@ -130,9 +133,11 @@ class UserStateStore:
         for user_id, state in states.items():
             record = encode_user_state(state)
             previous = self._held.get(user_id)
-            if previous is not None and previous[0] != state.partition:
-                self._by_partition.get(previous[0], {}).pop(user_id, None)
+            if previous is not None:
+                replaced = self._by_partition.get(previous[0], {}).pop(user_id, b"")
+                self.bytes_held -= len(replaced)
             self._by_partition.setdefault(state.partition, {})[user_id] = record
+            self.bytes_held += len(record)
             self._held[user_id] = (state.partition, state.last_event_ts)
             self._in_flight.pop(user_id, None)
             self.writer.send(user_id.encode(), record, state.partition)
@@ -144,7 +149,7 @@ class UserStateStore:
         self._in_flight.pop(user_id, None)
         if where is not None:
             partition = where[0]
-            self._by_partition.get(partition, {}).pop(user_id, None)
+            self.bytes_held -= len(self._by_partition.get(partition, {}).pop(user_id, b""))
         if partition in self._by_partition:
             self.writer.send(user_id.encode(), None, partition)
         return where is not None
@@ -158,6 +163,6 @@ class UserStateStore:
         ][:limit]
         for user_id, partition in idle:
             self._held.pop(user_id, None)
-            self._by_partition.get(partition, {}).pop(user_id, None)
+            self.bytes_held -= len(self._by_partition.get(partition, {}).pop(user_id, b""))
             self.writer.send(user_id.encode(), None, partition)
         return len(idle)

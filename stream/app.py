@@ -325,6 +325,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=2.0)
     async def update_gauges() -> None:
         metrics.users_in_state.set(len(states))
+        metrics.user_state_bytes.set(states.bytes_held)
         metrics.popularity_entries.set(processor.popularity.size())
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         metrics.banner_ctr_entries.set(processor.ctr.size())

@@ -90,6 +90,11 @@ class Metrics:
             "Users whose state this worker holds",
             registry=registry,
         )
+        self.user_state_bytes = Gauge(
+            "appetence_user_state_bytes",
+            "Size of the user states this worker holds (encoded, as on the changelog)",
+            registry=registry,
+        )
         self.popularity_entries = Gauge(
             "appetence_popularity_entries",
             "Entries in the decayed popularity index (bounded)",

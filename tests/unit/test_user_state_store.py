@@ -68,6 +68,9 @@ def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
     records = changelog.partitions[0]
     assert records[-1].key == b"alice" and records[-1].value is not None
     assert decode_user_state(records[-1].value) == alice
+    assert store.bytes_held == sum(
+        len(r.value or b"") for p in (0, 1) for r in changelog.partitions[p]
+    )
 
 
 def test_a_held_state_is_what_every_reader_sees_until_it_is_persisted() -> None:
@@ -89,7 +92,7 @@ def test_forget_drops_held_and_in_flight_state_with_a_tombstone() -> None:
     store.persist({"alice": _state("alice", 0, ("r1", 1_000))})
     store.hold({"alice": _state("alice", 0, ("r1", 1_000), ("r2", 2_000))})
     assert store.forget("alice", partition=0)
-    assert store.get("alice") is None and len(store) == 0
+    assert store.get("alice") is None and len(store) == 0 and store.bytes_held == 0
     assert changelog.partitions[0][-1] == Record(b"alice", None)
     assert not store.forget("nobody", partition=5)  # partition not held: no tombstone
     assert 5 not in changelog.partitions
@@ -128,7 +131,10 @@ def test_a_new_owner_recovers_the_partition_from_the_changelog() -> None:
     assert second.get("carol") is None  # another partition
     assert changelog.partitions[0][-1].key == MARKER_KEY
     assert second.recoveries[0][:2] == (0, 1)
-    # idle times come back too: eviction works on recovered users
-    assert second.evict_idle(older_than_ms=2_500, limit=10) == 1
+    assert second.bytes_held == len(changelog.partitions[0][0].value or b"")  # alice's record
     second.release({0})
-    assert len(second) == 0 and second.partitions == set()
+    assert len(second) == 0 and second.partitions == set() and second.bytes_held == 0
+    # idle times come back too: eviction works on recovered users
+    asyncio.run(second.ensure_recovered({0}))
+    assert second.evict_idle(older_than_ms=2_500, limit=10) == 1
+    assert len(second) == 0 and second.bytes_held == 0
