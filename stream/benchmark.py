@@ -458,6 +458,11 @@ def bench_pipeline(
                 rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
                 users_in_state=users,
                 rss_growth_bytes_per_user=round((peak_rss - baseline_rss) * 1024 / max(users, 1)),
+                # Of that growth, the held user states themselves (encoded, as on the changelog);
+                # the rest is mostly the item-level tables (bounded by items, not users).
+                held_state_bytes_per_user=round(
+                    sum(total(x, "appetence_user_state_bytes") for x in samples) / max(users, 1)
+                ),
                 cooccurrence_entries=sum(
                     total(x, "appetence_cooccurrence_entries") for x in samples
                 ),
