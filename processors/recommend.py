@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from processors.cooccurrence import CooccurrenceModel, VoteSources
+from processors.cooccurrence import CooccurrenceModel
 from processors.popularity import RankedSnapshot
 from processors.slates import Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
@@ -121,93 +121,96 @@ def assemble_slates(
 ) -> dict[str, Slate]:
     """One slate per item type for one user. The next-click candidates (which mix types) are
     scored once and shared: each type's slate takes its own items from them."""
-    exclude = set(config.exclude_items)
-    if config.exclude_seen:
-        exclude |= user.seen_items()
-    session = current_session(user.recent, config.session_gap_ms)
-    sources = model.vote_sources(session)
-    scored = model.candidates(session, sources)
-    peak = max(scored.values(), default=0.0)
-    scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-    voted: dict[str, float] = {}
-    of_type: dict[str, dict[str, float]] = {item_type: {} for item_type in item_types}
-    known = catalog.get
-    for item_id, score in scored.items():
-        voted[item_id] = scaled = score * scale
-        entry = known(item_id)
-        if entry is not None and entry[0] in of_type:
-            of_type[entry[0]][item_id] = scaled
-    slates = {}
-    for item_type in item_types:
-        slates[item_type] = _slate_of_type(
-            user, item_type, voted, of_type[item_type], sources, exclude, model, popularity,
-            catalog, config, now_ms,
-        )  # fmt: skip
-    return slates
+    types = list(item_types)
+    candidates = _UserCandidates(user, types, model, catalog, config)
+    return {item_type: candidates.slate(item_type, popularity, now_ms) for item_type in types}
 
 
-def _slate_of_type(
-    user: UserState,
-    item_type: str,
-    voted: dict[str, float],
-    voted_of_type: dict[str, float],
-    sources: VoteSources,
-    exclude: set[str],
-    model: CooccurrenceModel,
-    popularity: RankedSnapshot,
-    catalog: ItemCatalog,
-    config: AssemblyConfig,
-    now_ms: int,
-) -> Slate:
-    """The slate of one item type: its next-click candidates (``voted_of_type``, of all
-    ``voted``, in blend units) plus popular in the user's categories, best first, filtered,
-    diversified and explained."""
-    total = dict(voted_of_type)
-    popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, reason)
-    weight = config.popularity_weight
-    for item_id, popularity_score, category, reason in popular_candidates(
-        user, popularity, item_type, config.size * 2, config.top_categories, exclude
-    ):
-        share = weight * popularity_score
-        popular[item_id] = (share, category, reason)
-        total[item_id] = voted.get(item_id, 0.0) + share
-    # Best first, ties by id; the checks below run only until the slate is full.
-    ordered = sorted(total)
-    ordered.sort(key=total.__getitem__, reverse=True)
+class _UserCandidates:
+    """One user's next-click candidates, scored once (in blend units) and split by item type,
+    with the exclusions and the vote sources their explanations name."""
 
-    catalog_get = catalog.get
-    per_category: dict[str | None, int] = {}
-    items: list[SlateItem] = []
-    for item_id in ordered:
-        if item_id in exclude:
-            continue
-        known = catalog_get(item_id)
-        from_popular = popular.get(item_id)
-        if known is not None and known[0] == item_type:
-            category = known[1]
-        elif from_popular is not None:
-            category = from_popular[1]
-        else:  # a next-click candidate of another type, or unknown to the catalog
-            continue
-        if category is not None:
-            if per_category.get(category, 0) >= config.max_per_category:
-                continue
-            per_category[category] = per_category.get(category, 0) + 1
-        score = total[item_id]
-        if from_popular is not None and (
-            item_id not in voted or from_popular[0] > score - from_popular[0]
+    def __init__(
+        self,
+        user: UserState,
+        item_types: list[str],
+        model: CooccurrenceModel,
+        catalog: ItemCatalog,
+        config: AssemblyConfig,
+    ) -> None:
+        self.user, self.model, self.catalog, self.config = user, model, catalog, config
+        self.exclude = set(config.exclude_items)
+        if config.exclude_seen:
+            self.exclude |= user.seen_items()
+        session = current_session(user.recent, config.session_gap_ms)
+        self.sources = model.vote_sources(session)
+        scored = model.candidates(session, self.sources)
+        peak = max(scored.values(), default=0.0)
+        scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
+        self.voted: dict[str, float] = {}
+        self.of_type: dict[str, dict[str, float]] = {item_type: {} for item_type in item_types}
+        known = catalog.get
+        for item_id, score in scored.items():
+            self.voted[item_id] = scaled = score * scale
+            entry = known(item_id)
+            if entry is not None and entry[0] in self.of_type:
+                self.of_type[entry[0]][item_id] = scaled
+
+    def slate(self, item_type: str, popularity: RankedSnapshot, now_ms: int) -> Slate:
+        """The slate of one item type: its next-click candidates plus popular in the user's
+        categories, best first, filtered, diversified and explained."""
+        user, config, voted, exclude = self.user, self.config, self.voted, self.exclude
+        total = dict(self.of_type[item_type])
+        popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, why)
+        weight = config.popularity_weight
+        for item_id, popularity_score, category, reason in popular_candidates(
+            user, popularity, item_type, config.size * 2, config.top_categories, exclude
         ):
-            reason = from_popular[2]
-        else:
-            source = sources.strongest(item_id)
-            evidence = model.pairs.get(source, {}).get(item_id, 0.0)
-            if evidence >= 0.5:
-                reason = f"because you viewed {source} ({evidence:.0f} times together)"
-            else:  # voted by neighbour visitors only (no co-occurrence in one window)
-                reason = f"visitors who viewed {source} also viewed it"
-        items.append(SlateItem(item_id, round(score, 6), reason, category))
-        if len(items) == config.size:
-            break
-    return Slate(
-        items=items, version=user.version, generated_at=now_ms, model="cooccurrence+popular"
-    )
+            share = weight * popularity_score
+            popular[item_id] = (share, category, reason)
+            total[item_id] = voted.get(item_id, 0.0) + share
+        # Best first, ties by id; the checks below run only until the slate is full.
+        ordered = sorted(total)
+        ordered.sort(key=total.__getitem__, reverse=True)
+
+        catalog_get = self.catalog.get
+        per_category: dict[str | None, int] = {}
+        items: list[SlateItem] = []
+        for item_id in ordered:
+            if item_id in exclude:
+                continue
+            known = catalog_get(item_id)
+            from_popular = popular.get(item_id)
+            if known is not None and known[0] == item_type:
+                category = known[1]
+            elif from_popular is not None:
+                category = from_popular[1]
+            else:  # a next-click candidate of another type, or unknown to the catalog
+                continue
+            if category is not None:
+                if per_category.get(category, 0) >= config.max_per_category:
+                    continue
+                per_category[category] = per_category.get(category, 0) + 1
+            score = total[item_id]
+            if from_popular is not None and (
+                item_id not in voted or from_popular[0] > score - from_popular[0]
+            ):
+                reason = from_popular[2]
+            else:
+                reason = self._because(item_id)
+            items.append(SlateItem(item_id, round(score, 6), reason, category))
+            if len(items) == config.size:
+                break
+        return Slate(
+            items=items, version=user.version, generated_at=now_ms, model="cooccurrence+popular"
+        )
+
+    def _because(self, item_id: str) -> str:
+        """Why a next-click candidate is recommended: the session item behind its strongest
+        vote, with the co-occurrence evidence when there is some."""
+        source = self.sources.strongest(item_id)
+        evidence = self.model.pairs.get(source, {}).get(item_id, 0.0)
+        if evidence >= 0.5:
+            return f"because you viewed {source} ({evidence:.0f} times together)"
+        # voted by neighbour visitors only (no co-occurrence in one window)
+        return f"visitors who viewed {source} also viewed it"
