@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class Appetence:
     metrics: Metrics
     handler: EventHandler
     redis: aioredis.Redis
+    #: Faust's working directory when ``APPETENCE_DATA_DIR`` is unset: removed when this
+    #: object is collected or the process exits.
+    scratch: tempfile.TemporaryDirectory[str] | None = None
 
 
 def _broker_credentials(settings: Settings) -> Any:
@@ -154,8 +158,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     _limit_fetch_wait(settings.kafka_fetch_max_wait_ms)
+    # Nothing durable lives in Faust's directory (tables are in memory, recovered from
+    # changelogs); its default, "<app id>-data" in the working directory, litters it.
+    scratch = None
+    if settings.data_dir is None:
+        scratch = tempfile.TemporaryDirectory(prefix=f"appetence-{settings.app_id}-")
     app = faust.App(
         settings.app_id,
+        datadir=settings.data_dir if scratch is None else scratch.name,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
         broker_credentials=_broker_credentials(settings),
         store="memory://",
@@ -384,4 +394,4 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             status=200 if healthy else 503,
         )
 
-    return Appetence(app, settings, registry, metrics, handler, redis)
+    return Appetence(app, settings, registry, metrics, handler, redis, scratch)

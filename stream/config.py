@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     neighbour_weight: float = Field(1.5, ge=0.0)
     neighbour_scope: Literal["user", "session"] = "user"
     neighbour_max_visitors: int = Field(100_000, ge=100)
+    # Second hop: the strongest candidates' own votes, times this weight (0: off)
+    cooccurrence_bridge_weight: float = Field(1.0, ge=0.0)
     session_gap_seconds: int = Field(30 * 60, ge=60)
     # Banners (README, docs/evaluation.md): score = Thompson CTR sample x (1 + content_weight
     # x content points + recipe_weight x recipe overlap) x 2^(priority / 10).
@@ -162,6 +164,9 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=0, le=65535)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Faust's working directory. Nothing durable is kept there (tables live in memory and
+    #: are recovered from their changelogs); unset: a temporary directory removed at exit.
+    data_dir: str | None = None
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -312,6 +317,7 @@ class Settings(BaseSettings):
                 max_neighbours=self.cooccurrence_max_neighbours,
                 session_knn_weight=self.neighbour_weight,
                 max_sessions=self.neighbour_max_visitors,
+                bridge_weight=self.cooccurrence_bridge_weight,
             ),
         )
 

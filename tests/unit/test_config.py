@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -128,3 +129,22 @@ def test_sasl_ssl_reaches_every_kind_of_kafka_client(monkeypatch: pytest.MonkeyP
     assert aio["sasl_mechanism"] == "SCRAM-SHA-512" and aio["sasl_plain_username"] == "appetence"
     credentials = _broker_credentials(settings)
     assert credentials.mechanism.value == "SCRAM-SHA-512" and credentials.ssl_context is not None
+
+
+def test_faust_works_in_a_temporary_directory_unless_one_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.app import create_app
+
+    monkeypatch.chdir(tmp_path)
+    built = create_app(Settings(app_id="scratch-test"))
+    assert built.scratch is not None
+    scratch = Path(built.scratch.name)
+    assert Path(built.app.conf.datadir) == scratch and scratch.is_dir()
+    assert not scratch.is_relative_to(tmp_path)  # not "<app id>-data" in the working directory
+    built.scratch.cleanup()
+    assert not scratch.exists()
+
+    chosen = tmp_path / "faust"
+    configured = create_app(Settings(app_id="scratch-test", data_dir=str(chosen)))
+    assert configured.scratch is None and Path(configured.app.conf.datadir) == chosen
