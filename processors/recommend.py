@@ -207,8 +207,14 @@ class _UserCandidates:
 
     def _because(self, item_id: str) -> str:
         """Why a next-click candidate is recommended: the session item behind its strongest
-        vote, with the co-occurrence evidence when there is some."""
+        vote, with the co-occurrence evidence when there is some; else the candidate whose
+        own votes brought it (the second hop)."""
         source = self.sources.strongest(item_id)
+        if source is None:
+            bridge = self.sources.bridge(item_id)
+            if bridge is not None:
+                return f"often viewed with {bridge}"
+            source = self.sources.last
         evidence = self.model.pairs.get(source, {}).get(item_id, 0.0)
         if evidence >= 0.5:
             return f"because you viewed {source} ({evidence:.0f} times together)"

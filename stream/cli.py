@@ -339,6 +339,15 @@ def evaluate_next_click_command(
     revisit_slots: Annotated[
         int, typer.Option(help="Places kept for the session's own items (0: none)")
     ] = _MODEL_DEFAULTS.revisit_slots,
+    bridge_weight: Annotated[
+        float, typer.Option(help="Weight of the second hop's votes (0: off)")
+    ] = _MODEL_DEFAULTS.bridge_weight,
+    bridge_items: Annotated[
+        int, typer.Option(help="Strongest candidates whose votes make the second hop")
+    ] = _MODEL_DEFAULTS.bridge_items,
+    bridge_keep: Annotated[
+        int, typer.Option(help="First-hop candidates kept on top when the second hop is on")
+    ] = _MODEL_DEFAULTS.bridge_keep,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""
@@ -370,6 +379,9 @@ def evaluate_next_click_command(
         vote_refresh=vote_refresh,
         half_life_ms=half_life_hours * 3_600_000 if half_life_hours > 0 else None,
         revisit_slots=revisit_slots,
+        bridge_weight=bridge_weight,
+        bridge_items=bridge_items,
+        bridge_keep=bridge_keep,
     )
     show = sys.stderr.isatty() and not as_json
     with Progress(disable=not show, transient=True) as bar:
@@ -389,7 +401,8 @@ def evaluate_next_click_command(
         "max_neighbours": max_neighbours, "session_knn_weight": session_knn_weight,
         "neighbour_cap": neighbour_cap, "votes_per_item": votes_per_item,
         "vote_refresh": vote_refresh, "half_life_hours": half_life_hours,
-        "revisit_slots": revisit_slots,
+        "revisit_slots": revisit_slots, "bridge_weight": bridge_weight,
+        "bridge_items": bridge_items, "bridge_keep": bridge_keep,
     }  # fmt: skip
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 

@@ -240,3 +240,38 @@ def test_visitor_memory_keeps_the_latest_items_and_the_most_recently_active_visi
     model.learn_one([], "x", session_id="v3")
     assert set(model.sessions) == {"v2", "loyal", "v3"}
     assert model.size() >= sum(len(items) for items in model.sessions.values())
+
+
+def test_the_second_hop_reaches_what_follows_the_candidates() -> None:
+    history = [["a", "b"], ["a", "b"], ["b", "c"], ["x", "y"]]
+    one_hop = CooccurrenceModel(CooccurrenceConfig(bridge_weight=0.0))
+    two_hops = CooccurrenceModel(CooccurrenceConfig(bridge_weight=1.0))
+    learn(one_hop, history)
+    learn(two_hops, history)
+    assert "c" not in one_hop.candidates(["a"])
+    sources = two_hops.vote_sources(["a"])
+    scores = two_hops.candidates(["a"], sources)
+    assert scores["c"] > 0.0 and "y" not in scores
+    assert sources.strongest("c") is None and sources.bridge("c") == "b"
+    assert sources.strongest("b") == "a"
+
+
+@settings(max_examples=150, deadline=None)
+@given(sessions, st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6))
+def test_the_second_hop_keeps_the_first_hops_head_in_order(
+    data: list[list[str]], session: list[str]
+) -> None:
+    keep = 3
+    one_hop = CooccurrenceModel(CooccurrenceConfig(bridge_weight=0.0))
+    two_hops = CooccurrenceModel(CooccurrenceConfig(bridge_weight=2.0, bridge_keep=keep))
+    learn(one_hop, data)
+    learn(two_hops, data)
+    first, second = one_hop.candidates(session), two_hops.candidates(session)
+    assert set(first) <= set(second)
+
+    def best(scores: dict[str, float], n: int) -> list[str]:
+        return sorted(scores, key=lambda item: (-scores[item], item))[:n]
+
+    head = best(first, keep)
+    # the same first-hop scores in the same order (which of two tied items is kept is free)
+    assert [first.get(item) for item in best(second, len(head))] == [first[i] for i in head]

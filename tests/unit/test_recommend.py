@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
 from processors.recommend import AssemblyConfig, current_session
@@ -87,3 +89,27 @@ def test_current_session_stops_at_the_gap() -> None:
         RecentItem("b", "recipe", None, 10**7 + 1000),
     ]
     assert current_session(recent, gap_ms=60_000) == ["a", "b"]
+
+
+def test_the_second_hop_recommends_what_follows_a_candidate_and_says_so() -> None:
+    # Visitors of "a" clicked "b" next; other visitors clicked "c" after "b". Nobody went
+    # from "a" to "c": only the second hop (b's own votes) reaches it.
+    events = history(5, ["a", "b"])
+    events += [
+        click(20_000 + u * 100 + s, f"k{u}", item) for u in range(3) for s, item in enumerate("bc")
+    ]
+    events.append(click(90_000, "me", "a"))
+
+    def recipes(bridge_weight: float) -> dict[str, str]:
+        config = SliceConfig(assembly=AssemblyConfig(popularity_weight=0.0))
+        config = dataclasses.replace(
+            config,
+            cooccurrence=dataclasses.replace(config.cooccurrence, bridge_weight=bridge_weight),
+        )
+        result = SliceProcessor(config).process_batch([(0, e) for e in events], {}, 10**7)
+        return {item.id: item.reason for item in result.slates["me"]["recipes"].items}
+
+    with_hop, without = recipes(1.0), recipes(0.0)
+    assert with_hop["b"] == without["b"] == "because you viewed a (5 times together)"
+    assert with_hop["c"] == "often viewed with b"
+    assert without.get("c", "").startswith("popular") or "c" not in without
