@@ -448,6 +448,10 @@ def bench_pipeline(
             rate = (events - first_count) / drain_seconds
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
             time.sleep(2.5)  # the state-size gauges refresh every 2 s
+            # Drained and idle: what the workers hold now, without the drain's transients
+            # (fetched-but-unprocessed records, a batch's objects); CPython keeps freed
+            # arenas, so this is an upper bound of the state's own memory.
+            settled_rss = sum(_rss_kib(p.popen.pid) for p in procs)
             samples = [scrape(url) for url in urls]
             users = sum(total(x, "appetence_users_in_state") for x in samples)
             results.update(
@@ -458,6 +462,10 @@ def bench_pipeline(
                 rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
                 users_in_state=users,
                 rss_growth_bytes_per_user=round((peak_rss - baseline_rss) * 1024 / max(users, 1)),
+                settled_rss_mib=round(settled_rss / 1024, 1),
+                settled_rss_growth_bytes_per_user=round(
+                    (settled_rss - baseline_rss) * 1024 / max(users, 1)
+                ),
                 # Of that growth, the held user states themselves (encoded, as on the changelog);
                 # the rest is mostly the item-level tables (bounded by items, not users).
                 held_state_bytes_per_user=round(

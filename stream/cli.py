@@ -351,6 +351,8 @@ def evaluate_next_click_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Next-click HR@K / MRR@K with the co-occurrence model (the protocol of shared/data)."""
+    from dataclasses import asdict
+
     from rich.progress import Progress
 
     from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
@@ -395,15 +397,9 @@ def evaluate_next_click_command(
             progress=lambda done: bar.update(task, completed=done),
         )
     report = {"train": str(train), "test": str(test), "format": fmt, **result.as_dict()}
-    report["config"] = {
-        "similarity": similarity, "steps": steps, "recent_items": recent_items,
-        "recency_decay": recency_decay, "symmetric_weight": symmetric_weight,
-        "max_neighbours": max_neighbours, "session_knn_weight": session_knn_weight,
-        "neighbour_cap": neighbour_cap, "votes_per_item": votes_per_item,
-        "vote_refresh": vote_refresh, "half_life_hours": half_life_hours,
-        "revisit_slots": revisit_slots, "bridge_weight": bridge_weight,
-        "bridge_items": bridge_items, "bridge_keep": bridge_keep,
-    }  # fmt: skip
+    # Every field of the model's configuration, flags and defaults alike: the run is
+    # reproducible from its report.
+    report["config"] = asdict(config)
     typer.echo(json.dumps(report) if as_json else json.dumps(report, indent=2))
 
 
