@@ -26,6 +26,7 @@ from state.tables import UserStateStore
 from stream.audience_api import audience_members_request
 from stream.audience_service import SNAPSHOT_KEY as AUDIENCE_SNAPSHOT_KEY
 from stream.audience_service import AudienceService
+from stream.batching import batch_window, take_batches
 from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
 from stream.follower import follow_topic
@@ -325,10 +326,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             return web.json({"error": f"no report for audience {audience_id!r} yet"}, status=404)
         return web.json(report)
 
+    def next_window() -> float:
+        window = batch_window(
+            handler.behind_seconds,
+            settings.batch_within_seconds,
+            settings.batch_catch_up_seconds,
+            settings.batch_catch_up_after_seconds,
+        )
+        if window > settings.batch_within_seconds:
+            metrics.batches_catching_up.inc()
+        return window
+
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
-        async for batch in stream.take_events(
-            settings.batch_max_records, within=settings.batch_within_seconds
+        async for batch in take_batches(
+            stream, settings.batch_max_records, settings.batch_max_bytes, next_window
         ):
             await handler.handle(batch)
 

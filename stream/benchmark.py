@@ -434,18 +434,27 @@ def bench_pipeline(
             procs.append(spawn_worker(env, log_dir / f"worker-{index}.log"))
             urls.append(f"http://127.0.0.1:{port}/metrics")
         try:
-            baseline_rss = 0
+            rss_history: list[tuple[float, int]] = []  # (when, RSS) until the first batch ends
             while _handled_all(urls) == 0:  # start-up and group join are not the pipeline
-                baseline_rss = sum(_rss_kib(p.popen.pid) for p in procs)
+                rss_history.append((time.monotonic(), sum(_rss_kib(p.popen.pid) for p in procs)))
                 time.sleep(0.05)
-            first = time.monotonic()
-            first_count = _handled_all(urls)
+            # The drain starts when the first batch did (a batch can be most of a small run):
+            # now minus the time the batches handled so far took; the baseline RSS is the
+            # workers' before it (their start-up state), not during it.
+            samples = [scrape(url) for url in urls]
+            first = time.monotonic() - max(
+                total(x, "appetence_batch_processing_seconds_sum") for x in samples
+            )
+            baseline_rss = next(
+                (rss for when, rss in reversed(rss_history) if when <= first),
+                rss_history[0][1] if rss_history else 0,
+            )
             while (done := _handled_all(urls)) < events:
                 if time.monotonic() - first > 900:
                     raise TimeoutError(f"drained only {done} of {events} events in 900 s")
                 time.sleep(0.1)
             drain_seconds = time.monotonic() - first
-            rate = (events - first_count) / drain_seconds
+            rate = events / drain_seconds
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
             time.sleep(2.5)  # the state-size gauges refresh every 2 s
             # Drained and idle: what the workers hold now, without the drain's transients

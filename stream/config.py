@@ -83,7 +83,18 @@ class Settings(BaseSettings):
 
     # --- Processing ------------------------------------------------------------------
     batch_max_records: int = Field(500, ge=1, le=100_000)
+    # A batch also ends once its records hold this many bytes of input: what a batch costs in
+    # memory (the touched users' states and slates) grows with it (docs/benchmarks.md).
+    batch_max_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     batch_within_seconds: float = Field(0.05, gt=0.0, le=10.0)
+    # While the worker is behind (its last batch's oldest record had waited at least
+    # batch_catch_up_after_seconds), a batch is gathered for up to batch_catch_up_seconds:
+    # larger batches coalesce more events per user, so a worker that is behind catches up
+    # faster (stream/batching.py). 0: never widen.
+    batch_catch_up_seconds: float = Field(0.5, gt=0.0, le=10.0)
+    batch_catch_up_after_seconds: float = Field(2.0, ge=0.0)
+    # The worker's young-generation GC threshold (Python's default is 700); 0: the default.
+    gc_young_threshold: int = Field(50_000, ge=0)
     history_size: int = Field(50, ge=1, le=10_000)
     interest_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
     popularity_half_life_seconds: float = Field(6 * 3600, gt=0)

@@ -64,6 +64,8 @@ class EventHandler:
         self.forget = forget
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
+        #: how long the last batch's oldest record had waited when the batch was taken
+        self.behind_seconds = 0.0
 
     async def handle(self, batch: Sequence[Any]) -> BatchResult | None:
         """Process one batch; a failure that is not the input's fault never stops the partition.
@@ -117,6 +119,8 @@ class EventHandler:
             timestamps.append(message.timestamp)
             self.positions[partition] = max(self.positions.get(partition, 0), message.offset + 1)
 
+        if timestamps:
+            self.behind_seconds = max(0.0, now_ms / 1000 - min(timestamps))
         if self.forget is not None:
             decoded = self.forget.keep_events(decoded)
         held = self.states.partitions

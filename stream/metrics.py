@@ -60,6 +60,11 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.batches_catching_up = Counter(
+            "appetence_batch_catch_up_total",
+            "Batches taken with the catch-up window (the consumer lagged; see batch_window)",
+            registry=registry,
+        )
         self.batch_events = Histogram(
             "appetence_batch_events",
             "Events per processed batch",

@@ -104,6 +104,9 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
         what="every user's slate at its version",
     )
     assert worker.metric("appetence_events_consumed_total") == EVENTS
+    # Produced far faster than one worker handles them: it fell behind and took larger
+    # batches to catch up (stream/batching.py), and lost nothing doing so.
+    assert worker.metric("appetence_batch_catch_up_total") >= 1
     for user_id in list(expected)[:50]:
         key = settings.user_key(user_id)
         slate = decode_slate(redis_client.hget(key, "recipes") or b"")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from processors.events import DeadLetter, DecodeLimits, EventDecoder, PageView, encode_event
 from processors.pipeline import SliceConfig, SliceProcessor
+from stream.batching import batch_window
 from stream.handler import EventHandler
 from stream.metrics import Metrics
 
@@ -79,3 +81,28 @@ def test_a_failing_batch_goes_to_the_dead_letter_topic_and_is_counted() -> None:
         "appetence_events_rejected_total", {"reason": "processing_error"}
     )
     assert value == 3
+
+
+def test_a_batch_of_old_records_marks_the_worker_behind_and_widens_the_next_window() -> None:
+    handler = EventHandler(
+        decoder=EventDecoder(DecodeLimits(max_age_ms=10**15)),
+        processor=ExplodingProcessor(SliceConfig()),  # the age is known before processing
+        states=NoStates(),  # type: ignore[arg-type]
+        writer=None,  # type: ignore[arg-type]
+        dead_letters=Collector(),
+        metrics=Metrics(CollectorRegistry()),
+        events_topic="t",
+    )
+    raw = encode_event(PageView(event_id="e", ts=1, user_id="u"))
+    now = time.time()
+    batch = [
+        FaustEvent(Message("t", 0, offset, b"u", timestamp=now - age), raw)
+        for offset, age in enumerate((30.0, 0.5))
+    ]
+    asyncio.run(handler.handle(batch))
+    assert 29.0 < handler.behind_seconds < 60.0  # the oldest record's wait, not the newest
+    assert batch_window(handler.behind_seconds, 0.05, 0.5, catch_up_after=2.0) == 0.5
+
+    asyncio.run(handler.handle([FaustEvent(Message("t", 0, 2, b"u", timestamp=time.time()), raw)]))
+    assert handler.behind_seconds < 2.0
+    assert batch_window(handler.behind_seconds, 0.05, 0.5, catch_up_after=2.0) == 0.05
