@@ -1,7 +1,9 @@
 """Banner ranking for one user: content match, recipe-derived relevance, learned CTR, caps.
 
 Pure: the caller owns the catalogue, the CTR statistics and the user's impression counts,
-and passes a seeded ``random.Random`` so a ranking is reproducible.
+and passes a seeded random generator so a ranking is reproducible. A batch's users are ranked
+at once (``rank_banners_many``: arrays of users x banners instead of a Python loop per banner
+per user).
 
 Score of an eligible banner, each term kept for the explanation:
 
@@ -30,7 +32,7 @@ from impressions), and banners the user already clicked today are demoted.
 ...     UserContext(interests={"pasta": 1.0}, slate_items=("r1",), day=0),
 ...     CtrStats(),
 ...     BannerConfig(),
-...     random.Random(7),
+...     random.Random(1),
 ...     now_ms=0,
 ... )
 >>> [(b.banner_id, b.content, b.recipe_overlap, b.via_item) for b in ranking]
@@ -39,9 +41,13 @@ from impressions), and banners the user already clicked today are demoted.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,66 +266,188 @@ def recipe_overlap(banner: Banner, slate_items: Sequence[str]) -> tuple[float, s
     return len(set(hits)) / len(linked), (hits[0] if hits else None)
 
 
+#: Users ranked per array pass: bounds the (users x banners) arrays to ~2M cells (16 MB each).
+_MAX_CELLS = 2_000_000
+
+
+def _index(names: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in names:
+        out.setdefault(name, len(out))
+    return out
+
+
+class BannerTable:
+    """The banners as arrays, one column per banner, sorted by id (so a stable sort breaks
+    ties by id), for ranking a batch's users at once (``rank_banners_many``)."""
+
+    def __init__(self, banners: Iterable[Banner]) -> None:
+        self.banners = sorted(banners, key=lambda banner: banner.banner_id)
+        self.ids = [banner.banner_id for banner in self.banners]
+        self.column = {banner_id: j for j, banner_id in enumerate(self.ids)}
+        n = len(self.banners)
+        self.categories = _index(c for banner in self.banners for c in banner.categories)
+        self.tags = _index(t for banner in self.banners for t in banner.tags)
+        self.locations = _index(loc for banner in self.banners for loc in banner.locations)
+        self.category_matrix = np.zeros((len(self.categories), n))
+        self.tag_matrix = np.zeros((len(self.tags), n))
+        self.location_matrix = np.zeros((len(self.locations), n))
+        #: item -> the columns of the banners linking it
+        self.linked_by_item: dict[str, list[int]] = {}
+        for j, banner in enumerate(self.banners):
+            for (
+                category
+            ) in banner.categories:  # a repeated category counts twice, as in content_match
+                self.category_matrix[self.categories[category], j] += 1.0
+            for tag in set(banner.tags):
+                self.tag_matrix[self.tags[tag], j] = 1.0
+            for location in set(banner.locations):
+                self.location_matrix[self.locations[location], j] = 1.0
+            for item in set(banner.linked_items):
+                self.linked_by_item.setdefault(item, []).append(j)
+        self.linked_count = np.array([len(set(b.linked_items)) or 1 for b in self.banners], float)
+        self.engagement = np.array([b.engagement_rate for b in self.banners], float)
+        self.priority_lift = np.array([2.0 ** (b.priority / 10.0) for b in self.banners], float)
+        self.win_back_only = np.array([b.win_back_only for b in self.banners], bool)
+        self.active_from = np.array(
+            [-math.inf if b.active_from_ms is None else b.active_from_ms for b in self.banners],
+            float,
+        )
+        self.active_to = np.array(
+            [math.inf if b.active_to_ms is None else b.active_to_ms for b in self.banners], float
+        )
+        self.daily_cap = np.array(
+            [math.inf if b.daily_cap is None else b.daily_cap for b in self.banners], float
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def rank_banners(
     banners: Iterable[Banner],
     user: UserContext,
     ctr: CtrStats,
     config: BannerConfig,
-    rng: random.Random,
+    rng: random.Random | np.random.Generator,
     now_ms: int,
 ) -> list[RankedBanner]:
-    """The user's top ``config.size`` eligible banners, best first.
+    """The user's top ``config.size`` eligible banners, best first (``rank_banners_many`` for
+    one user; a ``random.Random`` seeds the sampler)."""
+    generator = (
+        rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng.getrandbits(64))
+    )
+    return rank_banners_many(BannerTable(banners), [user], ctr, config, generator, now_ms)[0]
 
-    ``eligible``, ``content_match``, ``recipe_overlap`` and ``relevance_lift`` inlined (the
-    same arithmetic in the same order): this runs for every banner of every touched user.
-    """
-    explore = rng.random() < config.exploration_share
-    slate_rank: dict[str, int] = {}
-    for rank, item in enumerate(user.slate_items):
-        slate_rank.setdefault(item, rank)
-    betavariate = rng.betavariate
-    posterior = ctr.posterior
-    segment = user.segment
-    interest_of = user.interests.get
-    tags, location = user.tags, user.location
-    impressions_today, clicked_today = user.impressions_today, user.clicked_today
-    category_points, tag_points = config.category_points, config.tag_points
-    content_weight, recipe_weight = config.content_weight, config.recipe_weight
-    scored: list[tuple[float, str, float, float, float, str | None]] = []
-    for banner in banners:
-        banner_id = banner.banner_id
-        if banner.win_back_only and not user.win_back:
-            continue
-        if banner.active_from_ms is not None and now_ms < banner.active_from_ms:
-            continue
-        if banner.active_to_ms is not None and now_ms >= banner.active_to_ms:
-            continue
-        cap = banner.daily_cap
-        if cap is not None and impressions_today.get(banner_id, 0) >= cap:
-            continue
-        alpha, beta = posterior(banner_id, segment, config, now_ms)
-        sample = betavariate(alpha, beta)
-        content = sum([category_points * interest_of(c, 0.0) for c in banner.categories])
-        if location is not None and location in banner.locations:
-            content += config.location_points
-        content += tag_points * len(tags.intersection(banner.tags))
-        content += banner.engagement_rate
-        overlap, via = 0.0, None
-        if banner.linked_items:  # as recipe_overlap, from the slate's ranks
-            hits = {item for item in banner.linked_items if item in slate_rank}
-            if hits:
-                overlap = len(hits) / len(set(banner.linked_items))
-                via = min(hits, key=slate_rank.__getitem__)
-        if explore:
-            score = sample
-        else:
-            lift = 1.0 + content_weight * content + recipe_weight * overlap
-            score = sample * lift * 2.0 ** (banner.priority / 10.0)
-        if banner_id in clicked_today:
-            score *= config.clicked_demotion
-        scored.append((-score, banner_id, content, overlap, sample, via))
-    scored.sort(key=lambda entry: (entry[0], entry[1]))
-    return [
-        RankedBanner(banner_id, -negative, content, overlap, sample, via)
-        for negative, banner_id, content, overlap, sample, via in scored[: config.size]
-    ]
+
+def rank_banners_many(
+    table: BannerTable,
+    users: Sequence[UserContext],
+    ctr: CtrStats,
+    config: BannerConfig,
+    rng: np.random.Generator,
+    now_ms: int,
+) -> list[list[RankedBanner]]:
+    """Each user's top ``config.size`` eligible banners, best first (ties by id): one
+    Thompson sample per (user, banner) from the banner's posterior in the user's segment,
+    times the relevance lift (``eligible``, ``content_match``, ``recipe_overlap`` and
+    ``relevance_lift`` as array operations over the batch's users and the banners)."""
+    if not len(table):
+        return [[] for _ in users]
+    active = (table.active_from <= now_ms) & (now_ms < table.active_to)
+    step = max(1, _MAX_CELLS // len(table))
+    out: list[list[RankedBanner]] = []
+    for start in range(0, len(users), step):
+        out.extend(
+            _rank_chunk(table, users[start : start + step], active, ctr, config, rng, now_ms)
+        )
+    return out
+
+
+def _rank_chunk(
+    table: BannerTable,
+    users: Sequence[UserContext],
+    active: npt.NDArray[np.bool_],
+    ctr: CtrStats,
+    config: BannerConfig,
+    rng: np.random.Generator,
+    now_ms: int,
+) -> list[list[RankedBanner]]:
+    count, n = len(users), len(table)
+    interests = np.zeros((count, len(table.categories)))
+    tags = np.zeros((count, len(table.tags)))
+    locations = np.zeros((count, len(table.locations)))
+    impressions = np.zeros((count, n))
+    clicked = np.zeros((count, n), bool)
+    win_back = np.zeros(count, bool)
+    hits = np.zeros((count, n))
+    via: list[dict[int, str]] = []
+    segments: dict[str, int] = {}
+    segment_of = np.empty(count, np.intp)
+    category_row, tag_row, location_row = table.categories.get, table.tags.get, table.locations.get
+    column, linked_by_item = table.column.get, table.linked_by_item
+    for i, user in enumerate(users):
+        for category, interest in user.interests.items():
+            if (k := category_row(category)) is not None:
+                interests[i, k] = interest
+        for tag in user.tags:
+            if (k := tag_row(tag)) is not None:
+                tags[i, k] = 1.0
+        if user.location is not None and (k := location_row(user.location)) is not None:
+            locations[i, k] = 1.0
+        for banner_id, shown in user.impressions_today.items():
+            if (j := column(banner_id)) is not None:
+                impressions[i, j] = shown
+        for banner_id in user.clicked_today:
+            if (j := column(banner_id)) is not None:
+                clicked[i, j] = True
+        win_back[i] = user.win_back
+        segment_of[i] = segments.setdefault(user.segment, len(segments))
+        best: dict[int, str] = {}  # banner column -> its best-ranked linked item in the slate
+        if linked_by_item:
+            for item in dict.fromkeys(user.slate_items):  # distinct, in slate order
+                for j in linked_by_item.get(item, ()):
+                    hits[i, j] += 1.0
+                    best.setdefault(j, item)
+        via.append(best)
+    posteriors = np.array(
+        [
+            [ctr.posterior(banner_id, segment, config, now_ms) for banner_id in table.ids]
+            for segment in segments
+        ]
+    )  # (segments, banners, 2)
+    samples = rng.beta(posteriors[segment_of, :, 0], posteriors[segment_of, :, 1])
+    explore = rng.random(count) < config.exploration_share
+    content = (
+        config.category_points * (interests @ table.category_matrix)
+        + config.location_points * (locations @ table.location_matrix)
+        + config.tag_points * (tags @ table.tag_matrix)
+        + table.engagement
+    )
+    overlap = hits / table.linked_count
+    lift = (1.0 + config.content_weight * content + config.recipe_weight * overlap) * (
+        table.priority_lift
+    )
+    score = np.where(explore[:, None], samples, samples * lift)
+    score = np.where(clicked, score * config.clicked_demotion, score)
+    eligible = active & (~table.win_back_only | win_back[:, None]) & (impressions < table.daily_cap)
+    order = np.argsort(np.where(eligible, -score, np.inf), axis=1, kind="stable")
+    ranked: list[list[RankedBanner]] = []
+    ids = table.ids
+    for i in range(count):
+        row: list[RankedBanner] = []
+        for j in order[i, : config.size].tolist():
+            if not eligible[i, j]:
+                break
+            row.append(
+                RankedBanner(
+                    ids[j],
+                    float(score[i, j]),
+                    float(content[i, j]),
+                    float(overlap[i, j]),
+                    float(samples[i, j]),
+                    via[i].get(j),
+                )
+            )
+        ranked.append(row)
+    return ranked

@@ -139,11 +139,14 @@ class Catalog:
     max_banners: int = 10_000
     items: dict[str, CatalogItem] = field(default_factory=dict)
     banners: dict[str, Banner] = field(default_factory=dict)
+    #: Bumped whenever ``banners`` changes (rankers cache their arrays by it).
+    banner_revision: int = 0
 
     def apply(self, record: CatalogRecord | None) -> None:
         if isinstance(record, CatalogBanner):
             if record.id in self.banners or len(self.banners) < self.max_banners:
                 self.banners[record.id] = to_banner(record)
+                self.banner_revision += 1
         elif isinstance(record, CatalogItem) and (
             record.id in self.items or len(self.items) < self.max_items
         ):
@@ -155,7 +158,10 @@ class Catalog:
         table: dict[str, CatalogItem] | dict[str, Banner] = (
             self.banners if kind == "banner" else self.items
         )
-        return table.pop(entry_id, None) is not None
+        removed = table.pop(entry_id, None) is not None
+        if removed and kind == "banner":
+            self.banner_revision += 1
+        return removed
 
     def __len__(self) -> int:
         return len(self.items) + len(self.banners)

@@ -19,14 +19,22 @@ a product slate once they have viewed products). The worker and the in-process o
 
 from __future__ import annotations
 
-import random
 import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from processors.banners import BannerConfig, CtrStats, UserContext, rank_banners
+import numpy as np
+
+from processors.banners import (
+    BannerConfig,
+    BannerTable,
+    CtrStats,
+    RankedBanner,
+    UserContext,
+    rank_banners_many,
+)
 from processors.catalog import Catalog, CatalogItem, CatalogRecord
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.events import Event
@@ -106,6 +114,7 @@ class SliceProcessor:
         self.loyalty = LoyaltyModels(config.loyalty)
         self.expiry = ExpiryQueue()
         self.watermark = 0  # the latest event time seen: horizons pass by event time
+        self._banner_table: tuple[int, BannerTable] | None = None  # (catalog revision, table)
 
     def forget_user(self, user_id: str) -> int:
         """Erase what this processor holds about one user outside their UserState (which the
@@ -181,6 +190,7 @@ class SliceProcessor:
                 self.expiry.schedule(user_id, loyalty)
         self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
+        banner_users: list[tuple[UserState, UserContext]] = []
         for user_id, state in result.touched.items():
             types = {"recipe"} | {item.item_type for item in state.recent}
             by_type = assemble_slates(
@@ -196,7 +206,14 @@ class SliceProcessor:
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
             }
             if self.catalog.banners:
-                slates["banners"] = self.banner_slate(state, slates, now_ms)
+                banner_users.append((state, self._user_context(state, slates, now_ms)))
+        if banner_users:
+            for (state, user), banners in zip(
+                banner_users, self.rank_banners(banner_users, now_ms), strict=True
+            ):
+                result.slates[state.user_id]["banners"] = self._banner_slate(
+                    state, user, banners, now_ms
+                )
         return result
 
     def _observe_loyalty(
@@ -267,18 +284,30 @@ class SliceProcessor:
             and win_back(state.loyalty, self.config.loyalty.win_back_threshold),
         )
 
-    def banner_slate(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> Slate:
-        """The user's banners, best first, each with its explanation and today's remaining cap.
-
-        Reproducible: the Thompson samples are seeded by the user and the state's version, so
-        a replayed batch yields the same slate.
-        """
-        user = self._user_context(state, slates, now_ms)
-        impressions = user.impressions_today
-        rng = random.Random(zlib.crc32(f"{state.user_id}:{state.version}".encode()))
-        ranked = rank_banners(
-            self.catalog.banners.values(), user, self.ctr, self.config.banners, rng, now_ms
+    def rank_banners(
+        self, users: list[tuple[UserState, UserContext]], now_ms: int
+    ) -> list[list[RankedBanner]]:
+        """Rank the banners for a batch's users at once. Reproducible: the Thompson samples are
+        seeded by the users and their states' versions, so a replayed batch yields the same
+        slates."""
+        if self._banner_table is None or self._banner_table[0] != self.catalog.banner_revision:
+            table = BannerTable(self.catalog.banners.values())
+            self._banner_table = (self.catalog.banner_revision, table)
+        seed = zlib.crc32("\n".join(f"{s.user_id}:{s.version}" for s, _ in users).encode())
+        return rank_banners_many(
+            self._banner_table[1],
+            [user for _, user in users],
+            self.ctr,
+            self.config.banners,
+            np.random.default_rng(seed),
+            now_ms,
         )
+
+    def _banner_slate(
+        self, state: UserState, user: UserContext, ranked: list[RankedBanner], now_ms: int
+    ) -> Slate:
+        """The user's banners, best first, each with its explanation and today's remaining cap."""
+        impressions = user.impressions_today
         banners = self.catalog.banners
         items = []
         for entry in ranked:

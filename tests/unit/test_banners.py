@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.banners import (
     Banner,
     BannerConfig,
+    BannerTable,
     CtrStats,
     UserContext,
     content_match,
+    eligible,
     rank_banners,
+    rank_banners_many,
     recipe_overlap,
+    relevance_lift,
 )
 
 CONFIG = BannerConfig()
@@ -142,3 +148,67 @@ def test_cached_posteriors_always_equal_freshly_computed_ones(
         assert got == stats._posterior(banner, segment, config, ts)
     other = BannerConfig(segment_prior_strength=3.0)  # another config is never served stale
     assert stats.posterior("b1", "s1", other, 0) == stats._posterior("b1", "s1", other, 0)
+
+
+_NAMES = st.sampled_from(["a", "b", "c", "d"])
+_BANNERS = st.lists(
+    st.builds(
+        Banner,
+        banner_id=st.text("xyz", min_size=1, max_size=3),
+        categories=st.lists(_NAMES, max_size=3).map(tuple),
+        tags=st.lists(_NAMES, max_size=3).map(tuple),
+        locations=st.lists(_NAMES, max_size=2).map(tuple),
+        linked_items=st.lists(_NAMES, max_size=3).map(tuple),
+        active_from_ms=st.none() | st.integers(0, 2_000),
+        active_to_ms=st.none() | st.integers(0, 2_000),
+        daily_cap=st.none() | st.integers(0, 3),
+        priority=st.floats(-5.0, 5.0),
+        engagement_rate=st.floats(0.0, 1.0),
+        win_back_only=st.booleans(),
+    ),
+    max_size=8,
+    unique_by=lambda banner: banner.banner_id,
+)
+_USERS = st.builds(
+    UserContext,
+    interests=st.dictionaries(_NAMES, st.floats(0.0, 1.0), max_size=3),
+    tags=st.frozensets(_NAMES, max_size=3),
+    location=st.none() | _NAMES,
+    segment=st.sampled_from(["s1", "s2"]),
+    slate_items=st.lists(_NAMES, max_size=5),
+    impressions_today=st.dictionaries(st.text("xyz", min_size=1, max_size=3), st.integers(0, 4)),
+    clicked_today=st.frozensets(st.text("xyz", min_size=1, max_size=3), max_size=2),
+    win_back=st.booleans(),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(banners=_BANNERS, users=st.lists(_USERS, min_size=1, max_size=4), seed=st.integers(0, 99))
+def test_ranking_a_batch_at_once_follows_the_rules_of_one_banner_at_a_time(
+    banners: list[Banner], users: list[UserContext], seed: int
+) -> None:
+    """The array ranker against the scalar rules: exactly the eligible banners, best first
+    (ties by id), each with content_match, recipe_overlap and its score from its sample."""
+    config = BannerConfig(size=len(banners) + 1, exploration_share=0.0)
+    table = BannerTable(banners)
+    by_id = {banner.banner_id: banner for banner in banners}
+    now = 1_000
+    rankings = rank_banners_many(table, users, CtrStats(), config, np.random.default_rng(seed), now)
+    assert len(rankings) == len(users)
+    for user, ranked in zip(users, rankings, strict=True):
+        assert {b.banner_id for b in ranked} == {
+            banner.banner_id for banner in banners if eligible(banner, user, now)
+        }
+        keys = [(-entry.score, entry.banner_id) for entry in ranked]
+        assert keys == sorted(keys)
+        for entry in ranked:
+            banner = by_id[entry.banner_id]
+            assert entry.content == pytest.approx(content_match(banner, user, config))
+            overlap, via = recipe_overlap(banner, user.slate_items)
+            assert (entry.recipe_overlap, entry.via_item) == (pytest.approx(overlap), via)
+            lift = relevance_lift(entry.content, config) + config.recipe_weight * overlap
+            expected = entry.ctr_sample * lift * 2.0 ** (banner.priority / 10.0)
+            if banner.banner_id in user.clicked_today:
+                expected *= config.clicked_demotion
+            assert entry.score == pytest.approx(expected)
+            assert 0.0 < entry.ctr_sample < 1.0
