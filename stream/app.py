@@ -33,6 +33,7 @@ from stream.follower import follow_topic
 from stream.forget_service import ForgetService
 from stream.handler import EventHandler
 from stream.loyalty_learner import SNAPSHOT_KEY, LoyaltyLearner
+from stream.memory import MemoryReleaser, glibc_malloc_trim
 from stream.metrics import Metrics
 from stream.topics import aiokafka_client_options
 
@@ -252,6 +253,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         audiences=audiences,
         audience_examples=audience_examples_topic,
         forget=forget,
+        memory=MemoryReleaser(glibc_malloc_trim(), settings.memory_release_seconds),
     )
 
     catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)

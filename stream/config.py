@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     batch_catch_up_after_seconds: float = Field(2.0, ge=0.0)
     # The worker's young-generation GC threshold (Python's default is 700); 0: the default.
     gc_young_threshold: int = Field(50_000, ge=0)
+    # After a batch, free C-heap pages go back to the OS (glibc malloc_trim) at most this
+    # often: RSS follows the held state instead of the largest batch (stream/memory.py). 0: off.
+    memory_release_seconds: float = Field(1.0, ge=0.0)
     history_size: int = Field(50, ge=1, le=10_000)
     interest_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
     popularity_half_life_seconds: float = Field(6 * 3600, gt=0)

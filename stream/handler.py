@@ -25,6 +25,7 @@ from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
 from state.tables import UserStateStore
 from stream.audience_service import AudienceService
 from stream.forget_service import ForgetService
+from stream.memory import MemoryReleaser
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class EventHandler:
         audiences: AudienceService | None = None,
         audience_examples: Any = None,
         forget: ForgetService | None = None,
+        memory: MemoryReleaser | None = None,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -62,6 +64,7 @@ class EventHandler:
         self.audiences = audiences
         self.audience_examples = audience_examples
         self.forget = forget
+        self.memory = memory
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
         #: how long the last batch's oldest record had waited when the batch was taken
@@ -161,6 +164,8 @@ class EventHandler:
                 )
         self.states.persist(result.touched)
         self.states.persist(result.expired)
+        if self.memory is not None:
+            self.memory.after_batch()
 
         done = time.time()
         for ts in timestamps:
