@@ -146,3 +146,19 @@ def test_replaying_a_batch_rebuilds_the_same_banner_slate() -> None:
         result = processor.process_batch([(0, _view(1, 1000, "soup"))], {}, now_ms=2000)
         slates.append(result.slates["u1"]["banners"])
     assert slates[0] == slates[1]
+
+
+def test_banner_slates_follow_catalog_changes_between_batches() -> None:
+    processor = _banner_processor()
+    states: dict[str, UserState] = {}
+
+    def banner_ids(i: int) -> set[str]:
+        result = processor.process_batch([(0, _view(i, i * 1000, "pasta"))], states, 60_000)
+        states.update(result.touched)
+        return {item.id for item in result.slates["u1"]["banners"].items}
+
+    assert banner_ids(0) == {"pasta-b", "soup-b"}
+    processor.apply_catalog(None, key="banner:soup-b")  # a tombstone
+    assert banner_ids(1) == {"pasta-b"}
+    processor.apply_catalog(CatalogBanner(id="grill-b", categories=["grill"]))
+    assert banner_ids(2) == {"pasta-b", "grill-b"}
