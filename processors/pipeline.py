@@ -57,7 +57,7 @@ from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
     ItemCatalog,
-    assemble_slates,
+    assemble_slates_many,
     current_session,
     visitor_id,
 )
@@ -191,18 +191,15 @@ class SliceProcessor:
         self.expire_labels(states, result)
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         banner_users: list[tuple[UserState, UserContext]] = []
-        for user_id, state in result.touched.items():
+        requests = []
+        for state in result.touched.values():
             types = {"recipe"} | {item.item_type for item in state.recent}
-            by_type = assemble_slates(
-                state,
-                [slate_type for slate_type in SLATE_FIELDS if slate_type in types],
-                self.cooccurrence,
-                ranked,
-                self.items,
-                config.assembly,
-                now_ms,
-            )
-            slates = result.slates[user_id] = {
+            requests.append((state, [t for t in SLATE_FIELDS if t in types]))
+        built = assemble_slates_many(
+            requests, self.cooccurrence, ranked, self.items, config.assembly, now_ms
+        )
+        for (state, _), by_type in zip(requests, built, strict=True):
+            slates = result.slates[state.user_id] = {
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
             }
             if self.catalog.banners:

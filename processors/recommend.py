@@ -22,13 +22,16 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from processors.cooccurrence import CooccurrenceModel
+import numpy as np
+
+from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
-from processors.slates import Slate, SlateItem, popular_candidates
+from processors.slates import PopularCandidate, Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
 #: The Redis hash field of each item type's slate.
@@ -119,56 +122,186 @@ def assemble_slates(
     config: AssemblyConfig,
     now_ms: int,
 ) -> dict[str, Slate]:
-    """One slate per item type for one user. The next-click candidates (which mix types) are
-    scored once and shared: each type's slate takes its own items from them."""
-    types = list(item_types)
-    candidates = _UserCandidates(user, types, model, catalog, config)
-    return {item_type: candidates.slate(item_type, popularity, now_ms) for item_type in types}
+    """One slate per item type for one user (``assemble_slates_many`` for one)."""
+    return assemble_slates_many(
+        [(user, list(item_types))], model, popularity, catalog, config, now_ms
+    )[0]
 
 
-class _UserCandidates:
-    """One user's next-click candidates, scored once (in blend units) and split by item type,
-    with the exclusions and the vote sources their explanations name."""
+def assemble_slates_many(
+    requests: Sequence[tuple[UserState, Sequence[str]]],
+    model: CooccurrenceModel,
+    popularity: RankedSnapshot,
+    catalog: ItemCatalog,
+    config: AssemblyConfig,
+    now_ms: int,
+) -> list[dict[str, Slate]]:
+    """The slates of many users, one per requested item type each, built together.
+
+    Each user's next-click candidates (which mix types) are scored once for all users
+    (``CooccurrenceModel.candidates_many``), scaled to the user's peak and split by type;
+    each type's slate blends its candidates with popular items in the user's categories,
+    best first (ties by id), skips the excluded, caps each category and explains every
+    item. Only the head of each user's candidates is ranked in Python: the slate needs
+    ``size`` items, so a user's ``2 * size`` best of a type that are not excluded almost
+    always fill it; when they do not, the user's whole list is ranked.
+    A user's slates do not depend on which other users share the batch.
+    """
+    sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in requests]
+    batch = model.candidates_many(sessions)
+    tail = _SlateTail(batch, requests, model, catalog, config)
+    return tail.slates(popularity, now_ms)
+
+
+class _SlateTail:
+    """The batch's candidates scaled to each user's peak, split by item type and ranked, with
+    what the per-user slate loop needs."""
 
     def __init__(
         self,
-        user: UserState,
-        item_types: list[str],
+        batch: BatchCandidates,
+        requests: Sequence[tuple[UserState, Sequence[str]]],
         model: CooccurrenceModel,
         catalog: ItemCatalog,
         config: AssemblyConfig,
     ) -> None:
-        self.user, self.model, self.catalog, self.config = user, model, catalog, config
-        self.exclude = set(config.exclude_items)
-        if config.exclude_seen:
-            self.exclude |= user.seen_items()
-        session = current_session(user.recent, config.session_gap_ms)
-        self.sources = model.vote_sources(session)
-        scored = model.candidates(session, self.sources)
-        peak = max(scored.values(), default=0.0)
-        scale = config.cooccurrence_weight / peak if peak > 0.0 else 0.0
-        self.voted: dict[str, float] = {}
-        self.of_type: dict[str, dict[str, float]] = {item_type: {} for item_type in item_types}
-        known = catalog.get
-        for item_id, score in scored.items():
-            self.voted[item_id] = scaled = score * scale
-            entry = known(item_id)
-            if entry is not None and entry[0] in self.of_type:
-                self.of_type[entry[0]][item_id] = scaled
+        self.batch, self.requests, self.model = batch, requests, model
+        self.catalog, self.config = catalog, config
+        self.excluded: list[set[str]] = []
+        for user, _ in requests:
+            exclude = set(config.exclude_items)
+            if config.exclude_seen:
+                exclude |= user.seen_items()
+            self.excluded.append(exclude)
+        count = len(requests)
+        owners = batch.sessions
+        peak = np.zeros(count)
+        np.maximum.at(peak, owners, batch.scores)  # scores are > 0
+        scale = np.divide(config.cooccurrence_weight, peak, out=np.zeros(count), where=peak > 0.0)
+        self.scaled = batch.scores * scale[owners]
+        # item type of every candidate, as a code: its position in ``types``, or -1
+        self.types = list(dict.fromkeys(t for _, types in requests for t in types))
+        code_of = {item_type: code for code, item_type in enumerate(self.types)}
+        distinct, inverse = np.unique(batch.items, return_inverse=True)
+        names, known = model.item_names, catalog.get
+        codes = np.zeros(0, dtype=np.int64)
+        if len(distinct):
+            entries = map(known, map(names.__getitem__, distinct.tolist()))
+            codes = np.array(
+                [-1 if entry is None else code_of.get(entry[0], -1) for entry in entries],
+                dtype=np.int64,
+            )[inverse]
+        # excluded candidates are dropped here, not in the slate loop, so the head is short
+        index = model.item_index
+        excluded_keys = [
+            position * KEY_SPACE + index[item]
+            for position, exclude in enumerate(self.excluded)
+            for item in exclude
+            if item in index
+        ]
+        self.keys = keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
+        allowed = (codes >= 0) & ~np.isin(keys, np.array(excluded_keys, dtype=np.int64))
+        # each (user, type) group best first; only its head (2 * size) is ranked in Python
+        typed = np.flatnonzero(allowed)
+        group = owners[typed] * len(self.types) + codes[typed]
+        order = typed[np.lexsort((-self.scaled[typed], group))]
+        self.group_of = group_sorted = owners[order] * len(self.types) + codes[order]
+        self.order = order
+        self.group_starts = np.searchsorted(group_sorted, np.arange(count * len(self.types) + 1))
+        self.head = 2 * config.size
 
-    def slate(self, item_type: str, popularity: RankedSnapshot, now_ms: int) -> Slate:
+    def _ranked(self, group: int, limit: int | None) -> tuple[list[str], list[float], bool]:
+        """A (user, type) group's candidates, best first: the first ``limit`` (all when None),
+        and whether there are more."""
+        start, end = int(self.group_starts[group]), int(self.group_starts[group + 1])
+        more = limit is not None and end - start > limit
+        if more:
+            end = start + limit  # type: ignore[operator]
+        positions = self.order[start:end]
+        names = self.model.item_names
+        return (
+            [names[item] for item in self.batch.items[positions].tolist()],
+            self.scaled[positions].tolist(),
+            more,
+        )
+
+    def _popular(
+        self, popularity: RankedSnapshot
+    ) -> list[list[tuple[list[PopularCandidate], list[float | None]]]]:
+        """Each user's popular candidates per requested type, with each one's scaled
+        next-click score (any type), or None when it has none."""
+        config, index = self.config, self.model.item_index
+        lists: list[list[list[PopularCandidate]]] = []
+        keys: list[int] = []
+        for position, (user, item_types) in enumerate(self.requests):
+            exclude = self.excluded[position]
+            per_type = []
+            for item_type in item_types:
+                candidates = popular_candidates(
+                    user, popularity, item_type, config.size * 2, config.top_categories, exclude
+                )
+                per_type.append(candidates)
+                base = position * KEY_SPACE
+                keys += [base + index.get(c[0], KEY_SPACE - 1) for c in candidates]
+            lists.append(per_type)
+        candidate_keys = self.keys
+        wanted = np.array(keys, dtype=np.int64)
+        scores = np.full(len(wanted), np.nan)
+        if len(candidate_keys):
+            at = np.minimum(np.searchsorted(candidate_keys, wanted), len(candidate_keys) - 1)
+            found = candidate_keys[at] == wanted
+            scores[found] = self.scaled[at[found]]
+        voted = iter([None if math.isnan(v) else v for v in scores.tolist()])
+        return [
+            [(candidates, [next(voted) for _ in candidates]) for candidates in per_type]
+            for per_type in lists
+        ]
+
+    def slates(self, popularity: RankedSnapshot, now_ms: int) -> list[dict[str, Slate]]:
+        """Every user's slates."""
+        out = []
+        for position, per_type in enumerate(self._popular(popularity)):
+            user, item_types = self.requests[position]
+            slates = {}
+            for item_type, (candidates, voted) in zip(item_types, per_type, strict=True):
+                group = position * len(self.types) + self.types.index(item_type)
+                items = self._slate_items(position, group, item_type, candidates, voted, True)
+                if items is None:  # the head ran out before the slate was full: rank them all
+                    items = self._slate_items(position, group, item_type, candidates, voted, False)
+                assert items is not None
+                slates[item_type] = Slate(
+                    items=items,
+                    version=user.version,
+                    generated_at=now_ms,
+                    model="cooccurrence+popular",
+                )
+            out.append(slates)
+        return out
+
+    def _slate_items(
+        self,
+        position: int,
+        group: int,
+        item_type: str,
+        candidates: list[PopularCandidate],
+        voted: list[float | None],
+        truncate: bool,
+    ) -> list[SlateItem] | None:
         """The slate of one item type: its next-click candidates plus popular in the user's
-        categories, best first, filtered, diversified and explained."""
-        user, config, voted, exclude = self.user, self.config, self.voted, self.exclude
-        total = dict(self.of_type[item_type])
-        popular: dict[str, tuple[float, str | None, str]] = {}  # item -> (share, category, why)
+        categories, best first, filtered, diversified and explained; None when the ranked
+        head (``truncate``) ran out before the slate was full."""
+        config, exclude = self.config, self.excluded[position]
+        names, scores, more = self._ranked(group, self.head if truncate else None)
+        floor = scores[-1] if more else -1.0  # below it, unranked candidates may come first
+        total = dict(zip(names, scores, strict=True))
+        popular: dict[str, tuple[float, str | None, str, bool]] = {}
         weight = config.popularity_weight
-        for item_id, popularity_score, category, reason in popular_candidates(
-            user, popularity, item_type, config.size * 2, config.top_categories, exclude
+        for (item_id, popularity_score, category, reason), score in zip(
+            candidates, voted, strict=True
         ):
             share = weight * popularity_score
-            popular[item_id] = (share, category, reason)
-            total[item_id] = voted.get(item_id, 0.0) + share
+            popular[item_id] = (share, category, reason, score is not None)
+            total[item_id] = (score or 0.0) + share
         # Best first, ties by id; the checks below run only until the slate is full.
         ordered = sorted(total)
         ordered.sort(key=total.__getitem__, reverse=True)
@@ -177,6 +310,9 @@ class _UserCandidates:
         per_category: dict[str | None, int] = {}
         items: list[SlateItem] = []
         for item_id in ordered:
+            score = total[item_id]
+            if score <= floor:
+                return None
             if item_id in exclude:
                 continue
             known = catalog_get(item_id)
@@ -191,30 +327,28 @@ class _UserCandidates:
                 if per_category.get(category, 0) >= config.max_per_category:
                     continue
                 per_category[category] = per_category.get(category, 0) + 1
-            score = total[item_id]
             if from_popular is not None and (
-                item_id not in voted or from_popular[0] > score - from_popular[0]
+                not from_popular[3] or from_popular[0] > score - from_popular[0]
             ):
                 reason = from_popular[2]
             else:
-                reason = self._because(item_id)
+                reason = self._because(position, item_id)
             items.append(SlateItem(item_id, round(score, 6), reason, category))
             if len(items) == config.size:
                 break
-        return Slate(
-            items=items, version=user.version, generated_at=now_ms, model="cooccurrence+popular"
-        )
+        return items if not more or len(items) == config.size else None
 
-    def _because(self, item_id: str) -> str:
+    def _because(self, position: int, item_id: str) -> str:
         """Why a next-click candidate is recommended: the session item behind its strongest
         vote, with the co-occurrence evidence when there is some; else the candidate whose
         own votes brought it (the second hop)."""
-        source = self.sources.strongest(item_id)
+        sources = self.batch.sources[position]
+        source = sources.strongest(item_id)
         if source is None:
-            bridge = self.sources.bridge(item_id)
+            bridge = self.batch.with_bridges(position, self.model).bridge(item_id)
             if bridge is not None:
                 return f"often viewed with {bridge}"
-            source = self.sources.last
+            source = sources.last
         evidence = self.model.pairs.get(source, {}).get(item_id, 0.0)
         if evidence >= 0.5:
             return f"because you viewed {source} ({evidence:.0f} times together)"

@@ -275,3 +275,59 @@ def test_the_second_hop_keeps_the_first_hops_head_in_order(
     head = best(first, keep)
     # the same first-hop scores in the same order (which of two tied items is kept is free)
     assert [first.get(item) for item in best(second, len(head))] == [first[i] for i in head]
+
+
+visited = st.lists(
+    st.tuples(st.sampled_from("uvw"), st.lists(st.sampled_from("abcdefgh"), max_size=8)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    visited,
+    st.lists(st.lists(st.sampled_from("abcdefghz"), max_size=6), min_size=1, max_size=8),
+    st.integers(0, 4),
+    st.integers(0, 4),
+    st.sampled_from([0.0, 1.0]),
+)
+def test_candidates_many_equals_candidates_one_session_at_a_time(
+    data: list[tuple[str, list[str]]],
+    batch: list[list[str]],
+    bridge_items: int,
+    bridge_keep: int,
+    knn_weight: float,
+) -> None:
+    # A small alphabet makes tied scores common: bridges must be chosen as the dict path
+    # chooses them (first met), and sums must be added in the same order (bit for bit).
+    model = CooccurrenceModel(
+        CooccurrenceConfig(
+            bridge_items=bridge_items,
+            bridge_keep=bridge_keep,
+            session_knn_weight=knn_weight,
+            votes_per_item=3,
+            bridge_votes=2,
+        )
+    )
+    for visitor, session in data:
+        for position, item in enumerate(session):
+            model.learn_one(session[:position], item, session_id=visitor)
+    many = model.candidates_many(batch)
+    for position, session in enumerate(batch):
+        sources = model.vote_sources(session)
+        assert many.scores_of(position, model.item_names) == model.candidates(session, sources)
+        bridges = many.with_bridges(position, model).bridges
+        assert [(b, w) for b, w, _ in bridges] == [(b, w) for b, w, _ in sources.bridges]
+
+
+def test_the_item_index_is_rebuilt_past_its_cap_and_the_scores_stay() -> None:
+    model = CooccurrenceModel(CooccurrenceConfig(max_items=10))
+    learn(model, [["a", "b", "c"], ["a", "b", "d"], ["b", "c", "a"]])
+    before = model.candidates_many([["a", "b"]]).scores_of(0, model.item_names)
+    for n in range(5_000):  # what a long run of other items leaves in the index
+        model.item_index[f"old{n}"] = len(model.item_names)
+        model.item_names.append(f"old{n}")
+    after = model.candidates_many([["a", "b"]])
+    assert len(model.item_names) < 100
+    assert after.scores_of(0, model.item_names) == before == model.candidates(["a", "b"])
