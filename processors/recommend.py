@@ -34,6 +34,11 @@ from processors.popularity import RankedSnapshot
 from processors.slates import PopularCandidate, Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
+#: Users whose slates are built together: ~700 gathered votes each, so a chunk's arrays
+#: stay near 10 MB however large the batch (in-process, 5,000-event batches peaked at
+#: 270 MB unchunked, 225 MB in chunks of 256, 208 MB before batching; same speed).
+CHUNK_USERS = 256
+
 #: The Redis hash field of each item type's slate.
 SLATE_FIELDS = {"recipe": "recipes", "product": "products"}
 
@@ -147,10 +152,13 @@ def assemble_slates_many(
     always fill it; when they do not, the user's whole list is ranked.
     A user's slates do not depend on which other users share the batch.
     """
-    sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in requests]
-    batch = model.candidates_many(sessions)
-    tail = _SlateTail(batch, requests, model, catalog, config)
-    return tail.slates(popularity, now_ms)
+    out: list[dict[str, Slate]] = []
+    for start in range(0, len(requests), CHUNK_USERS):
+        chunk = requests[start : start + CHUNK_USERS]
+        sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in chunk]
+        batch = model.candidates_many(sessions)
+        out += _SlateTail(batch, chunk, model, catalog, config).slates(popularity, now_ms)
+    return out
 
 
 class _SlateTail:
