@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processors import recommend
 from processors.cooccurrence import CooccurrenceModel
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
 from processors.popularity import RankedSnapshot
 from processors.recommend import AssemblyConfig, ItemCatalog, current_session
-from processors.slates import SlateItem, popular_candidates
+from processors.slates import Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
 
@@ -210,3 +212,16 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
                 state, item_type, processor.cooccurrence, ranked, processor.items, assembly
             )
             assert slate.items == expected, (user_id, field)
+
+
+def test_slates_do_not_depend_on_how_users_are_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [*history(4, ["a", "b", "c"]), *history(3, ["x", "y", "b"], start=5_000)]
+    events += [click(90_000 + u, f"me{u}", item) for u, item in enumerate("abcxyab")]
+
+    def slates() -> dict[str, dict[str, Slate]]:
+        processor = SliceProcessor(SliceConfig())
+        return processor.process_batch([(0, e) for e in events], {}, 10**7).slates
+
+    whole = slates()
+    monkeypatch.setattr(recommend, "CHUNK_USERS", 2)
+    assert slates() == whole and len(whole) == 11  # h0-h3 and me0-me6
