@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from processors.user_state import UserState, decode_user_state, encode_user_state
+from processors.user_state import UserState
+from state.records import pack_user_state, unpack_user_state
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ class ChangelogWriter(Protocol):
 class UserStateStore:
     """Per-partition user state in memory, persisted coalesced and recovered on demand.
 
-    Held *encoded*: each user as its changelog record (msgpack, ~2.6 KB for a simulated
-    user), decoded when a batch reads it, instead of ~10 KB of Python objects per user. The
-    encoding costs nothing extra (``persist`` encodes for the changelog anyway); a read
-    costs one decode (~20 µs) per user per batch. States a batch is still working on are
-    registered with ``hold`` until persisted, so other readers in the meantime (audience
-    re-scoring, forget requests) see the same objects the batch mutates, as they would with
-    objects held in memory.
+    Held *encoded*: each user as its changelog record (``state.records``: msgpack
+    compressed with a trained zstd dictionary, ~0.55 KB for a simulated user, ~2.6 KB as
+    plain msgpack), decoded when a batch reads it, instead of ~10 KB of Python objects per
+    user. The encoding costs nothing extra (``persist`` encodes for the changelog anyway); a
+    read costs one decode (~30 µs with decompression) per user per batch. States a batch is
+    still working on are registered with ``hold`` until persisted, so other readers in the
+    meantime (audience re-scoring, forget requests) see the same objects the batch mutates,
+    as they would with objects held in memory.
     """
 
     def __init__(self, topic: str, writer: ChangelogWriter, reader: ChangelogReader) -> None:
@@ -67,7 +69,7 @@ class UserStateStore:
         where = self._held.get(user_id)
         if where is None:
             return None
-        return decode_user_state(self._by_partition[where[0]][user_id])
+        return unpack_user_state(self._by_partition[where[0]][user_id])
 
     def __len__(self) -> int:
         return len(self._held)
@@ -77,7 +79,7 @@ class UserStateStore:
         chosen = self._by_partition if partitions is None else partitions
         in_flight = self._in_flight.get
         return [
-            (user_id, in_flight(user_id) or decode_user_state(record))
+            (user_id, in_flight(user_id) or unpack_user_state(record))
             for p in chosen
             for user_id, record in self._by_partition.get(p, {}).items()
         ]
@@ -106,7 +108,7 @@ class UserStateStore:
                     users[user_id] = record.value
             held = self._by_partition[partition] = {}
             for user_id, value in users.items():
-                state = decode_user_state(value)  # validates the record; its idle time
+                state = unpack_user_state(value)  # validates the record; its idle time
                 held[user_id] = value
                 self._held[user_id] = (partition, state.last_event_ts)
                 self.bytes_held += len(value)
@@ -131,7 +133,7 @@ class UserStateStore:
         """One changelog record per touched user (the producer batches the sends); the
         record is also what this store holds."""
         for user_id, state in states.items():
-            record = encode_user_state(state)
+            record = pack_user_state(state)
             previous = self._held.get(user_id)
             if previous is not None:
                 replaced = self._by_partition.get(previous[0], {}).pop(user_id, b"")

@@ -24,7 +24,8 @@ from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, e
 from processors.pipeline import SliceProcessor
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
-from processors.user_state import UserState, encode_user_state
+from processors.user_state import UserState
+from state.records import pack_user_state
 from state.redis_writer import FieldWrite, UserHashWriter
 from stream.catalog_load import publish_catalog
 from stream.config import load_settings
@@ -146,7 +147,7 @@ def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
                 encode_slate(slate)
                 slates += 1
     seconds = time.perf_counter() - started
-    state_bytes = sum(len(encode_user_state(state)) for state in states.values())
+    state_bytes = sum(len(pack_user_state(state)) for state in states.values())
     return {
         "slice_events_per_second": _rate(len(events), seconds),
         "slates_per_second": _rate(slates, seconds),

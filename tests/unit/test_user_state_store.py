@@ -10,8 +10,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+import zstandard
+
 from processors.events import Click
-from processors.user_state import UserState, UserStateConfig, apply_event, decode_user_state
+from processors.user_state import UserState, UserStateConfig, apply_event, encode_user_state
+from state.records import ZSTD_MAGIC, pack_user_state, unpack_user_state
 from state.tables import MARKER_KEY, UserStateStore
 
 TOPIC = "test-user-state-changelog"
@@ -67,7 +71,7 @@ def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
     assert sorted(store.user_ids()) == ["alice", "bob"]
     records = changelog.partitions[0]
     assert records[-1].key == b"alice" and records[-1].value is not None
-    assert decode_user_state(records[-1].value) == alice
+    assert unpack_user_state(records[-1].value) == alice
     assert store.bytes_held == sum(
         len(r.value or b"") for p in (0, 1) for r in changelog.partitions[p]
     )
@@ -138,3 +142,29 @@ def test_a_new_owner_recovers_the_partition_from_the_changelog() -> None:
     asyncio.run(second.ensure_recovered({0}))
     assert second.evict_idle(older_than_ms=2_500, limit=10) == 1
     assert len(second) == 0 and second.bytes_held == 0
+
+
+def test_records_are_compressed_and_old_plain_records_still_recover() -> None:
+    # A user with a full history, as the simulator makes them: the dictionary was trained on
+    # such records, and the record must stay a fraction of its msgpack size.
+    busy = _state("busy", 0, *[(f"r{n % 40}", 1_000 + 7_000 * n) for n in range(60)])
+    plain = encode_user_state(busy)
+    packed = pack_user_state(busy)
+    without_dictionary = zstandard.ZstdCompressor(level=1).compress(plain)
+    assert packed[:4] == ZSTD_MAGIC and len(packed) < min(len(plain) / 2, len(without_dictionary))
+    changelog = Changelog()
+    changelog.send(b"old", encode_user_state(_state("old", 0, ("r9", 500))), 0)  # pre-zstd
+    _store(changelog).persist({"busy": busy})
+    recovered = _store(changelog)
+    asyncio.run(recovered.ensure_recovered([0]))
+    assert recovered.get("busy") == busy
+    assert recovered.get("old") == _state("old", 0, ("r9", 500))
+
+
+def test_a_record_naming_an_unknown_dictionary_fails_clearly() -> None:
+    foreign = zstandard.ZstdCompressionDict(
+        bytes(range(256)) * 16, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+    )
+    record = zstandard.ZstdCompressor(dict_data=foreign).compress(encode_user_state(_state("u", 0)))
+    with pytest.raises(ValueError, match="unknown dictionary"):
+        unpack_user_state(record)
