@@ -17,7 +17,8 @@ magic are plain msgpack (changelogs written before compression) and still read.
 >>> unpack_user_state(encode_user_state(state)) == state  # an uncompressed record
 True
 
-Retrain (``python -m state.records train``) only to add a dictionary: records name theirs.
+Records name their dictionary: to change it, keep the old one beside the new as
+``user_state-<name>.zdict`` (``python -m state.records train`` makes a new one).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ _LEVEL = 1  # level 3 saves ~1% more for twice the time
 
 @functools.cache
 def _dictionaries() -> dict[int, zstandard.ZstdCompressionDict]:
-    """The dictionaries records may name, by id (built on first use, not at import)."""
-    current = zstandard.ZstdCompressionDict(DICTIONARY_PATH.read_bytes())
-    return {current.dict_id(): current}
+    """The dictionaries records may name, by id: ``user_state.zdict`` (the one written with)
+    and any earlier ones kept beside it as ``user_state-*.zdict`` (loaded on first use)."""
+    paths = sorted(DICTIONARY_PATH.parent.glob("user_state*.zdict"))
+    loaded = [zstandard.ZstdCompressionDict(path.read_bytes()) for path in paths]
+    return {dictionary.dict_id(): dictionary for dictionary in loaded}
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import zstandard
 
 from processors.events import Click
 from processors.user_state import UserState, UserStateConfig, apply_event, encode_user_state
+from state import records
 from state.records import ZSTD_MAGIC, pack_user_state, unpack_user_state
 from state.tables import MARKER_KEY, UserStateStore
 
@@ -168,3 +170,25 @@ def test_a_record_naming_an_unknown_dictionary_fails_clearly() -> None:
     record = zstandard.ZstdCompressor(dict_data=foreign).compress(encode_user_state(_state("u", 0)))
     with pytest.raises(ValueError, match="unknown dictionary"):
         unpack_user_state(record)
+
+
+def test_records_of_an_earlier_dictionary_kept_beside_the_current_one_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _state("u", 0, ("r1", 1_000), ("r2", 2_000))
+    old_record = pack_user_state(state)  # made with today's dictionary
+    (tmp_path / "user_state-2026-11.zdict").write_bytes(records.DICTIONARY_PATH.read_bytes())
+    newer = records.train_dictionary([encode_user_state(state)] * 200, size=1024)
+    (tmp_path / "user_state.zdict").write_bytes(newer)
+    monkeypatch.setattr(records, "DICTIONARY_PATH", tmp_path / "user_state.zdict")
+    for cached in (records._dictionaries, records._compressor, records._decompressor):
+        cached.cache_clear()
+    try:
+        new_record = pack_user_state(state)
+        new_id = zstandard.get_frame_parameters(new_record).dict_id
+        assert new_id != zstandard.get_frame_parameters(old_record).dict_id
+        assert unpack_user_state(old_record) == unpack_user_state(new_record) == state
+    finally:
+        monkeypatch.undo()
+        for cached in (records._dictionaries, records._compressor, records._decompressor):
+            cached.cache_clear()
