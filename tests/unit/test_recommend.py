@@ -9,11 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors import recommend
-from processors.cooccurrence import CooccurrenceModel
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
 from processors.popularity import RankedSnapshot
-from processors.recommend import AssemblyConfig, ItemCatalog, current_session
+from processors.recommend import AssemblyConfig, current_session
 from processors.slates import Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
@@ -124,16 +123,12 @@ def test_the_second_hop_recommends_what_follows_a_candidate_and_says_so() -> Non
 
 
 def reference_slate(
-    user: UserState,
-    item_type: str,
-    model: CooccurrenceModel,
-    popularity: RankedSnapshot,
-    catalog: ItemCatalog,
-    config: AssemblyConfig,
+    processor: SliceProcessor, user: UserState, item_type: str, popularity: RankedSnapshot
 ) -> list[SlateItem]:
     """The slate as the specification reads, one user at a time with plain dicts: every
     candidate scored (``candidates``), blended with popular ones, all sorted (best first,
     ties by id), then filtered, capped per category and explained."""
+    model, catalog, config = processor.cooccurrence, processor.items, processor.config.assembly
     exclude = set(config.exclude_items) | (user.seen_items() if config.exclude_seen else set())
     session = current_session(user.recent, config.session_gap_ms)
     sources = model.vote_sources(session)
@@ -208,9 +203,7 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     for user_id, state in result.touched.items():
         for field, slate in result.slates[user_id].items():
             item_type = "recipe" if field == "recipes" else "product"
-            expected = reference_slate(
-                state, item_type, processor.cooccurrence, ranked, processor.items, assembly
-            )
+            expected = reference_slate(processor, state, item_type, ranked)
             assert slate.items == expected, (user_id, field)
 
 
