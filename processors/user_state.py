@@ -217,7 +217,7 @@ _decoder = msgspec.msgpack.Decoder(UserState)
 
 
 def encode_user_state(state: UserState) -> bytes:
-    """Compact msgpack encoding used for the changelog."""
+    """Compact msgpack encoding (the changelog stores it compressed: ``state.records``)."""
     return _encoder.encode(state)
 
 

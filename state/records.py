@@ -18,7 +18,8 @@ magic are plain msgpack (changelogs written before compression) and still read.
 True
 
 Records name their dictionary: to change it, keep the old one beside the new as
-``user_state-<name>.zdict`` (``python -m state.records train`` makes a new one).
+``user_state-<name>.zdict`` (``python -m state.records train --out new.zdict`` makes a new
+one and refuses to overwrite an existing file).
 """
 
 from __future__ import annotations
@@ -110,8 +111,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--out", type=Path, default=DICTIONARY_PATH)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="a new file (never the dictionary in use)"
+    )
     args = parser.parse_args(argv)
+    if args.out.exists():
+        # Records name the dictionary they were written with: overwriting one that a
+        # changelog still uses would make those records unreadable.
+        parser.error(f"{args.out} exists; write the new dictionary to a new file")
     records = _simulated_records(args.events, args.seed)
     samples = random.Random(args.seed).sample(records, min(len(records), 5_000))
     args.out.write_bytes(train_dictionary(samples, args.size))

@@ -4,7 +4,7 @@
 |--------------------------------|----------|--------------------------------|------------|
 | ``{prefix}.events``            | user_id  | one event or a JSON array      | settings   |
 | ``{prefix}.events.dlq``        | as input | DeadLetter JSON                | settings   |
-| ``{app_id}-user-state-changelog`` | user_id | msgpack UserState (compacted) | settings |
+| ``{app_id}-user-state-changelog`` | user_id | ``state.records`` (compacted) | settings |
 | ``{prefix}.catalog``           | kind:id  | catalog record JSON (compacted)| 1          |
 | ``{prefix}.catalog.dlq``       | as input | DeadLetter JSON                | 1          |
 | ``{prefix}.loyalty.examples``  | target   | resolved label JSON            | 1          |

@@ -192,3 +192,11 @@ def test_records_of_an_earlier_dictionary_kept_beside_the_current_one_still_read
         monkeypatch.undo()
         for cached in (records._dictionaries, records._compressor, records._decompressor):
             cached.cache_clear()
+
+
+def test_training_refuses_to_overwrite_a_dictionary(capsys: pytest.CaptureFixture[str]) -> None:
+    before = records.DICTIONARY_PATH.read_bytes()
+    with pytest.raises(SystemExit):
+        records.main(["train", "--out", str(records.DICTIONARY_PATH)])
+    assert "exists" in capsys.readouterr().err
+    assert records.DICTIONARY_PATH.read_bytes() == before
