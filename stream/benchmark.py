@@ -8,6 +8,7 @@ simulator as fast as it can.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -401,6 +402,65 @@ def _drain_breakdown(
     }
 
 
+def added_population(template: list[Event], number: int) -> list[Event]:
+    """``template`` again as a new population of users: the same items, sessions and times
+    under new user and event ids (``m<number>-`` prefixed)."""
+    prefix = f"m{number}-"
+    return [
+        msgspec.structs.replace(e, user_id=prefix + e.user_id, event_id=prefix + e.event_id)
+        for e in template
+    ]
+
+
+def _settled(procs: list[Any], urls: list[str]) -> tuple[int, float]:
+    """(RSS in KiB, users held) of the idle workers, once the state gauges have refreshed."""
+    time.sleep(2.5)  # the gauges refresh every 2 s; a batch's memory is released after it
+    users = sum(total(scrape(url), "appetence_users_in_state") for url in urls)
+    return sum(_rss_kib(p.popen.pid) for p in procs), users
+
+
+def _marginal_memory(
+    template: list[Event],
+    producer: Any,
+    settings: Any,
+    procs: list[Any],
+    urls: list[str],
+    handled: float,
+    populations: int = 2,
+) -> dict[str, Any]:
+    """RSS per added active user: ``populations`` new user populations, each replaying
+    ``template`` (same items, sessions and times, new user and event ids), drained one after
+    the other; the slope between the idle RSS after each.
+
+    The first added population still grows what is allocated once (dict and arena growth,
+    the next-click index); the last slope is the steady cost of a user.
+    """
+    points = [_settled(procs, urls)]
+    for population in range(1, populations + 1):
+        clones = added_population(template, population)
+        for partition, value in _envelopes(clones, settings.partitions):
+            producer.send(settings.events_topic, value=value, partition=partition)
+        producer.flush()
+        handled += len(clones)
+        deadline = time.monotonic() + 600
+        while _handled_all(urls) < handled:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"added population {population} not drained in 600 s")
+            time.sleep(0.1)
+        points.append(_settled(procs, urls))
+    slopes = [
+        round((rss - prev_rss) * 1024 / max(users - prev_users, 1.0))
+        for (prev_rss, prev_users), (rss, users) in itertools.pairwise(points)
+    ]
+    return {
+        "added_events": populations * len(template),
+        "added_users_per_population": points[1][1] - points[0][1],
+        "idle_rss_mib_per_population": [round(rss / 1024, 1) for rss, _ in points],
+        "rss_bytes_per_added_user": slopes,
+        "marginal_rss_bytes_per_active_user": slopes[-1],
+    }
+
+
 def bench_pipeline(
     events: int, workers: int, log_dir: Path, latency_seconds: float = 20.0
 ) -> dict[str, Any]:
@@ -495,9 +555,17 @@ def bench_pipeline(
                 # drain inside process-and-write (the rest: Faust, fetching, committing).
                 **_drain_breakdown(samples, drain_seconds * workers),
             )
+            handled = float(events)
+            # Memory per active user: more users with the same item sequences (the first
+            # events again, under new user and event ids), so the item-level tables stay
+            # near their size and the RSS slope is what each added user costs.
+            marginal = _marginal_memory(
+                simulated[: min(events, 50_000)], producer, settings, procs, urls, handled
+            )
+            handled += marginal.pop("added_events")
+            results.update(marginal)
             # Latency at fixed offered rates, produced live: half the measured maximum (the
             # issue's point), then a quarter (what the worker sustains with small batches).
-            handled = float(events)
             for share, prefix in ((0.5, "latency"), (0.25, "latency_quarter")):
                 offered = max(50.0, rate * share)
                 before = _latency_window(urls)

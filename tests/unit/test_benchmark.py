@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from stream.benchmark import _envelopes, _events, bench_slice, profile_slice
+from stream.benchmark import _envelopes, _events, added_population, bench_slice, profile_slice
 from stream.topics import partition_for
 
 
@@ -31,3 +31,17 @@ def test_envelopes_keep_each_users_events_on_their_partition_in_order() -> None:
             assert partition_for(event["user_id"], 4) == partition
             seen.append(event["event_id"])
     assert sorted(seen) == sorted(e.event_id for e in events)
+
+
+def test_an_added_population_replays_the_sessions_under_new_users_and_event_ids() -> None:
+    template = _events(300)
+    first, second = added_population(template, 1), added_population(template, 2)
+    users = {e.user_id for e in template}
+    for clones in (first, second):
+        assert users.isdisjoint(e.user_id for e in clones)
+        assert len({e.user_id for e in clones}) == len(users)  # one new user per user
+        assert {e.event_id for e in template}.isdisjoint(e.event_id for e in clones)
+        assert [(e.type, e.item_id, e.ts) for e in clones] == [
+            (e.type, e.item_id, e.ts) for e in template
+        ]
+    assert {e.user_id for e in first}.isdisjoint(e.user_id for e in second)
