@@ -241,6 +241,7 @@ class CooccurrenceModel:
         # while its _vote_lists entry is the one they were made from.
         self.item_index: dict[str, int] = {}
         self.item_names: list[str] = []
+        self.index_generation = 0  # bumped when the index is rebuilt (positions change)
         self._vote_arrays: dict[str, tuple[_VoteLists, _VoteArrays]] = {}
 
     # --- learning ---------------------------------------------------------------------
@@ -599,6 +600,7 @@ class CooccurrenceModel:
         if len(self.item_index) > 4 * max(config.max_items, 1_000):
             self.item_index.clear()
             self.item_names.clear()
+            self.index_generation += 1
             self._vote_arrays.clear()
         sources = [self.vote_sources(session) for session in sessions]
         table = _GatherTable(self)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
@@ -66,15 +67,57 @@ class ItemCatalog:
         self._items: dict[str, tuple[str, str | None]] = {}
         # (type, category) of an item, or None: the dict's own get, as this runs per candidate
         self.get: Callable[[str], tuple[str, str | None] | None] = self._items.get
+        #: a small code per item type, for ``type_codes``
+        self.type_ids: dict[str, int] = {}
+        # type_codes' array, what it was built for, and the items whose type changed since
+        self._codes = np.zeros(0, dtype=np.int16)
+        self._codes_for: tuple[int, int] | None = None
+        self._changed: list[str] = []
 
     def remember(self, item_id: str, item_type: str, category: str | None) -> None:
         items = self._items
-        if item_id in items:
-            del items[item_id]  # re-insert: insertion order doubles as recency
+        known = items.pop(item_id, None)  # re-inserted: insertion order doubles as recency
         items[item_id] = (item_type, category)
-        if len(items) > self.max_items:
-            for stale in list(items)[: len(items) - self.max_items]:
-                del items[stale]
+        if known is None or known[0] != item_type:
+            self._changed.append(item_id)
+        while len(items) > self.max_items:
+            stale = next(iter(items))
+            del items[stale]
+            self._changed.append(stale)
+        if len(self._changed) > self.max_items:  # nobody asked for codes lately: rebuild then
+            self._changed.clear()
+            self._codes_for = None
+
+    def type_codes(
+        self, names: list[str], index: dict[str, int], generation: int
+    ) -> npt.NDArray[np.int16]:
+        """The type of every item of a model's item index (``names``, ``index``) as its
+        ``type_ids`` code, -1 when unknown; kept up to date incrementally (the catalog's
+        changes since the last call, the index's new items), rebuilt when ``generation``
+        says the index was."""
+        codes = self._codes
+        if self._codes_for != (id(names), generation):
+            codes = np.zeros(0, dtype=np.int16)
+            self._changed.clear()
+            self._codes_for = (id(names), generation)
+        known = len(codes)
+        for item_id in self._changed:
+            at = index.get(item_id)
+            if at is not None and at < known:
+                codes[at] = self._code(item_id)
+        self._changed.clear()
+        if len(names) > known:
+            codes = np.concatenate(
+                [codes, np.array([self._code(n) for n in names[known:]], dtype=np.int16)]
+            )
+        self._codes = codes
+        return codes
+
+    def _code(self, item_id: str) -> int:
+        entry = self._items.get(item_id)
+        if entry is None:
+            return -1
+        return self.type_ids.setdefault(entry[0], len(self.type_ids))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -190,15 +233,12 @@ class _SlateTail:
         # item type of every candidate, as a code: its position in ``types``, or -1
         self.types = list(dict.fromkeys(t for _, types in requests for t in types))
         code_of = {item_type: code for code, item_type in enumerate(self.types)}
-        distinct, inverse = np.unique(batch.items, return_inverse=True)
-        names, known = model.item_names, catalog.get
-        codes = np.zeros(0, dtype=np.int64)
-        if len(distinct):
-            entries = map(known, map(names.__getitem__, distinct.tolist()))
-            codes = np.array(
-                [-1 if entry is None else code_of.get(entry[0], -1) for entry in entries],
-                dtype=np.int64,
-            )[inverse]
+        type_codes = catalog.type_codes(model.item_names, model.item_index, model.index_generation)
+        # catalog type code -> position in ``types``; the extra last slot maps unknown (-1)
+        remap = np.full(len(catalog.type_ids) + 1, -1, dtype=np.int64)
+        for item_type, code in catalog.type_ids.items():
+            remap[code] = code_of.get(item_type, -1)
+        codes = remap[type_codes[batch.items]]
         # excluded candidates are dropped here, not in the slate loop, so the head is short
         index = model.item_index
         excluded_keys = [
@@ -243,10 +283,19 @@ class _SlateTail:
         keys: list[int] = []
         for position, (user, item_types) in enumerate(self.requests):
             exclude = self.excluded[position]
+            interests = (
+                user.interests.normalised_top(config.top_categories) if user.interests else []
+            )
             per_type = []
             for item_type in item_types:
                 candidates = popular_candidates(
-                    user, popularity, item_type, config.size * 2, config.top_categories, exclude
+                    user,
+                    popularity,
+                    item_type,
+                    config.size * 2,
+                    config.top_categories,
+                    exclude,
+                    interests,
                 )
                 per_type.append(candidates)
                 base = position * KEY_SPACE

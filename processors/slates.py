@@ -77,45 +77,56 @@ def popular_candidates(
     size: int,
     top_categories: int,
     exclude: set[str],
+    interests: list[tuple[str, float]] | None = None,
 ) -> list[PopularCandidate]:
     """Up to ``size`` items popular now in the user's top categories (score = the user's
-    interest in the category times the item's share of its category's peak), then trending
-    items below every category match (at most 0.1 of the trending peak).
+    interest in the category times the item's share of its category's peak), best first (ties
+    by id), then trending items below every category match (at most 0.1 of the trending peak).
+
+    ``interests``: the user's ``normalised_top(top_categories)``, when the caller has it.
     """
-    score_of: dict[str, float] = {}
-    category_of: dict[str, str] = {}
-    interests = user.interests.normalised_top(top_categories) if user.interests else []
-    best = score_of.get
-    for category, interest in interests:
-        ranked = popularity.in_category(item_type, category)
-        if not ranked or ranked[0][1] <= 0.0 or size <= 0:
-            continue
-        scale = interest / ranked[0][1]
-        kept = 0  # the category's first ``size`` items not excluded
-        for item_id, pop in ranked:
-            if item_id in exclude:
+    if interests is None:
+        interests = user.interests.normalised_top(top_categories) if user.interests else []
+    out: list[PopularCandidate] = []
+    if size > 0:
+        for category, interest in interests:
+            ranked = popularity.in_category(item_type, category)
+            if not ranked or ranked[0][1] <= 0.0:
                 continue
-            score = pop * scale
-            if score > best(item_id, -1.0):
-                score_of[item_id] = score
-                category_of[item_id] = category
-            kept += 1
-            if kept == size:
-                break
-    top = sorted(score_of)  # best first, ties by id
-    top.sort(key=score_of.__getitem__, reverse=True)
-    reasons = {category: f"popular in {category}" for category, _ in interests}
-    out: list[PopularCandidate] = [
-        (item_id, score_of[item_id], category_of[item_id], reasons[category_of[item_id]])
-        for item_id in top[:size]
-    ]
+            scale = interest / ranked[0][1]
+            reason = f"popular in {category}"
+            kept = [entry for entry in ranked if entry[0] not in exclude][:size]
+            out += [(item_id, pop * scale, category, reason) for item_id, pop in kept]
+        if len({candidate[0] for candidate in out}) < len(out):
+            out = _best_per_item(out)  # an item popular in two categories: its best score
+        out.sort(key=_candidate_id)  # best first, ties by id (sorts are stable)
+        out.sort(key=_candidate_score, reverse=True)
+        del out[size:]
     if len(out) < size:
         trending = popularity.overall(item_type)
         peak = trending[0][1] if trending else 1.0
-        taken = exclude | score_of.keys()
+        taken = exclude | {candidate[0] for candidate in out}
         for item_id, pop in _take(trending, size - len(out), taken):
             out.append((item_id, 0.1 * pop / peak, None, "trending now"))
     return out
+
+
+def _candidate_id(candidate: PopularCandidate) -> str:
+    return candidate[0]
+
+
+def _candidate_score(candidate: PopularCandidate) -> float:
+    return candidate[1]
+
+
+def _best_per_item(candidates: list[PopularCandidate]) -> list[PopularCandidate]:
+    """One candidate per item: its highest score, from the first category that gave it."""
+    best: dict[str, PopularCandidate] = {}
+    for candidate in candidates:
+        held = best.get(candidate[0])
+        if held is None or candidate[1] > held[1]:
+            best[candidate[0]] = candidate
+    return list(best.values())
 
 
 def popular_in_your_categories(

@@ -9,11 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors import recommend
+from processors.decay import DecayedCounter
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
-from processors.popularity import RankedSnapshot
+from processors.popularity import PopularityConfig, PopularityIndex, RankedSnapshot
 from processors.recommend import AssemblyConfig, current_session
-from processors.slates import Slate, SlateItem, popular_candidates
+from processors.slates import PopularCandidate, Slate, SlateItem, popular_candidates
 from processors.user_state import RecentItem, UserState
 
 
@@ -122,6 +123,75 @@ def test_the_second_hop_recommends_what_follows_a_candidate_and_says_so() -> Non
     assert without.get("c", "").startswith("popular") or "c" not in without
 
 
+def reference_popular(
+    user: UserState,
+    popularity: RankedSnapshot,
+    item_type: str,
+    size: int,
+    top_categories: int,
+    exclude: set[str],
+) -> list[PopularCandidate]:
+    """Popular candidates as the specification reads: each top category's first ``size``
+    items not excluded, scored interest x share of the category's peak, an item's best score
+    (its first category on a tie), all sorted best first with ties by id; then trending."""
+    interests = user.interests.normalised_top(top_categories) if user.interests else []
+    scored: dict[str, tuple[float, str]] = {}
+    for category, interest in interests:
+        ranked = popularity.in_category(item_type, category)
+        if not ranked or ranked[0][1] <= 0.0:
+            continue
+        kept = [(item, pop) for item, pop in ranked if item not in exclude][:size]
+        for item, pop in kept:
+            score = pop * (interest / ranked[0][1])
+            if item not in scored or score > scored[item][0]:
+                scored[item] = (score, category)
+    best = sorted(scored, key=lambda item: (-scored[item][0], item))[: max(size, 0)]
+    out: list[PopularCandidate] = [
+        (item, scored[item][0], scored[item][1], f"popular in {scored[item][1]}") for item in best
+    ]
+    trending = popularity.overall(item_type)
+    taken = exclude | scored.keys()
+    for item, pop in [(i, p) for i, p in trending if i not in taken][: max(size - len(out), 0)]:
+        out.append((item, 0.1 * pop / trending[0][1], None, "trending now"))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([f"r{i}" for i in range(14)]),
+            st.sampled_from(["pasta", "soup", "cake", "bread"]),
+            st.sampled_from([1.0, 2.0, 0.5]),  # few distinct weights: ties are common
+        ),
+        max_size=80,
+    ),
+    st.lists(st.sampled_from(["pasta", "soup", "cake", "bread", "tea"]), max_size=6),
+    st.sets(st.sampled_from([f"r{i}" for i in range(14)]), max_size=6),
+    st.integers(0, 8),
+    st.integers(1, 4),
+)
+def test_popular_candidates_follow_the_specification(
+    observed: list[tuple[str, str, float]],
+    liked: list[str],
+    exclude: set[str],
+    size: int,
+    top_categories: int,
+) -> None:
+    # An item observed under two categories is popular in both: its best score counts.
+    index = PopularityIndex(PopularityConfig())
+    for item, category, weight in observed:
+        index.observe(item, "recipe", category, t_ms=0, weight=weight)  # equal times: ties
+    user = UserState(user_id="u", partition=0)
+    if liked:
+        user.interests = DecayedCounter(half_life_ms=1e9, max_keys=10)
+        for t, category in enumerate(liked):
+            user.interests.add(category, t)
+    snapshot = index.snapshot(20)
+    got = popular_candidates(user, snapshot, "recipe", size, top_categories, exclude)
+    assert got == reference_popular(user, snapshot, "recipe", size, top_categories, exclude)
+
+
 def reference_slate(
     processor: SliceProcessor, user: UserState, item_type: str, popularity: RankedSnapshot
 ) -> list[SlateItem]:
@@ -137,7 +207,7 @@ def reference_slate(
     voted = {i: s * config.cooccurrence_weight / peak for i, s in scored.items()} if peak else {}
     total = {i: s for i, s in voted.items() if (catalog.get(i) or ("",))[0] == item_type}
     popular = {}
-    for item, share, category, reason in popular_candidates(
+    for item, share, category, reason in reference_popular(
         user, popularity, item_type, config.size * 2, config.top_categories, exclude
     ):
         popular[item] = (config.popularity_weight * share, category, reason)
@@ -218,3 +288,32 @@ def test_slates_do_not_depend_on_how_users_are_chunked(monkeypatch: pytest.Monke
     whole = slates()
     monkeypatch.setattr(recommend, "CHUNK_USERS", 2)
     assert slates() == whole and len(whole) == 11  # h0-h3 and me0-me6
+
+
+def test_item_type_codes_follow_the_catalog_and_the_models_index() -> None:
+    catalog = recommend.ItemCatalog(max_items=3)
+    names = ["a", "b", "c"]
+    index = {name: at for at, name in enumerate(names)}
+    catalog.remember("a", "recipe", "pasta")
+    catalog.remember("b", "product", None)
+
+    def types() -> list[str | None]:
+        codes = catalog.type_codes(names, index, 0)
+        decode = {code: name for name, code in catalog.type_ids.items()}
+        return [decode.get(int(c)) for c in codes]
+
+    assert types() == ["recipe", "product", None]
+    catalog.remember("c", "recipe", "soup")  # new
+    catalog.remember("b", "recipe", "soup")  # its type changed
+    assert types() == ["recipe", "recipe", "recipe"]
+    names.append("d")  # the model's index grew
+    index["d"] = 3
+    catalog.remember("d", "product", None)  # a fourth item evicts the least recent: "a"
+    assert types() == [None, "recipe", "recipe", "product"]
+    names[:] = ["d", "c"]  # the index was rebuilt in place
+    index.clear()
+    index.update(d=0, c=1)
+    assert [int(c) for c in catalog.type_codes(names, index, 1)] == [
+        catalog.type_ids["product"],
+        catalog.type_ids["recipe"],
+    ]
