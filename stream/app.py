@@ -241,6 +241,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics,
         settings.partitions,
     )
+    memory = MemoryReleaser(glibc_malloc_trim(), settings.memory_release_seconds)
     handler = EventHandler(
         decoder=EventDecoder(settings.decode_limits()),
         processor=processor,
@@ -253,7 +254,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         audiences=audiences,
         audience_examples=audience_examples_topic,
         forget=forget,
-        memory=MemoryReleaser(glibc_malloc_trim(), settings.memory_release_seconds),
+        memory=memory,
     )
 
     catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)
@@ -345,6 +346,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             stream, settings.batch_max_records, settings.batch_max_bytes, next_window
         ):
             await handler.handle(batch)
+
+    if settings.memory_release_seconds > 0:
+
+        @app.timer(interval=settings.memory_release_seconds)
+        async def release_memory_when_idle() -> None:
+            memory.when_idle()  # the last batch of a burst, once traffic paused
 
     @app.timer(interval=2.0)
     async def update_gauges() -> None:

@@ -41,6 +41,17 @@ class MemoryReleaser:
     ...     releaser.after_batch()
     >>> len(calls)  # at 0.0 and 1.2
     2
+
+    The batch at 1.3 was not followed by a release; once the interval has passed, a timer's
+    ``when_idle`` returns what it freed (the last batch of a burst would otherwise keep its
+    memory until traffic resumes):
+
+    >>> clock = iter([1.9, 2.3, 2.5]).__next__
+    >>> releaser.clock = clock
+    >>> releaser.when_idle(), releaser.when_idle(), releaser.when_idle()  # 1.9: too soon
+    (False, True, False)
+    >>> len(calls)
+    3
     """
 
     def __init__(
@@ -53,12 +64,30 @@ class MemoryReleaser:
         self.interval_seconds = interval_seconds
         self.clock = clock
         self._last: float | None = None
+        self._pending = False  # a batch ended since the last release
 
     def after_batch(self) -> None:
         if self.release is None:
             return
         now = self.clock()
         if self._last is not None and now - self._last < self.interval_seconds:
+            self._pending = True
             return
+        self._release(now)
+
+    def when_idle(self) -> bool:
+        """Release now if a batch ended since the last release and the interval has passed
+        (called by a timer); True if it released."""
+        if self.release is None or not self._pending:
+            return False
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_seconds:
+            return False
+        self._release(now)
+        return True
+
+    def _release(self, now: float) -> None:
+        assert self.release is not None
         self._last = now
+        self._pending = False
         self.release()
