@@ -19,6 +19,7 @@ a product slate once they have viewed products). The worker and the in-process o
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterable
@@ -150,10 +151,15 @@ class SliceProcessor:
         config = self.config
         unscored: dict[str, tuple[int, bool]] = {}  # user -> (ts, late) of its unscored event
         for partition, event in events:
-            user_id = event.user_id
+            # One string object per user for everything held past the batch (the state
+            # store's keys, the next-click model's visitors, the loyalty queue), not a copy
+            # per structure: ~50 bytes per copy and user, more for long ids.
+            user_id = sys.intern(event.user_id)
             state = result.touched.get(user_id) or states.get(user_id)
             if state is None:
                 state = UserState(user_id=user_id, partition=partition)
+            else:
+                state.user_id = user_id
             previous_seq = state.last_seq
             session_before = current_session(state.recent, config.assembly.session_gap_ms)
             if state.recent and event.ts - state.recent[-1].ts > config.assembly.session_gap_ms:

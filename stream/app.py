@@ -255,6 +255,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         audience_examples=audience_examples_topic,
         forget=forget,
         memory=memory,
+        should_stop=lambda: bool(app.should_stop),
     )
 
     catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)

@@ -47,7 +47,8 @@ async def take_batches(
     """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes`` of
     input (a record that crosses it ends the batch), each gathered for at most ``window()``
     seconds (asked anew for every batch). Events are acked once the consumer of a batch asks
-    for the next one, as in Faust's ``take_events``."""
+    for the next one, as in Faust's ``take_events``, and only then: a batch the consumer
+    abandons (raising, or the worker stopping) is not acked."""
     buffer: list[Any] = []
     buffered_bytes = 0
     events: list[Any] = []
@@ -90,13 +91,19 @@ async def take_batches(
         if not buffer:
             continue
         buffer_consuming = stream.loop.create_future()
+        handled = False
         try:
             yield list(events)
+            handled = True  # the caller asked for the next batch: this one is done
         finally:
             buffer.clear()
             buffered_bytes = 0
-            for event in events:
-                await stream.ack(event)
+            # A batch whose handling was abandoned (the worker stopping mid-batch) is not
+            # acked: its offsets are not committed and it is replayed (Faust's take_events
+            # acks it on close, which would skip it).
+            if handled:
+                for event in events:
+                    await stream.ack(event)
             events.clear()
             notify(buffer_consuming)
             buffer_full.clear()

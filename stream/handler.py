@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -50,6 +50,7 @@ class EventHandler:
         audience_examples: Any = None,
         forget: ForgetService | None = None,
         memory: MemoryReleaser | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -65,6 +66,9 @@ class EventHandler:
         self.audience_examples = audience_examples
         self.forget = forget
         self.memory = memory
+        #: True once the worker is stopping: a Redis outage then ends the batch unacked
+        #: instead of waiting for Redis (the worker could never stop while it lasts)
+        self.should_stop = should_stop
         #: next offset to process per partition, for the lag gauge
         self.positions: dict[int, int] = {}
         #: how long the last batch's oldest record had waited when the batch was taken
@@ -188,6 +192,9 @@ class EventHandler:
             try:
                 flushed = await self.writer.flush()
             except RedisUnavailable as error:  # each failed attempt was counted by the writer
+                if self.should_stop():
+                    log.error("%s while stopping; the batch stays unacked (replayed)", error)
+                    raise asyncio.CancelledError("stopping during a Redis outage") from error
                 log.error("%s; pausing consumption and retrying", error)
                 await asyncio.sleep(1.0)
                 continue

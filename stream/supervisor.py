@@ -139,7 +139,10 @@ def run_stack(
                 with contextlib.suppress(Exception):
                     state.poll()
             for child in reversed(children):
-                child.stop(timeout=15.0)
+                try:
+                    child.stop(timeout=15.0)
+                except KeyboardInterrupt:  # interrupted again while waiting: do not wait
+                    child.kill()
     summary: dict[str, Any] = dict(state.last) if state else {}
     summary.update(
         broker=stack.bootstrap,

@@ -106,3 +106,62 @@ def test_a_batch_of_old_records_marks_the_worker_behind_and_widens_the_next_wind
     asyncio.run(handler.handle([FaustEvent(Message("t", 0, 2, b"u", timestamp=time.time()), raw)]))
     assert handler.behind_seconds < 2.0
     assert batch_window(handler.behind_seconds, 0.05, 0.5, catch_up_after=2.0) == 0.05
+
+
+class HeldStates(NoStates):
+    def hold(self, states: Any) -> None:
+        return None
+
+    def persist(self, states: Any) -> None:
+        return None
+
+
+class DownRedis:
+    """A writer whose flush fails ``failures`` times (a Redis outage), then succeeds."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.staged = 0
+
+    def stage(self, user_id: str, write: Any) -> None:
+        self.staged += 1
+
+    async def flush(self) -> Any:
+        from state.redis_writer import FlushResult, RedisUnavailable
+
+        if self.failures:
+            self.failures -= 1
+            raise RedisUnavailable("Redis down")
+        return FlushResult(written=self.staged, stale=0)
+
+
+def outage_handler(writer: DownRedis, stopping: bool) -> EventHandler:
+    return EventHandler(
+        decoder=EventDecoder(DecodeLimits(max_age_ms=10**15)),
+        processor=SliceProcessor(SliceConfig()),
+        states=HeldStates(),  # type: ignore[arg-type]
+        writer=writer,  # type: ignore[arg-type]
+        dead_letters=Collector(),
+        metrics=Metrics(CollectorRegistry()),
+        events_topic="t",
+        should_stop=lambda: stopping,
+    )
+
+
+def test_a_redis_outage_pauses_the_batch_until_redis_is_back_unless_the_worker_stops() -> None:
+    raw = encode_event(PageView(event_id="e", ts=1, user_id="u"))
+    batch = [FaustEvent(Message("t", 0, 0, b"u"), raw)]
+
+    running = DownRedis(failures=1)
+    result = asyncio.run(outage_handler(running, stopping=False).handle(batch))
+    assert result is not None and running.failures == 0  # waited, retried, written
+
+    stopping = DownRedis(failures=1)
+    handler = outage_handler(stopping, stopping=True)
+    try:
+        asyncio.run(handler.handle(batch))
+    except asyncio.CancelledError:
+        pass  # abandoned: not dead-lettered, not acked (stream.batching), replayed later
+    else:
+        raise AssertionError("a stopping worker waited for Redis")
+    assert handler.dead_letters.sent == []
