@@ -682,6 +682,15 @@ class CooccurrenceModel:
         bridges.items = table.items  # the rows' names, for the explanations
         return final_keys, final_scores
 
+    def intern(self, item: str) -> int:
+        """The item's position in ``item_index``, added when new (an index of names only: it
+        changes no score)."""
+        at = self.item_index.get(item)
+        if at is None:
+            at = self.item_index[item] = len(self.item_names)
+            self.item_names.append(item)
+        return at
+
     def item_arrays(self, item: str) -> _VoteArrays:
         """The item's materialised vote lists (``_materialised``) as arrays over
         ``item_index``: rule, visitor and bridge votes back to back, and their offsets."""
@@ -693,7 +702,7 @@ class CooccurrenceModel:
         indexes: list[int] = []
         offsets = [0]
         for kind in lists[1:]:
-            for candidate in kind:
+            for candidate in kind:  # inline, not ``intern``: this runs per vote
                 at = index.get(candidate)
                 if at is None:
                     at = index[candidate] = len(names)

@@ -22,7 +22,6 @@ r3 because you viewed r1 (1 times together)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,7 +31,7 @@ import numpy.typing as npt
 
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
-from processors.slates import PopularCandidate, Slate, SlateItem, popular_candidates
+from processors.slates import Slate, SlateItem
 from processors.user_state import RecentItem, UserState
 
 #: Users whose slates are built together: ~700 gathered votes each, so a chunk's arrays
@@ -67,18 +66,20 @@ class ItemCatalog:
         self._items: dict[str, tuple[str, str | None]] = {}
         # (type, category) of an item, or None: the dict's own get, as this runs per candidate
         self.get: Callable[[str], tuple[str, str | None] | None] = self._items.get
-        #: a small code per item type, for ``type_codes``
+        #: a small code per item type and per category, for ``codes``
         self.type_ids: dict[str, int] = {}
-        # type_codes' array, what it was built for, and the items whose type changed since
-        self._codes = np.zeros(0, dtype=np.int16)
+        self.category_ids: dict[str, int] = {}
+        # codes' arrays, what they were built for, and the items whose entry changed since
+        self._types = np.zeros(0, dtype=np.int16)
+        self._categories = np.zeros(0, dtype=np.int32)
         self._codes_for: tuple[int, int] | None = None
         self._changed: list[str] = []
 
     def remember(self, item_id: str, item_type: str, category: str | None) -> None:
         items = self._items
         known = items.pop(item_id, None)  # re-inserted: insertion order doubles as recency
-        items[item_id] = (item_type, category)
-        if known is None or known[0] != item_type:
+        entry = items[item_id] = (item_type, category)
+        if known != entry:
             self._changed.append(item_id)
         while len(items) > self.max_items:
             stale = next(iter(items))
@@ -88,36 +89,44 @@ class ItemCatalog:
             self._changed.clear()
             self._codes_for = None
 
-    def type_codes(
+    def category_code(self, category: str | None) -> int:
+        """The category's code in ``category_ids`` (added when new); -1 for None."""
+        if category is None:
+            return -1
+        return self.category_ids.setdefault(category, len(self.category_ids))
+
+    def codes(
         self, names: list[str], index: dict[str, int], generation: int
-    ) -> npt.NDArray[np.int16]:
-        """The type of every item of a model's item index (``names``, ``index``) as its
-        ``type_ids`` code, -1 when unknown; kept up to date incrementally (the catalog's
-        changes since the last call, the index's new items), rebuilt when ``generation``
-        says the index was."""
-        codes = self._codes
+    ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.int32]]:
+        """The type and the category of every item of a model's item index (``names``,
+        ``index``) as ``type_ids`` and ``category_ids`` codes, -1 when unknown (or no
+        category); kept up to date incrementally (the catalog's changes since the last call,
+        the index's new items), rebuilt when ``generation`` says the index was."""
+        types, categories = self._types, self._categories
         if self._codes_for != (id(names), generation):
-            codes = np.zeros(0, dtype=np.int16)
+            types, categories = np.zeros(0, dtype=np.int16), np.zeros(0, dtype=np.int32)
             self._changed.clear()
             self._codes_for = (id(names), generation)
-        known = len(codes)
+        known = len(types)
         for item_id in self._changed:
             at = index.get(item_id)
             if at is not None and at < known:
-                codes[at] = self._code(item_id)
+                types[at], categories[at] = self._code(item_id)
         self._changed.clear()
         if len(names) > known:
-            codes = np.concatenate(
-                [codes, np.array([self._code(n) for n in names[known:]], dtype=np.int16)]
+            added = [self._code(name) for name in names[known:]]
+            types = np.concatenate([types, np.array([t for t, _ in added], dtype=np.int16)])
+            categories = np.concatenate(
+                [categories, np.array([c for _, c in added], dtype=np.int32)]
             )
-        self._codes = codes
-        return codes
+        self._types, self._categories = types, categories
+        return types, categories
 
-    def _code(self, item_id: str) -> int:
+    def _code(self, item_id: str) -> tuple[int, int]:
         entry = self._items.get(item_id)
         if entry is None:
-            return -1
-        return self.type_ids.setdefault(entry[0], len(self.type_ids))
+            return -1, -1
+        return self.type_ids.setdefault(entry[0], len(self.type_ids)), self.category_code(entry[1])
 
     def __len__(self) -> int:
         return len(self._items)
@@ -196,17 +205,113 @@ def assemble_slates_many(
     A user's slates do not depend on which other users share the batch.
     """
     out: list[dict[str, Slate]] = []
+    lists = _PopularLists(popularity, model)
     for start in range(0, len(requests), CHUNK_USERS):
         chunk = requests[start : start + CHUNK_USERS]
         sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in chunk]
         batch = model.candidates_many(sessions)
-        out += _SlateTail(batch, chunk, model, catalog, config).slates(popularity, now_ms)
+        out += _SlateTail(batch, chunk, model, catalog, config, lists).slates(now_ms)
     return out
 
 
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+# A ranked popularity list over the model's item index: items, their popularity, its peak.
+_RankedArrays = tuple[Ints, Floats, float]
+
+
+class _PopularLists:
+    """The popularity snapshot's ranked lists as arrays over the model's item index (their
+    items interned there), made once per batch."""
+
+    def __init__(self, snapshot: RankedSnapshot, model: CooccurrenceModel) -> None:
+        self.snapshot, self.model = snapshot, model
+        self._arrays: dict[tuple[str, str | None], _RankedArrays] = {}
+        self._generation = model.index_generation
+
+    def get(self, item_type: str, category: str | None) -> _RankedArrays:
+        """A category's list; ``None``: the item type's overall (trending) list."""
+        model = self.model
+        if self._generation != model.index_generation:  # the index was rebuilt
+            self._arrays.clear()
+            self._generation = model.index_generation
+        key = (item_type, category)
+        arrays = self._arrays.get(key)
+        if arrays is None:
+            snapshot = self.snapshot
+            ranked = (
+                snapshot.overall(item_type)
+                if category is None
+                else snapshot.in_category(item_type, category)
+            )
+            intern = model.intern
+            arrays = self._arrays[key] = (
+                np.array([intern(item) for item, _ in ranked], dtype=np.int64),
+                np.array([pop for _, pop in ranked], dtype=np.float64),
+                ranked[0][1] if ranked else 0.0,
+            )
+        return arrays
+
+
+#: ``_Rows.listed`` of a next-click candidate no popularity list brought, and of a trending item
+_NOT_LISTED, _TRENDING = -2, -1
+#: ``_Rows.category`` of a row that cannot be placed (a candidate of another type)
+_UNPLACEABLE = -2
+
+
+@dataclass(slots=True)
+class _Rows:
+    """Slate rows of many (user, item type) groups: ``group`` = user position x the number of
+    types + the type's position; items as indexes into the model's item index."""
+
+    group: Ints
+    item: Ints
+    total: Floats  # the blended score
+    share: Floats  # the popularity share of it (0.0 when no list brought the item)
+    listed: Ints  # the category code of the list that brought it, _TRENDING or _NOT_LISTED
+    category: Ints  # the category code it is shown and capped under, -1: none
+    voted: npt.NDArray[np.bool_]  # whether it has a next-click score
+
+    def take(self, at: Ints | npt.NDArray[np.bool_]) -> _Rows:
+        return _Rows(
+            self.group[at],
+            self.item[at],
+            self.total[at],
+            self.share[at],
+            self.listed[at],
+            self.category[at],
+            self.voted[at],
+        )
+
+    @staticmethod
+    def join(parts: Sequence[_Rows]) -> _Rows:
+        return _Rows(
+            *(
+                np.concatenate([getattr(part, name) for part in parts])
+                for name in ("group", "item", "total", "share", "listed", "category", "voted")
+            )
+        )
+
+
+def _member(values: Ints, keys: Ints) -> npt.NDArray[np.bool_]:
+    """Whether each value is one of ``keys`` (sorted): ``np.isin`` without sorting ``values``."""
+    if not len(keys):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    return np.asarray(keys[at] == values)
+
+
+def _rank_in_runs(keys: Ints) -> Ints:
+    """Each element's position in its run of equal (sorted) keys: 0, 1, ... per run."""
+    return np.arange(len(keys)) - np.searchsorted(keys, keys)
+
+
 class _SlateTail:
-    """The batch's candidates scaled to each user's peak, split by item type and ranked, with
-    what the per-user slate loop needs."""
+    """The slates of a chunk of users, built as arrays over all their (user, item type)
+    groups at once: next-click candidates scaled to each user's peak, popular candidates from
+    the user's categories and trending ones, blended, sorted (best first, ties by id), capped
+    per category and cut to size; only the explanations and the slate items are made per
+    item in Python."""
 
     def __init__(
         self,
@@ -215,185 +320,290 @@ class _SlateTail:
         model: CooccurrenceModel,
         catalog: ItemCatalog,
         config: AssemblyConfig,
+        lists: _PopularLists,
     ) -> None:
         self.batch, self.requests, self.model = batch, requests, model
         self.catalog, self.config = catalog, config
-        self.excluded: list[set[str]] = []
-        for user, _ in requests:
-            exclude = set(config.exclude_items)
-            if config.exclude_seen:
-                exclude |= user.seen_items()
-            self.excluded.append(exclude)
         count = len(requests)
         owners = batch.sessions
         peak = np.zeros(count)
         np.maximum.at(peak, owners, batch.scores)  # scores are > 0
         scale = np.divide(config.cooccurrence_weight, peak, out=np.zeros(count), where=peak > 0.0)
         self.scaled = batch.scores * scale[owners]
-        # item type of every candidate, as a code: its position in ``types``, or -1
         self.types = list(dict.fromkeys(t for _, types in requests for t in types))
+        width = self.width = len(self.types)
+        self.requested = np.zeros(count * width, dtype=bool)
+        for position, (_, item_types) in enumerate(requests):
+            for item_type in item_types:
+                self.requested[position * width + self.types.index(item_type)] = True
+        # Every list the chunk reads is interned before the codes and exclusions below.
+        segments = self._category_segments(lists)
+        trending = {item_type: lists.get(item_type, None) for item_type in self.types}
+        self.item_types, self.item_categories = catalog.codes(
+            model.item_names, model.item_index, model.index_generation
+        )
+        # each type position's catalog code (-3: none, so nothing matches it)
+        self.slate_types = np.array(
+            [catalog.type_ids.get(item_type, -3) for item_type in self.types], dtype=np.int64
+        )
         code_of = {item_type: code for code, item_type in enumerate(self.types)}
-        type_codes = catalog.type_codes(model.item_names, model.item_index, model.index_generation)
         # catalog type code -> position in ``types``; the extra last slot maps unknown (-1)
         remap = np.full(len(catalog.type_ids) + 1, -1, dtype=np.int64)
         for item_type, code in catalog.type_ids.items():
             remap[code] = code_of.get(item_type, -1)
-        codes = remap[type_codes[batch.items]]
-        # excluded candidates are dropped here, not in the slate loop, so the head is short
+        codes = remap[self.item_types[batch.items]]
         index = model.item_index
-        excluded_keys = [
+        excluded = [
             position * KEY_SPACE + index[item]
-            for position, exclude in enumerate(self.excluded)
-            for item in exclude
+            for position, (user, _) in enumerate(requests)
+            for item in (
+                config.exclude_items | user.seen_items()
+                if config.exclude_seen
+                else config.exclude_items
+            )
             if item in index
         ]
+        self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
         self.keys = keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
-        allowed = (codes >= 0) & ~np.isin(keys, np.array(excluded_keys, dtype=np.int64))
-        # each (user, type) group best first; only its head (2 * size) is ranked in Python
+        allowed = (codes >= 0) & ~_member(keys, self.excluded_keys)
+        # each (user, type) group's next-click candidates, best first
         typed = np.flatnonzero(allowed)
-        group = owners[typed] * len(self.types) + codes[typed]
+        group = owners[typed] * width + codes[typed]
         order = typed[np.lexsort((-self.scaled[typed], group))]
-        self.group_of = group_sorted = owners[order] * len(self.types) + codes[order]
+        self.group_of = owners[order] * width + codes[order]
         self.order = order
-        self.group_starts = np.searchsorted(group_sorted, np.arange(count * len(self.types) + 1))
-        self.head = 2 * config.size
+        self.group_starts = np.searchsorted(self.group_of, np.arange(count * width + 1))
+        self.popular = self._popular_rows(segments, trending)
 
-    def _ranked(self, group: int, limit: int | None) -> tuple[list[str], list[float], bool]:
-        """A (user, type) group's candidates, best first: the first ``limit`` (all when None),
-        and whether there are more."""
-        start, end = int(self.group_starts[group]), int(self.group_starts[group + 1])
-        more = limit is not None and end - start > limit
-        if more:
-            end = start + limit  # type: ignore[operator]
-        positions = self.order[start:end]
+    def _excluded(self, group: Ints, item: Ints) -> npt.NDArray[np.bool_]:
+        return _member((group // self.width) * KEY_SPACE + item, self.excluded_keys)
+
+    def _name_ranks(self, items: Ints) -> Ints:
+        """Each item's rank by id among ``items``: ties are broken by id. (The distinct items
+        are found with a mask over the index, not by sorting the rows: few items, many rows.)"""
         names = self.model.item_names
-        return (
-            [names[item] for item in self.batch.items[positions].tolist()],
-            self.scaled[positions].tolist(),
-            more,
-        )
+        seen = np.zeros(len(names), dtype=bool)
+        seen[items] = True
+        distinct = np.flatnonzero(seen)
+        labels = [names[item] for item in distinct.tolist()]
+        ranks = np.zeros(len(names), dtype=np.int64)
+        ranks[distinct[sorted(range(len(labels)), key=labels.__getitem__)]] = np.arange(len(labels))
+        return ranks[items]
 
-    def _popular(
-        self, popularity: RankedSnapshot
-    ) -> list[list[tuple[list[PopularCandidate], list[float | None]]]]:
-        """Each user's popular candidates per requested type, with each one's scaled
-        next-click score (any type), or None when it has none."""
-        config, index = self.config, self.model.item_index
-        lists: list[list[list[PopularCandidate]]] = []
-        keys: list[int] = []
+    def _category_segments(
+        self, lists: _PopularLists
+    ) -> tuple[list[int], list[float], list[Ints], list[Floats], list[int]]:
+        """Each group's popular lists, one per top category of the user with a positive
+        peak: the group, the scale (interest / the list's peak), the list's items and
+        popularity, and the category's code."""
+        config, width, types = self.config, self.width, self.types
+        category_code = self.catalog.category_code
+        groups: list[int] = []
+        scales: list[float] = []
+        items: list[Ints] = []
+        pops: list[Floats] = []
+        categories: list[int] = []
         for position, (user, item_types) in enumerate(self.requests):
-            exclude = self.excluded[position]
-            interests = (
-                user.interests.normalised_top(config.top_categories) if user.interests else []
-            )
-            per_type = []
+            if user.interests is None:
+                continue
+            interests = user.interests.normalised_top(config.top_categories)
             for item_type in item_types:
-                candidates = popular_candidates(
-                    user,
-                    popularity,
-                    item_type,
-                    config.size * 2,
-                    config.top_categories,
-                    exclude,
-                    interests,
-                )
-                per_type.append(candidates)
-                base = position * KEY_SPACE
-                keys += [base + index.get(c[0], KEY_SPACE - 1) for c in candidates]
-            lists.append(per_type)
-        candidate_keys = self.keys
-        wanted = np.array(keys, dtype=np.int64)
-        scores = np.full(len(wanted), np.nan)
-        if len(candidate_keys):
-            at = np.minimum(np.searchsorted(candidate_keys, wanted), len(candidate_keys) - 1)
-            found = candidate_keys[at] == wanted
-            scores[found] = self.scaled[at[found]]
-        voted = iter([None if math.isnan(v) else v for v in scores.tolist()])
-        return [
-            [(candidates, [next(voted) for _ in candidates]) for candidates in per_type]
-            for per_type in lists
-        ]
+                group = position * width + types.index(item_type)
+                for category, interest in interests:
+                    listed, values, peak = lists.get(item_type, category)
+                    if peak <= 0.0:  # also an empty list
+                        continue
+                    groups.append(group)
+                    scales.append(interest / peak)
+                    items.append(listed)
+                    pops.append(values)
+                    categories.append(category_code(category))
+        return groups, scales, items, pops, categories
 
-    def slates(self, popularity: RankedSnapshot, now_ms: int) -> list[dict[str, Slate]]:
-        """Every user's slates."""
+    def _popular_rows(
+        self,
+        segments: tuple[list[int], list[float], list[Ints], list[Floats], list[int]],
+        trending: dict[str, _RankedArrays],
+    ) -> _Rows:
+        """``popular_candidates`` of every group at once, with each candidate's blended score
+        (its next-click score, of any type, plus the popularity share)."""
+        size = 2 * self.config.size
+        groups, scales, items, pops, categories = segments
+        lengths = np.array([len(listed) for listed in items], dtype=np.int64)
+        item = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        pop = np.concatenate(pops) if pops else np.zeros(0)
+        segment = np.repeat(np.arange(len(lengths)), lengths)
+        group = np.repeat(np.array(groups, dtype=np.int64), lengths)
+        score = pop * np.repeat(np.array(scales, dtype=np.float64), lengths)
+        category = np.repeat(np.array(categories, dtype=np.int64), lengths)
+        # each list's first ``size`` items not excluded
+        kept = np.flatnonzero(~self._excluded(group, item))
+        kept = kept[_rank_in_runs(segment[kept]) < size]
+        # an item popular in two categories: its best score, from its first category on a tie
+        order = kept[np.lexsort((kept, -score[kept], item[kept], group[kept]))]
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (group[order][1:] != group[order][:-1]) | (item[order][1:] != item[order][:-1])
+        chosen = order[first]
+        # best first, ties by id; each group's first ``size``
+        chosen = chosen[np.lexsort((self._name_ranks(item[chosen]), -score[chosen], group[chosen]))]
+        chosen = chosen[_rank_in_runs(group[chosen]) < size]
+        group, item, score, category = group[chosen], item[chosen], score[chosen], category[chosen]
+        listed = category
+        # then trending items, below every category match, fill each group up to ``size``
+        short = np.flatnonzero(
+            self.requested & (np.bincount(group, minlength=len(self.requested)) < size)
+        )
+        if len(short):
+            missing = size - np.bincount(group, minlength=len(self.requested))[short]
+            overall = [trending[self.types[g % self.width]] for g in short.tolist()]
+            lengths = np.array([len(listed) for listed, _, _ in overall], dtype=np.int64)
+            t_group = np.repeat(short, lengths)
+            t_item = np.concatenate([listed for listed, _, _ in overall])
+            t_pop = np.concatenate([values for _, values, _ in overall])
+            peaks = np.repeat(
+                np.array([peak if len(listed) else 1.0 for listed, _, peak in overall]), lengths
+            )
+            taken = _member(t_group * KEY_SPACE + t_item, np.sort(group * KEY_SPACE + item))
+            fill = np.flatnonzero(~(taken | self._excluded(t_group, t_item)))
+            fill = fill[_rank_in_runs(t_group[fill]) < np.repeat(missing, lengths)[fill]]
+            group = np.concatenate([group, t_group[fill]])
+            item = np.concatenate([item, t_item[fill]])
+            score = np.concatenate([score, 0.1 * t_pop[fill] / peaks[fill]])
+            listed = np.concatenate([listed, np.full(len(fill), _TRENDING, dtype=np.int64)])
+            category = np.concatenate([category, np.full(len(fill), -1, dtype=np.int64)])
+        share = self.config.popularity_weight * score
+        wanted = (group // self.width) * KEY_SPACE + item
+        next_click = np.zeros(len(wanted))
+        voted = np.zeros(len(wanted), dtype=bool)
+        if len(self.keys):
+            at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+            voted = self.keys[at] == wanted
+            next_click[voted] = self.scaled[at[voted]]
+        return _Rows(group, item, next_click + share, share, listed, category, voted)
+
+    def _merge(self, head: Ints, popular: _Rows) -> _Rows:
+        """The slates' rows: the next-click candidates at ``head`` (positions in ``order``)
+        blended with the popular rows, best first (ties by id), skipping what cannot be
+        placed, at most ``max_per_category`` of a category, each group's first ``size``."""
+        config = self.config
+        rows = self.order[head]
+        head_group, head_item = self.group_of[head], self.batch.items[rows]
+        alone = ~_member(
+            head_group * KEY_SPACE + head_item, np.sort(popular.group * KEY_SPACE + popular.item)
+        )
+        count = int(alone.sum())
+        merged = _Rows.join(
+            [
+                _Rows(
+                    head_group[alone],
+                    head_item[alone],
+                    self.scaled[rows[alone]],
+                    np.zeros(count),
+                    np.full(count, _NOT_LISTED, dtype=np.int64),
+                    np.full(count, _UNPLACEABLE, dtype=np.int64),
+                    np.ones(count, dtype=bool),
+                ),
+                popular,
+            ]
+        )
+        merged = merged.take(
+            np.lexsort((self._name_ranks(merged.item), -merged.total, merged.group))
+        )
+        # Shown under the catalog's category when it knows the item as the slate's type,
+        # else under the one of the list that brought it; else it cannot be placed.
+        known = self.item_types[merged.item] == self.slate_types[merged.group % self.width]
+        merged.category = np.where(known, self.item_categories[merged.item], merged.category)
+        placed = np.flatnonzero(
+            (merged.category != _UNPLACEABLE) & ~self._excluded(merged.group, merged.item)
+        )
+        # the n-th item of its category in its slate, counting placed items only
+        capped = (
+            merged.group[placed] * (len(self.catalog.category_ids) + 2)
+            + merged.category[placed]
+            + 1
+        )
+        by_key = np.argsort(capped, kind="stable")
+        nth = np.empty(len(placed), dtype=np.int64)
+        nth[by_key] = _rank_in_runs(capped[by_key])
+        placed = placed[(merged.category[placed] == -1) | (nth < config.max_per_category)]
+        placed = placed[_rank_in_runs(merged.group[placed]) < config.size]
+        return merged.take(placed)
+
+    def _rows(self) -> _Rows:
+        """Every requested group's slate rows, sorted by group. Only each group's head
+        (``2 * size`` best next-click candidates) is blended first: it almost always fills
+        the slate; a group whose slate is not full above the head's last score (an unranked
+        candidate could come first) is blended again from all its candidates."""
+        head_size = 2 * self.config.size
+        group_of, starts = self.group_of, self.group_starts
+        in_group = np.arange(len(group_of)) - starts[group_of]
+        wanted = self.requested[group_of]
+        first = self._merge(np.flatnonzero(wanted & (in_group < head_size)), self.popular)
+        more = np.flatnonzero(self.requested & (np.diff(starts) > head_size))
+        if not len(more):
+            return first
+        floor = self.scaled[self.order[starts[more] + head_size - 1]]
+        bounds = np.searchsorted(first.group, more, side="right")
+        filled = np.bincount(first.group, minlength=len(self.requested))[more] == self.config.size
+        last = first.total[np.maximum(bounds - 1, 0)]
+        redo = more[~(filled & (last > floor))]
+        if not len(redo):
+            return first
+        again = np.zeros(len(self.requested), dtype=bool)
+        again[redo] = True
+        kept = first.take(~again[first.group])
+        full = self._merge(
+            np.flatnonzero(again[group_of]), self.popular.take(again[self.popular.group])
+        )
+        both = _Rows.join([kept, full])
+        return both.take(np.argsort(both.group, kind="stable"))
+
+    def slates(self, now_ms: int) -> list[dict[str, Slate]]:
+        """Every user's slates: the rows explained and made into slate items."""
+        rows = self._rows()
+        listed_reason = (rows.listed != _NOT_LISTED) & (
+            ~rows.voted | (rows.share > rows.total - rows.share)
+        )
+        names, categories = self.model.item_names, list(self.catalog.category_ids)
+        reasons = {_TRENDING: "trending now"}
+        bounds = np.searchsorted(rows.group, np.arange(len(self.requested) + 1)).tolist()
+        items, totals = rows.item.tolist(), rows.total.tolist()
+        listed, shown, by_list = (
+            rows.listed.tolist(),
+            rows.category.tolist(),
+            listed_reason.tolist(),
+        )
         out = []
-        for position, per_type in enumerate(self._popular(popularity)):
-            user, item_types = self.requests[position]
+        for position, (user, item_types) in enumerate(self.requests):
             slates = {}
-            for item_type, (candidates, voted) in zip(item_types, per_type, strict=True):
-                group = position * len(self.types) + self.types.index(item_type)
-                items = self._slate_items(position, group, item_type, candidates, voted, True)
-                if items is None:  # the head ran out before the slate was full: rank them all
-                    items = self._slate_items(position, group, item_type, candidates, voted, False)
-                assert items is not None
+            for item_type in item_types:
+                group = position * self.width + self.types.index(item_type)
+                slate = []
+                for at in range(bounds[group], bounds[group + 1]):
+                    item_id = names[items[at]]
+                    if by_list[at]:
+                        reason = reasons.get(listed[at])
+                        if reason is None:
+                            reason = reasons[listed[at]] = f"popular in {categories[listed[at]]}"
+                    else:
+                        reason = self._because(position, item_id)
+                    category = shown[at]
+                    slate.append(
+                        SlateItem(
+                            item_id,
+                            round(totals[at], 6),
+                            reason,
+                            categories[category] if category >= 0 else None,
+                        )
+                    )
                 slates[item_type] = Slate(
-                    items=items,
+                    items=slate,
                     version=user.version,
                     generated_at=now_ms,
                     model="cooccurrence+popular",
                 )
             out.append(slates)
         return out
-
-    def _slate_items(
-        self,
-        position: int,
-        group: int,
-        item_type: str,
-        candidates: list[PopularCandidate],
-        voted: list[float | None],
-        truncate: bool,
-    ) -> list[SlateItem] | None:
-        """The slate of one item type: its next-click candidates plus popular in the user's
-        categories, best first, filtered, diversified and explained; None when the ranked
-        head (``truncate``) ran out before the slate was full."""
-        config, exclude = self.config, self.excluded[position]
-        names, scores, more = self._ranked(group, self.head if truncate else None)
-        floor = scores[-1] if more else -1.0  # below it, unranked candidates may come first
-        total = dict(zip(names, scores, strict=True))
-        popular: dict[str, tuple[float, str | None, str, bool]] = {}
-        weight = config.popularity_weight
-        for (item_id, popularity_score, category, reason), score in zip(
-            candidates, voted, strict=True
-        ):
-            share = weight * popularity_score
-            popular[item_id] = (share, category, reason, score is not None)
-            total[item_id] = (score or 0.0) + share
-        # Best first, ties by id; the checks below run only until the slate is full.
-        ordered = sorted(total)
-        ordered.sort(key=total.__getitem__, reverse=True)
-
-        catalog_get = self.catalog.get
-        per_category: dict[str | None, int] = {}
-        items: list[SlateItem] = []
-        for item_id in ordered:
-            score = total[item_id]
-            if score <= floor:
-                return None
-            if item_id in exclude:
-                continue
-            known = catalog_get(item_id)
-            from_popular = popular.get(item_id)
-            if known is not None and known[0] == item_type:
-                category = known[1]
-            elif from_popular is not None:
-                category = from_popular[1]
-            else:  # a next-click candidate of another type, or unknown to the catalog
-                continue
-            if category is not None:
-                if per_category.get(category, 0) >= config.max_per_category:
-                    continue
-                per_category[category] = per_category.get(category, 0) + 1
-            if from_popular is not None and (
-                not from_popular[3] or from_popular[0] > score - from_popular[0]
-            ):
-                reason = from_popular[2]
-            else:
-                reason = self._because(position, item_id)
-            items.append(SlateItem(item_id, round(score, 6), reason, category))
-            if len(items) == config.size:
-                break
-        return items if not more or len(items) == config.size else None
 
     def _because(self, position: int, item_id: str) -> str:
         """Why a next-click candidate is recommended: the session item behind its strongest

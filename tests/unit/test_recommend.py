@@ -18,10 +18,12 @@ from processors.slates import PopularCandidate, Slate, SlateItem, popular_candid
 from processors.user_state import RecentItem, UserState
 
 
-def click(i: int, user: str, item: str, category: str = "pasta", kind: str = "recipe") -> Click:
+def click(
+    i: int, user: str, item: str, category: str = "pasta", kind: str = "recipe", step: int = 1000
+) -> Click:
     return Click(
         event_id=f"e{i}-{user}-{item}",
-        ts=1_000_000 + i * 1000,
+        ts=1_000_000 + i * step,
         user_id=user,
         item_id=item,
         item_type=kind,
@@ -248,24 +250,30 @@ def reference_slate(
     st.lists(
         st.tuples(
             st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
-            st.sampled_from([f"r{i}" for i in range(12)] + ["p1", "p2", "p3"]),
-            st.sampled_from(["pasta", "soup", "cake"]),
+            st.sampled_from([f"r{i}" for i in range(16)] + ["p1", "p2", "p3"]),
+            st.sampled_from(["pasta", "soup", "cake", "tea", "bread"]),
         ),
         min_size=1,
-        max_size=60,
+        max_size=80,
     ),
     st.integers(1, 6),
     st.integers(1, 3),
     st.booleans(),
+    st.sampled_from([0, 1000]),
 )
 def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
-    clicks: list[tuple[str, str, str]], size: int, per_category: int, exclude_seen: bool
+    clicks: list[tuple[str, str, str]],
+    size: int,
+    per_category: int,
+    exclude_seen: bool,
+    step: int,
 ) -> None:
-    # Small slates and tight category caps make the ranked head run out (the fallback).
+    # Small slates and tight category caps make the ranked head run out (the fallback);
+    # clicks at one instant (step 0) make equal scores, so ties are broken by id.
     assembly = AssemblyConfig(size=size, max_per_category=per_category, exclude_seen=exclude_seen)
     processor = SliceProcessor(SliceConfig(assembly=assembly))
     events = [
-        click(i, user, item, category, "product" if item.startswith("p") else "recipe")
+        click(i, user, item, category, "product" if item.startswith("p") else "recipe", step)
         for i, (user, item, category) in enumerate(clicks)
     ]
     result = processor.process_batch([(0, e) for e in events], {}, 10**7)
@@ -290,30 +298,58 @@ def test_slates_do_not_depend_on_how_users_are_chunked(monkeypatch: pytest.Monke
     assert slates() == whole and len(whole) == 11  # h0-h3 and me0-me6
 
 
-def test_item_type_codes_follow_the_catalog_and_the_models_index() -> None:
+def test_item_codes_follow_the_catalog_and_the_models_index() -> None:
     catalog = recommend.ItemCatalog(max_items=3)
     names = ["a", "b", "c"]
     index = {name: at for at, name in enumerate(names)}
     catalog.remember("a", "recipe", "pasta")
     catalog.remember("b", "product", None)
 
-    def types() -> list[str | None]:
-        codes = catalog.type_codes(names, index, 0)
-        decode = {code: name for name, code in catalog.type_ids.items()}
-        return [decode.get(int(c)) for c in codes]
+    def entries() -> list[tuple[str | None, str | None]]:
+        types, categories = catalog.codes(names, index, 0)
+        type_of = {code: name for name, code in catalog.type_ids.items()}
+        category_of = {code: name for name, code in catalog.category_ids.items()}
+        return [
+            (type_of.get(int(t)), category_of.get(int(c)))
+            for t, c in zip(types, categories, strict=True)
+        ]
 
-    assert types() == ["recipe", "product", None]
+    assert entries() == [("recipe", "pasta"), ("product", None), (None, None)]
     catalog.remember("c", "recipe", "soup")  # new
     catalog.remember("b", "recipe", "soup")  # its type changed
-    assert types() == ["recipe", "recipe", "recipe"]
+    catalog.remember("a", "recipe", "cake")  # only its category changed
+    assert entries() == [("recipe", "cake"), ("recipe", "soup"), ("recipe", "soup")]
     names.append("d")  # the model's index grew
     index["d"] = 3
-    catalog.remember("d", "product", None)  # a fourth item evicts the least recent: "a"
-    assert types() == [None, "recipe", "recipe", "product"]
-    names[:] = ["d", "c"]  # the index was rebuilt in place
+    catalog.remember("d", "product", None)  # a fourth item evicts the least recent: "c"
+    assert entries() == [("recipe", "cake"), ("recipe", "soup"), (None, None), ("product", None)]
+    names[:] = ["d", "b"]  # the index was rebuilt in place
     index.clear()
-    index.update(d=0, c=1)
-    assert [int(c) for c in catalog.type_codes(names, index, 1)] == [
-        catalog.type_ids["product"],
-        catalog.type_ids["recipe"],
-    ]
+    index.update(d=0, b=1)
+    types, categories = catalog.codes(names, index, 1)
+    assert [int(t) for t in types] == [catalog.type_ids["product"], catalog.type_ids["recipe"]]
+    assert [int(c) for c in categories] == [-1, catalog.category_ids["soup"]]
+
+
+def test_a_tie_at_the_end_of_the_ranked_head_is_broken_by_id_over_all_candidates() -> None:
+    # a is followed by z, y and b once each, at one instant: three equal next-click scores.
+    # Only the head (2 x size = 2: z and y, the first met) is blended first; its last score
+    # ties with b's, so b, unranked but first by id, is only found by blending them all.
+    config = SliceConfig(
+        assembly=AssemblyConfig(size=1, popularity_weight=0.0),
+        cooccurrence=dataclasses.replace(SliceConfig().cooccurrence, bridge_weight=0.0),
+    )
+    processor = SliceProcessor(config)
+    events = [
+        *(
+            click(u * 10 + s, f"h{u}", item, step=0)
+            for u, path in enumerate("zyb")
+            for s, item in enumerate(["a", path])
+        ),
+        click(100, "me", "a", step=0),
+    ]  # fmt: skip  (one instant: no time decay between the scores)
+    result = processor.process_batch([(0, e) for e in events], {}, 10**7)
+    slate = result.slates["me"]["recipes"]
+    ranked = processor.popularity.snapshot(2 + config.user.history_size)
+    assert [item.id for item in slate.items] == ["b"]
+    assert slate.items == reference_slate(processor, result.touched["me"], "recipe", ranked)
