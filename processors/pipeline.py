@@ -58,6 +58,7 @@ from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
     ItemCatalog,
+    PopularLists,
     assemble_slates_many,
     current_session,
     visitor_id,
@@ -109,6 +110,7 @@ class SliceProcessor:
         self.popularity = PopularityIndex(config.popularity)
         self.cooccurrence = CooccurrenceModel(config.cooccurrence)
         self.items = ItemCatalog(config.max_catalog_items)  # what events said about items
+        self.popular_lists = PopularLists(self.cooccurrence)  # arrays, from batch to batch
         self.catalog = Catalog(max_items=config.max_catalog_items)  # the catalog topic
         self.ctr = CtrStats(config.ctr_window_ms, max_keys=config.max_ctr_keys)
         # Scores with the latest model snapshot; learning happens in the learner (stream/).
@@ -202,7 +204,13 @@ class SliceProcessor:
             types = {"recipe"} | {item.item_type for item in state.recent}
             requests.append((state, [t for t in SLATE_FIELDS if t in types]))
         built = assemble_slates_many(
-            requests, self.cooccurrence, ranked, self.items, config.assembly, now_ms
+            requests,
+            self.cooccurrence,
+            ranked,
+            self.items,
+            config.assembly,
+            now_ms,
+            self.popular_lists,
         )
         for (state, _), by_type in zip(requests, built, strict=True):
             slates = result.slates[state.user_id] = {

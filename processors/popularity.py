@@ -30,6 +30,9 @@ class PopularityIndex:
         self.config = config
         self._by_category: dict[tuple[str, str], DecayedCounter] = {}
         self._global: dict[str, DecayedCounter] = {}
+        # (item type, category or None: overall) -> (depth, its top list), dropped when the
+        # list's counter changes: a batch of a few events reuses every list it did not touch
+        self._tops: dict[tuple[str, str | None], tuple[int, list[tuple[str, float]]]] = {}
 
     def _counter(self, max_keys: int) -> DecayedCounter:
         return DecayedCounter(half_life_ms=self.config.half_life_ms, max_keys=max_keys)
@@ -41,6 +44,7 @@ class PopularityIndex:
         if overall is None:
             overall = self._global[item_type] = self._counter(self.config.max_items_global)
         overall.add(item_id, t_ms, weight)
+        self._tops.pop((item_type, None), None)
         if category is None:
             return
         key = (item_type, category)
@@ -50,6 +54,21 @@ class PopularityIndex:
                 return  # bounded: a flood of new category names cannot grow memory
             counter = self._by_category[key] = self._counter(self.config.max_items_per_category)
         counter.add(item_id, t_ms, weight)
+        self._tops.pop(key, None)
+
+    def ranked(self, item_type: str, category: str | None, depth: int) -> list[tuple[str, float]]:
+        """The top ``depth`` of a category (None: of the item type overall), the same list
+        object until its counter changes (callers must not modify it)."""
+        key = (item_type, category)
+        held = self._tops.get(key)
+        if held is None or held[0] != depth:
+            ranked = (
+                self.top_overall(item_type, depth)
+                if category is None
+                else self.top_in_category(item_type, category, depth)
+            )
+            held = self._tops[key] = (depth, ranked)
+        return held[1]
 
     def top_in_category(
         self, item_type: str, category: str, n: int, exclude: set[str] | None = None
@@ -98,13 +117,11 @@ class RankedSnapshot:
         key = (item_type, category)
         ranked = self._category.get(key)
         if ranked is None:
-            ranked = self._category[key] = self.index.top_in_category(
-                item_type, category, self.depth
-            )
+            ranked = self._category[key] = self.index.ranked(item_type, category, self.depth)
         return ranked
 
     def overall(self, item_type: str) -> list[tuple[str, float]]:
         ranked = self._overall.get(item_type)
         if ranked is None:
-            ranked = self._overall[item_type] = self.index.top_overall(item_type, self.depth)
+            ranked = self._overall[item_type] = self.index.ranked(item_type, None, self.depth)
         return ranked

@@ -192,6 +192,7 @@ def assemble_slates_many(
     catalog: ItemCatalog,
     config: AssemblyConfig,
     now_ms: int,
+    lists: PopularLists | None = None,
 ) -> list[dict[str, Slate]]:
     """The slates of many users, one per requested item type each, built together.
 
@@ -202,10 +203,13 @@ def assemble_slates_many(
     item. Only the head of each user's candidates is ranked in Python: the slate needs
     ``size`` items, so a user's ``2 * size`` best of a type that are not excluded almost
     always fill it; when they do not, the user's whole list is ranked.
-    A user's slates do not depend on which other users share the batch.
+    A user's slates do not depend on which other users share the batch. ``lists``: the
+    popular lists as arrays, kept by the caller from batch to batch (made here when None).
     """
     out: list[dict[str, Slate]] = []
-    lists = _PopularLists(popularity, model)
+    if lists is None:
+        lists = PopularLists(model)
+    lists.snapshot = popularity
     for start in range(0, len(requests), CHUNK_USERS):
         chunk = requests[start : start + CHUNK_USERS]
         sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in chunk]
@@ -220,36 +224,42 @@ Floats = npt.NDArray[np.float64]
 _RankedArrays = tuple[Ints, Floats, float]
 
 
-class _PopularLists:
+class PopularLists:
     """The popularity snapshot's ranked lists as arrays over the model's item index (their
-    items interned there), made once per batch."""
+    items interned there), kept while a list (the same object, see
+    ``PopularityIndex.ranked``) and the index are unchanged."""
 
-    def __init__(self, snapshot: RankedSnapshot, model: CooccurrenceModel) -> None:
-        self.snapshot, self.model = snapshot, model
-        self._arrays: dict[tuple[str, str | None], _RankedArrays] = {}
-        self._generation = model.index_generation
+    def __init__(self, model: CooccurrenceModel) -> None:
+        self.model = model
+        self.snapshot: RankedSnapshot | None = None  # the batch's (assemble_slates_many)
+        # (type, category) -> (the list, the index generation, its arrays)
+        self._arrays: dict[
+            tuple[str, str | None], tuple[list[tuple[str, float]], int, _RankedArrays]
+        ] = {}
 
     def get(self, item_type: str, category: str | None) -> _RankedArrays:
         """A category's list; ``None``: the item type's overall (trending) list."""
-        model = self.model
-        if self._generation != model.index_generation:  # the index was rebuilt
-            self._arrays.clear()
-            self._generation = model.index_generation
+        snapshot, model = self.snapshot, self.model
+        assert snapshot is not None
+        ranked = (
+            snapshot.overall(item_type)
+            if category is None
+            else snapshot.in_category(item_type, category)
+        )
         key = (item_type, category)
-        arrays = self._arrays.get(key)
-        if arrays is None:
-            snapshot = self.snapshot
-            ranked = (
-                snapshot.overall(item_type)
-                if category is None
-                else snapshot.in_category(item_type, category)
-            )
-            intern = model.intern
-            arrays = self._arrays[key] = (
-                np.array([intern(item) for item, _ in ranked], dtype=np.int64),
-                np.array([pop for _, pop in ranked], dtype=np.float64),
-                ranked[0][1] if ranked else 0.0,
-            )
+        held = self._arrays.get(key)
+        if held is not None and held[0] is ranked and held[1] == model.index_generation:
+            return held[2]
+        items = [item for item, _ in ranked]
+        codes = list(map(model.item_index.get, items))
+        if None in codes:
+            codes = [model.intern(item) for item in items]
+        arrays = (
+            np.array(codes, dtype=np.int64),
+            np.array([pop for _, pop in ranked], dtype=np.float64),
+            ranked[0][1] if ranked else 0.0,
+        )
+        self._arrays[key] = (ranked, model.index_generation, arrays)
         return arrays
 
 
@@ -320,7 +330,7 @@ class _SlateTail:
         model: CooccurrenceModel,
         catalog: ItemCatalog,
         config: AssemblyConfig,
-        lists: _PopularLists,
+        lists: PopularLists,
     ) -> None:
         self.batch, self.requests, self.model = batch, requests, model
         self.catalog, self.config = catalog, config
@@ -336,34 +346,15 @@ class _SlateTail:
         for position, (_, item_types) in enumerate(requests):
             for item_type in item_types:
                 self.requested[position * width + self.types.index(item_type)] = True
-        # Every list the chunk reads is interned before the codes and exclusions below.
+        # The category lists are interned before the codes and exclusions (_index_items).
         segments = self._category_segments(lists)
-        trending = {item_type: lists.get(item_type, None) for item_type in self.types}
-        self.item_types, self.item_categories = catalog.codes(
-            model.item_names, model.item_index, model.index_generation
-        )
-        # each type position's catalog code (-3: none, so nothing matches it)
-        self.slate_types = np.array(
-            [catalog.type_ids.get(item_type, -3) for item_type in self.types], dtype=np.int64
-        )
+        self._index_items()
         code_of = {item_type: code for code, item_type in enumerate(self.types)}
         # catalog type code -> position in ``types``; the extra last slot maps unknown (-1)
         remap = np.full(len(catalog.type_ids) + 1, -1, dtype=np.int64)
         for item_type, code in catalog.type_ids.items():
             remap[code] = code_of.get(item_type, -1)
         codes = remap[self.item_types[batch.items]]
-        index = model.item_index
-        excluded = [
-            position * KEY_SPACE + index[item]
-            for position, (user, _) in enumerate(requests)
-            for item in (
-                config.exclude_items | user.seen_items()
-                if config.exclude_seen
-                else config.exclude_items
-            )
-            if item in index
-        ]
-        self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
         self.keys = keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
         allowed = (codes >= 0) & ~_member(keys, self.excluded_keys)
         # each (user, type) group's next-click candidates, best first
@@ -373,7 +364,33 @@ class _SlateTail:
         self.group_of = owners[order] * width + codes[order]
         self.order = order
         self.group_starts = np.searchsorted(self.group_of, np.arange(count * width + 1))
-        self.popular = self._popular_rows(segments, trending)
+        self.popular = self._popular_rows(segments, lists)
+
+    def _index_items(self) -> None:
+        """The catalog's type and category of every item of the model's index, each slate
+        type's catalog code, and the excluded (user position, item) keys; again whenever
+        more items were interned (a trending list read late)."""
+        model, catalog, config = self.model, self.catalog, self.config
+        self.indexed = len(model.item_names)
+        self.item_types, self.item_categories = catalog.codes(
+            model.item_names, model.item_index, model.index_generation
+        )
+        # each type position's catalog code (-3: none, so nothing matches it)
+        self.slate_types = np.array(
+            [catalog.type_ids.get(item_type, -3) for item_type in self.types], dtype=np.int64
+        )
+        index = model.item_index
+        excluded = [
+            position * KEY_SPACE + index[item]
+            for position, (user, _) in enumerate(self.requests)
+            for item in (
+                config.exclude_items | user.seen_items()
+                if config.exclude_seen
+                else config.exclude_items
+            )
+            if item in index
+        ]
+        self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
 
     def _excluded(self, group: Ints, item: Ints) -> npt.NDArray[np.bool_]:
         return _member((group // self.width) * KEY_SPACE + item, self.excluded_keys)
@@ -382,6 +399,12 @@ class _SlateTail:
         """Each item's rank by id among ``items``: ties are broken by id. (The distinct items
         are found with a mask over the index, not by sorting the rows: few items, many rows.)"""
         names = self.model.item_names
+        if 8 * len(items) < len(names):  # few rows (a small batch): sort them instead
+            distinct, inverse = np.unique(items, return_inverse=True)
+            labels = [names[item] for item in distinct.tolist()]
+            ranks = np.empty(len(labels), dtype=np.int64)
+            ranks[sorted(range(len(labels)), key=labels.__getitem__)] = np.arange(len(labels))
+            return np.asarray(ranks[inverse.reshape(-1)])
         seen = np.zeros(len(names), dtype=bool)
         seen[items] = True
         distinct = np.flatnonzero(seen)
@@ -391,7 +414,7 @@ class _SlateTail:
         return ranks[items]
 
     def _category_segments(
-        self, lists: _PopularLists
+        self, lists: PopularLists
     ) -> tuple[list[int], list[float], list[Ints], list[Floats], list[int]]:
         """Each group's popular lists, one per top category of the user with a positive
         peak: the group, the scale (interest / the list's peak), the list's items and
@@ -423,7 +446,7 @@ class _SlateTail:
     def _popular_rows(
         self,
         segments: tuple[list[int], list[float], list[Ints], list[Floats], list[int]],
-        trending: dict[str, _RankedArrays],
+        lists: PopularLists,
     ) -> _Rows:
         """``popular_candidates`` of every group at once, with each candidate's blended score
         (its next-click score, of any type, plus the popularity share)."""
@@ -455,6 +478,13 @@ class _SlateTail:
         )
         if len(short):
             missing = size - np.bincount(group, minlength=len(self.requested))[short]
+            # read only now (the type's whole counter is ranked): most groups need none
+            trending = {
+                item_type: lists.get(item_type, None)
+                for item_type in {self.types[g % self.width] for g in short.tolist()}
+            }
+            if len(self.model.item_names) != self.indexed:
+                self._index_items()
             overall = [trending[self.types[g % self.width]] for g in short.tolist()]
             lengths = np.array([len(listed) for listed, _, _ in overall], dtype=np.int64)
             t_group = np.repeat(short, lengths)

@@ -260,6 +260,7 @@ def reference_slate(
     st.integers(1, 3),
     st.booleans(),
     st.sampled_from([0, 1000]),
+    st.floats(0.0, 1.0),
 )
 def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     clicks: list[tuple[str, str, str]],
@@ -267,16 +268,20 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     per_category: int,
     exclude_seen: bool,
     step: int,
+    first_share: float,
 ) -> None:
     # Small slates and tight category caps make the ranked head run out (the fallback);
-    # clicks at one instant (step 0) make equal scores, so ties are broken by id.
+    # clicks at one instant (step 0) make equal scores, so ties are broken by id. Two
+    # batches: what the first leaves behind (lists as arrays, the item index) is reused.
     assembly = AssemblyConfig(size=size, max_per_category=per_category, exclude_seen=exclude_seen)
     processor = SliceProcessor(SliceConfig(assembly=assembly))
     events = [
         click(i, user, item, category, "product" if item.startswith("p") else "recipe", step)
         for i, (user, item, category) in enumerate(clicks)
     ]
-    result = processor.process_batch([(0, e) for e in events], {}, 10**7)
+    split = int(first_share * len(events))
+    states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
+    result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
     ranked = processor.popularity.snapshot(2 * size + SliceConfig().user.history_size)
     for user_id, state in result.touched.items():
         for field, slate in result.slates[user_id].items():
