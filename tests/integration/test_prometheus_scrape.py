@@ -40,6 +40,20 @@ def urlopen_text(url: str) -> str:
         return response.read().decode()  # type: ignore[no-any-return]
 
 
+def wait_until_ready(base: str, seconds: float) -> None:
+    """Prometheus listens before its TSDB has opened and answers 503 until then."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # HTTPError 503 and connection errors alike
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def value(base: str, expr: str) -> float:
     result = query(base, expr)
     return float(result[0]["value"][1]) if result else 0.0  # type: ignore[index]
@@ -74,6 +88,7 @@ scrape_configs:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_port(port, 30, prometheus.popen)
+        wait_until_ready(base, 60)
         deadline = time.monotonic() + 90
         sent = 0
         while time.monotonic() < deadline:
