@@ -189,6 +189,14 @@ _VoteArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], tuple[int, i
 _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 #: (session, item) pairs of ``candidates_many`` are one int64 key: session * KEY_SPACE + item.
 KEY_SPACE = 1 << 32
+#: Votes are summed per (session, item) in a dense grid, not after sorting their keys,
+#: while the grid has at most 8 cells per row counted plus this many.
+DENSE_GRID_SLACK = 65_536
+
+
+def fits_dense_grid(cells: int, rows: int) -> bool:
+    """Whether counting ``rows`` values into a grid of ``cells`` beats sorting them."""
+    return cells <= 8 * rows + DENSE_GRID_SLACK
 
 
 #: The score of an (item, score) pair: a C-level key, as ``nlargest`` calls it per entry.
@@ -825,12 +833,44 @@ def _sum_by_key(
     keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """The distinct keys (sorted), the sum of each one's values added in input order from
-    0.0 (as a dict accumulates them), and where each key first occurs."""
+    0.0 (as a dict accumulates them), and where each key first occurs.
+
+    The keys of one call span few sessions and items, so they are counted into a dense
+    (session, item) grid when it is small next to the keys: no sort. Otherwise (many items
+    in the index) ``np.unique``, which sorts. Both give the same arrays.
+
+    >>> keys = np.array([2 * KEY_SPACE + 5, 7, 2 * KEY_SPACE + 5, 3], dtype=np.int64)
+    >>> distinct, sums, first = _sum_by_key(keys, np.array([0.5, 1.0, 0.25, 2.0]))
+    >>> distinct.tolist() == [3, 7, 2 * KEY_SPACE + 5], sums.tolist(), first.tolist()
+    (True, [2.0, 1.0, 0.75], [3, 1, 0])
+    """
+    if len(keys):
+        owners, items = keys >> 32, keys & (KEY_SPACE - 1)  # keys // and % KEY_SPACE (2**32)
+        low = int(owners.min())
+        width = int(items.max()) + 1
+        size = (int(owners.max()) - low + 1) * width
+        if fits_dense_grid(size, len(keys)):
+            return _sum_by_key_dense((owners - low) * width + items, values, size, width, low)
     unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(unique)).astype(
-        np.float64, copy=False
-    )
+    sums = np.bincount(inverse, weights=values, minlength=len(unique))
     return unique, sums.astype(np.float64, copy=False), first
+
+
+def _sum_by_key_dense(
+    cells: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+    size: int,
+    width: int,
+    low: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """``_sum_by_key`` over cells of a (session - ``low``, item) grid ``width`` items wide."""
+    present = np.flatnonzero(np.bincount(cells, minlength=size) > 0)
+    sums = np.bincount(cells, weights=values, minlength=size)[present]
+    first = np.full(size, len(cells), dtype=np.int64)
+    np.minimum.at(first, cells, np.arange(len(cells), dtype=np.int64))
+    owners = present // width
+    keys = (owners + low) * KEY_SPACE + (present - owners * width)
+    return keys.astype(np.int64, copy=False), sums.astype(np.float64, copy=False), first[present]
 
 
 def _peak_per_session(

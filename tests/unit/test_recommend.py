@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import recommend
+from processors import cooccurrence, recommend
 from processors.decay import DecayedCounter
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
@@ -261,6 +262,7 @@ def reference_slate(
     st.booleans(),
     st.sampled_from([0, 1000]),
     st.floats(0.0, 1.0),
+    st.booleans(),
 )
 def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     clicks: list[tuple[str, str, str]],
@@ -269,10 +271,24 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     exclude_seen: bool,
     step: int,
     first_share: float,
+    dense: bool,
 ) -> None:
     # Small slates and tight category caps make the ranked head run out (the fallback);
     # clicks at one instant (step 0) make equal scores, so ties are broken by id. Two
     # batches: what the first leaves behind (lists as arrays, the item index) is reused.
+    # Votes are summed in a dense (session, item) grid, or (many items) after sorting.
+    with patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)):
+        check_batched_slates(clicks, size, per_category, exclude_seen, step, first_share)
+
+
+def check_batched_slates(
+    clicks: list[tuple[str, str, str]],
+    size: int,
+    per_category: int,
+    exclude_seen: bool,
+    step: int,
+    first_share: float,
+) -> None:
     assembly = AssemblyConfig(size=size, max_per_category=per_category, exclude_seen=exclude_seen)
     processor = SliceProcessor(SliceConfig(assembly=assembly))
     events = [
