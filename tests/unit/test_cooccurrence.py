@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -354,11 +355,8 @@ def test_votes_are_summed_per_session_and_item_as_a_dict_adds_them(
         sums[key] = sums.get(key, 0.0) + float(values[at])
         first.setdefault(key, at)
     slack = cooccurrence.DENSE_GRID_SLACK if dense else -(10**12)  # else sorted (np.unique)
-    try:
-        cooccurrence.DENSE_GRID_SLACK, saved = slack, cooccurrence.DENSE_GRID_SLACK
+    with patch.object(cooccurrence, "DENSE_GRID_SLACK", slack):
         distinct, summed, met = cooccurrence._sum_by_key(keys, values)
-    finally:
-        cooccurrence.DENSE_GRID_SLACK = saved
     assert distinct.tolist() == sorted(sums)
     assert summed.tolist() == [sums[key] for key in sorted(sums)]  # exact, not approximate
     assert met.tolist() == [first[key] for key in sorted(sums)]

@@ -277,18 +277,6 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     # clicks at one instant (step 0) make equal scores, so ties are broken by id. Two
     # batches: what the first leaves behind (lists as arrays, the item index) is reused.
     # Votes are summed in a dense (session, item) grid, or (many items) after sorting.
-    with patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)):
-        check_batched_slates(clicks, size, per_category, exclude_seen, step, first_share)
-
-
-def check_batched_slates(
-    clicks: list[tuple[str, str, str]],
-    size: int,
-    per_category: int,
-    exclude_seen: bool,
-    step: int,
-    first_share: float,
-) -> None:
     assembly = AssemblyConfig(size=size, max_per_category=per_category, exclude_seen=exclude_seen)
     processor = SliceProcessor(SliceConfig(assembly=assembly))
     events = [
@@ -296,8 +284,9 @@ def check_batched_slates(
         for i, (user, item, category) in enumerate(clicks)
     ]
     split = int(first_share * len(events))
-    states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
-    result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
+    with patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)):
+        states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
+        result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
     ranked = processor.popularity.snapshot(2 * size + SliceConfig().user.history_size)
     for user_id, state in result.touched.items():
         for field, slate in result.slates[user_id].items():
