@@ -109,9 +109,15 @@ scrape_configs:
         assert p99 > 0, "no latency series in Prometheus"
         assert accepted > 0
         assert value(base, 'min(up{job=~"appetence-.*"})') == 1.0
-        with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
-            rules = json.loads(response.read())["data"]["groups"][0]["rules"]
-        assert len(rules) == 7 and all(rule["health"] == "ok" for rule in rules)
+        deadline = time.monotonic() + 15  # a rule's health is "unknown" until evaluated
+        while True:
+            with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
+                rules = json.loads(response.read())["data"]["groups"][0]["rules"]
+            healthy = len(rules) == 7 and all(rule["health"] == "ok" for rule in rules)
+            if healthy or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert healthy, [(rule["name"], rule["health"]) for rule in rules]
 
         # A labelled family with no child yet (the loyalty AUC before the learner has a
         # window) is declared (# TYPE) but has no sample: declared counts as exported.
@@ -123,8 +129,14 @@ scrape_configs:
         used = {name for panel in panels["panels"] for target in panel["targets"]
                 for name in re.findall(r"\b(appetence_[a-z0-9_]+)", target["expr"])}  # fmt: skip
         assert used and used <= exported, used - exported
-        for name in used & sampled:  # and Prometheus holds a series of each
-            assert query(base, f"count({name})"), name
+        # And Prometheus holds a series of each, once its next scrapes (1 s apart) have seen
+        # it: a gauge set by the worker's 2 s timer may have appeared after the last one.
+        missing = sorted(used & sampled)
+        deadline = time.monotonic() + 15
+        while missing and time.monotonic() < deadline:
+            missing = [name for name in missing if not query(base, f"count({name})")]
+            time.sleep(0.5 if missing else 0)
+        assert not missing, missing
     finally:
         prometheus.stop()
         collector_proc.stop()
