@@ -102,13 +102,16 @@ scrape_configs:
                 "(rate(appetence_event_to_redis_seconds_bucket[15s])))",
             )
             accepted = value(base, "sum(appetence_collector_events_total{result='accepted'})")
-            if throughput > 0 and p99 > 0 and accepted > 0:
+            # both targets up at their last scrape (one scrape timing out on a loaded machine
+            # reads 0 until the next)
+            up = value(base, 'min(up{job=~"appetence-.*"})')
+            if throughput > 0 and p99 > 0 and accepted > 0 and up == 1.0:
                 break
             time.sleep(1)
         assert throughput > 0, "no throughput series in Prometheus"
         assert p99 > 0, "no latency series in Prometheus"
         assert accepted > 0
-        assert value(base, 'min(up{job=~"appetence-.*"})') == 1.0
+        assert up == 1.0
         deadline = time.monotonic() + 15  # a rule's health is "unknown" until evaluated
         while True:
             with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
