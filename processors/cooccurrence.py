@@ -190,13 +190,13 @@ _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 #: (session, item) pairs of ``candidates_many`` are one int64 key: session * KEY_SPACE + item.
 KEY_SPACE = 1 << 32
 #: Votes are summed per (session, item) in a dense grid, not after sorting their keys,
-#: while the grid has at most 8 cells per row counted plus this many.
+#: while the grid has at most 8 cells per vote plus this many (which bounds its memory).
 DENSE_GRID_SLACK = 65_536
 
 
-def fits_dense_grid(cells: int, rows: int) -> bool:
-    """Whether counting ``rows`` values into a grid of ``cells`` beats sorting them."""
-    return cells <= 8 * rows + DENSE_GRID_SLACK
+def fits_dense_grid(cells: int, votes: int) -> bool:
+    """Whether counting ``votes`` into a grid of ``cells`` beats sorting them."""
+    return cells <= 8 * votes + DENSE_GRID_SLACK
 
 
 #: The score of an (item, score) pair: a C-level key, as ``nlargest`` calls it per entry.
