@@ -29,11 +29,12 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from processors.ranking import largest
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -199,10 +200,6 @@ def fits_dense_grid(cells: int, votes: int) -> bool:
     return cells <= 8 * votes + DENSE_GRID_SLACK
 
 
-#: The score of an (item, score) pair: a C-level key, as ``nlargest`` calls it per entry.
-_value: Callable[[tuple[str, float]], float] = itemgetter(1)
-
-
 def click_evidence(session_before: Sequence[str], item: str, steps: int) -> list[Evidence]:
     """The row updates one click makes (before time decay): what ``learn_one`` applies and
     what an item-keyed deployment would ship to each row's owner.
@@ -347,7 +344,7 @@ class CooccurrenceModel:
             return []
         visitors = row.get(item) or max(row.values())
         factor = min(visitors / self._latest_weight, self.config.neighbour_cap) / visitors
-        top = heapq.nlargest(self.config.neighbour_votes_per_item, row.items(), key=_value)
+        top = largest(row.items(), self.config.neighbour_votes_per_item)
         return [(candidate, count * factor) for candidate, count in top]
 
     def _knn_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
@@ -386,9 +383,7 @@ class CooccurrenceModel:
         return votes
 
     def _drop_rare_items(self) -> None:
-        keep = dict(
-            heapq.nlargest(self.config.max_items, self.item_counts.items(), key=lambda kv: kv[1])
-        )
+        keep = dict(largest(self.item_counts.items(), self.config.max_items))
         self.item_counts = keep
         for table in (self.rules, self.pairs, self.covisits, self._vote_lists):
             for item in [i for i in table if i not in keep]:
@@ -400,9 +395,7 @@ class CooccurrenceModel:
             row = table[a] = {}
         row[b] = row.get(b, 0.0) + amount
         if len(row) > 2 * self.config.max_neighbours:
-            table[a] = dict(
-                heapq.nlargest(self.config.max_neighbours, row.items(), key=lambda kv: kv[1])
-            )
+            table[a] = dict(largest(row.items(), self.config.max_neighbours))
 
     # --- similarity -------------------------------------------------------------------
     def similarity(self, a: str, b: str, kind: Similarity | None = None) -> float:
@@ -463,7 +456,7 @@ class CooccurrenceModel:
                 out[candidate] = out.get(candidate, 0.0) + weight * value / peak
         if limit is None:
             return list(out.items())
-        return heapq.nlargest(limit, out.items(), key=_value)
+        return largest(out.items(), limit)
 
     def vote_lists(self, item: str) -> tuple[dict[str, float], dict[str, float]]:
         """The item's materialised rule votes (top ``votes_per_item``) and visitor votes,
@@ -491,7 +484,7 @@ class CooccurrenceModel:
                     peak = max(votes.values())
                     for candidate, vote in votes.items():
                         passed_on[candidate] = passed_on.get(candidate, 0.0) + vote / peak
-            passed_on = dict(heapq.nlargest(config.bridge_votes, passed_on.items(), key=_value))
+            passed_on = dict(largest(passed_on.items(), config.bridge_votes))
         lists = (count, rule_votes, visitor_votes, passed_on)
         if count > 0.0:  # an item never clicked (pruned, or only seen) is not remembered
             self._vote_lists[item] = lists
@@ -564,9 +557,7 @@ class CooccurrenceModel:
         """Adds the bridges' votes to the first hop's ``scores`` (in place) and lifts its
         head on top (see ``candidates``); records the bridges in ``sources``."""
         config = self.config
-        top = heapq.nlargest(
-            max(config.bridge_items, config.bridge_keep), scores.items(), key=_value
-        )
+        top = largest(scores.items(), max(config.bridge_items, config.bridge_keep))
         get = scores.get
         bridges = sources.bridges
         bridges.clear()
@@ -668,7 +659,7 @@ class CooccurrenceModel:
         ``bridges`` (owner, table row, weight)."""
         config = self.config
         owners = keys // KEY_SPACE
-        # best first per session; ties as heapq.nlargest breaks them: the first met
+        # best first per session; ties as ``largest`` breaks them: the first met
         order = np.lexsort((met, -scores, owners))
         ranked_owners = owners[order]
         rank = np.arange(len(order)) - np.searchsorted(ranked_owners, ranked_owners)
@@ -735,7 +726,7 @@ class CooccurrenceModel:
         session's own visits count in the co-visitation like any other visitor's).
         """
         scores = self.candidates(session)
-        ranked = heapq.nlargest(k, scores.items(), key=_value)
+        ranked = largest(scores.items(), k)
         if len(ranked) < k:
             have = {item for item, _ in ranked}
             floor = min((s for _, s in ranked), default=1.0)

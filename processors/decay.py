@@ -15,10 +15,11 @@ order-independent and never need a sweep. Values are rescaled when the exponent 
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import msgspec
+
+from processors.ranking import largest
 
 _RESCALE_EXPONENT = 200.0
 
@@ -59,7 +60,7 @@ class DecayedCounter(msgspec.Struct, kw_only=True):
             self._prune()
 
     def _prune(self) -> None:
-        keep = heapq.nlargest(self.max_keys, self.scores.items(), key=lambda kv: kv[1])
+        keep = largest(self.scores.items(), self.max_keys)
         self.scores = dict(keep)
 
     def value_at(self, key: str, t_ms: int) -> float:
@@ -74,9 +75,9 @@ class DecayedCounter(msgspec.Struct, kw_only=True):
     ) -> list[tuple[str, float]]:
         """The ``n`` strongest keys not in ``exclude``, with scores relative to the landmark."""
         if not exclude:
-            return heapq.nlargest(n, self.scores.items(), key=lambda kv: kv[1])
+            return largest(self.scores.items(), n)
         candidates = ((k, v) for k, v in self.scores.items() if k not in exclude)
-        return heapq.nlargest(n, candidates, key=lambda kv: kv[1])
+        return largest(candidates, n)
 
     def normalised_top(self, n: int) -> list[tuple[str, float]]:
         """Top ``n`` keys with scores divided by the strongest one (1.0 first)."""
