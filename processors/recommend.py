@@ -589,45 +589,46 @@ class _SlateTail:
         return both.take(np.argsort(both.group, kind="stable"))
 
     def slates(self, now_ms: int) -> list[dict[str, Slate]]:
-        """Every user's slates: the rows explained and made into slate items."""
+        """Every user's slates: the rows explained and made into slate items (column by
+        column, so the per-item work runs in ``map`` and comprehensions, not in a loop body
+        per item)."""
         rows = self._rows()
-        listed_reason = (rows.listed != _NOT_LISTED) & (
-            ~rows.voted | (rows.share > rows.total - rows.share)
+        by_list = (
+            (rows.listed != _NOT_LISTED) & (~rows.voted | (rows.share > rows.total - rows.share))
+        ).tolist()
+        names = self.model.item_names
+        # category code -> name; the last entry, None, is what code -1 (shown under no
+        # category) indexes (unplaceable rows, -2, never reach a slate: ``_merge``)
+        category_names: list[str | None] = [*self.catalog.category_ids, None]
+        list_reasons = {_TRENDING: "trending now"}
+        for code in set(rows.listed.tolist()) - {_TRENDING, _NOT_LISTED}:
+            list_reasons[code] = f"popular in {category_names[code]}"
+        ids = list(map(names.__getitem__, rows.item.tolist()))
+        because = self._because
+        reasons = [
+            list_reasons[code] if from_list else because(position, item_id)
+            for from_list, code, position, item_id in zip(
+                by_list, rows.listed.tolist(), (rows.group // self.width).tolist(), ids, strict=True
+            )
+        ]
+        items = list(
+            map(
+                SlateItem,
+                ids,
+                [round(total, 6) for total in rows.total.tolist()],
+                reasons,
+                map(category_names.__getitem__, rows.category.tolist()),
+            )
         )
-        names, categories = self.model.item_names, list(self.catalog.category_ids)
-        reasons = {_TRENDING: "trending now"}
         bounds = np.searchsorted(rows.group, np.arange(len(self.requested) + 1)).tolist()
-        items, totals = rows.item.tolist(), rows.total.tolist()
-        listed, shown, by_list = (
-            rows.listed.tolist(),
-            rows.category.tolist(),
-            listed_reason.tolist(),
-        )
+        type_position = {item_type: at for at, item_type in enumerate(self.types)}
         out = []
         for position, (user, item_types) in enumerate(self.requests):
             slates = {}
             for item_type in item_types:
-                group = position * self.width + self.types.index(item_type)
-                slate = []
-                for at in range(bounds[group], bounds[group + 1]):
-                    item_id = names[items[at]]
-                    if by_list[at]:
-                        reason = reasons.get(listed[at])
-                        if reason is None:
-                            reason = reasons[listed[at]] = f"popular in {categories[listed[at]]}"
-                    else:
-                        reason = self._because(position, item_id)
-                    category = shown[at]
-                    slate.append(
-                        SlateItem(
-                            item_id,
-                            round(totals[at], 6),
-                            reason,
-                            categories[category] if category >= 0 else None,
-                        )
-                    )
+                group = position * self.width + type_position[item_type]
                 slates[item_type] = Slate(
-                    items=slate,
+                    items=items[bounds[group] : bounds[group + 1]],
                     version=user.version,
                     generated_at=now_ms,
                     model="cooccurrence+popular",

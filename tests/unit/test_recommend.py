@@ -77,6 +77,22 @@ def test_diversity_caps_items_per_category() -> None:
     assert "soup" in categories
 
 
+def test_each_item_is_shown_under_its_own_category_or_none() -> None:
+    """An item the stream gave no category is shown under none (not under some other
+    category), next to items of known categories, in the same slate."""
+    events = [
+        click(u * 100 + s, f"h{u}", item, category=category)  # type: ignore[arg-type]
+        for u in range(3)
+        for s, (item, category) in enumerate(
+            [("p0", "pasta"), ("p1", None), ("p2", "soup"), ("p3", None), ("p4", "pasta")]
+        )
+    ]
+    events.append(click(99_000, "me", "p0"))
+    result = SliceProcessor(SliceConfig()).process_batch([(0, e) for e in events], {}, 10**7)
+    shown = {item.id: item.category for item in result.slates["me"]["recipes"].items}
+    assert shown == {"p1": None, "p2": "soup", "p3": None, "p4": "pasta"}
+
+
 def test_product_slate_only_for_users_with_products_and_only_products() -> None:
     events = [
         click(1, "h", "r1"),
