@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from processors.events import Click
 from processors.user_state import UserState, UserStateConfig, apply_event, encode_user_state
 from state import records
 from state.records import ZSTD_MAGIC, pack_user_state, unpack_user_state
-from state.tables import MARKER_KEY, UserStateStore
+from state.tables import MARKER_KEY, PARTITION_SLOTS, UserStateStore, _where
 
 TOPIC = "test-user-state-changelog"
 
@@ -200,3 +202,21 @@ def test_training_refuses_to_overwrite_a_dictionary(capsys: pytest.CaptureFixtur
         records.main(["train", "--out", str(records.DICTIONARY_PATH)])
     assert "exists" in capsys.readouterr().err
     assert records.DICTIONARY_PATH.read_bytes() == before
+
+
+@given(
+    st.integers(0, PARTITION_SLOTS - 1),
+    st.integers(-(2**45), 2**45),
+    st.integers(-(2**45), 2**45),
+)
+def test_a_held_users_place_packs_partition_and_idle_time_losslessly(
+    partition: int, last_event_ts: int, horizon: int
+) -> None:
+    where = _where(partition, last_event_ts)
+    assert where % PARTITION_SLOTS == partition
+    assert (where < horizon * PARTITION_SLOTS) == (last_event_ts < horizon)  # evict_idle's test
+
+
+def test_a_partition_beyond_the_packing_fails_loudly() -> None:
+    with pytest.raises(ValueError, match="partition"):
+        _where(PARTITION_SLOTS, 0)
