@@ -15,6 +15,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from processors.user_state import UserState
 from state.records import pack_user_state
 from state.redis_writer import FieldWrite, UserHashWriter
 from stream.catalog_load import publish_catalog
-from stream.config import load_settings
+from stream.config import Settings, load_settings
 from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
 from stream.live import buckets, quantile, scrape, total
 from stream.supervisor import spawn_worker, worker_env
@@ -461,8 +462,68 @@ def _marginal_memory(
     }
 
 
+#: The fixed offered rates, as shares of the measured maximum, and their result prefixes.
+HALF_AND_QUARTER = ((0.5, "latency"), (0.25, "latency_quarter"))
+
+
+def _offer_live(
+    offered: float,
+    prefix: str,
+    seconds: float,
+    model: TrafficModel,
+    producer: Any,
+    settings: Settings,
+    urls: list[str],
+    handled: float,
+) -> dict[str, Any]:
+    """Produce ``seconds`` of the simulator's next events live at ``offered`` events/s (as the
+    collector and the simulator produce: one envelope per partition per 20 ms tick), wait until
+    the workers have handled them, and report event->Redis latency (histogram upper bounds)
+    and the batches the workers took meanwhile."""
+    before = _latency_window(urls)
+    first = [scrape(url) for url in urls]
+    live = [e for _, e in zip(range(int(offered * seconds)), model.events(), strict=False)]
+    tick = 0.02
+    per_tick = max(1, int(offered * tick))
+    started = time.monotonic()
+    for index in range(0, len(live), per_tick):
+        due = live[index : index + per_tick]
+        for partition, value in _envelopes(due, settings.partitions):
+            producer.send(settings.events_topic, value=value, partition=partition)
+        ahead = (index + len(due)) / offered - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+    deadline = time.monotonic() + 120
+    while _handled_all(urls) < handled + len(live) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = _latency_window(urls)
+    last = [scrape(url) for url in urls]
+    window = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
+
+    def grown(name: str) -> float:
+        return sum(total(b, name) - total(a, name) for a, b in zip(first, last, strict=True))
+
+    batches = max(grown("appetence_batch_events_count"), 1.0)
+    busy = grown("appetence_batch_processing_seconds_sum")
+    return {
+        f"{prefix}_offered_events_per_second": round(offered, 1),
+        f"{prefix}_events": len(live),
+        f"{prefix}_p50_seconds_upper_bound": quantile(window, 0.5),
+        f"{prefix}_p99_seconds_upper_bound": quantile(window, 0.99),
+        f"{prefix}_events_per_batch": round(grown("appetence_batch_events_sum") / batches, 1),
+        f"{prefix}_ms_per_batch": round(1000 * busy / batches, 1),
+        # time inside batch handling over the time the traffic was offered, per worker
+        f"{prefix}_busy_share": round(busy / (seconds * len(urls)), 3),
+    }
+
+
 def bench_pipeline(
-    events: int, workers: int, log_dir: Path, latency_seconds: float = 20.0
+    events: int,
+    workers: int,
+    log_dir: Path,
+    latency_seconds: float = 20.0,
+    live_rates: Sequence[float] = (),
 ) -> dict[str, Any]:
     """The full pipeline (decode, every processor, coalesced pipelined Redis writes) draining
     ``events`` preloaded simulated events with ``workers`` processes; the consume-and-decode
@@ -565,38 +626,17 @@ def bench_pipeline(
             handled += marginal.pop("added_events")
             results.update(marginal)
             # Latency at fixed offered rates, produced live: half the measured maximum (the
-            # issue's point), then a quarter (what the worker sustains with small batches).
-            for share, prefix in ((0.5, "latency"), (0.25, "latency_quarter")):
-                offered = max(50.0, rate * share)
-                before = _latency_window(urls)
-                live = [e for _, e in zip(range(int(offered * latency_seconds)), model.events(),
-                                          strict=False)]  # fmt: skip
-                # As the collector and the simulator produce: one envelope per partition per tick.
-                tick = 0.02
-                per_tick = max(1, int(offered * tick))
-                started = time.monotonic()
-                for index in range(0, len(live), per_tick):
-                    due = live[index : index + per_tick]
-                    for partition, value in _envelopes(due, settings.partitions):
-                        producer.send(settings.events_topic, value=value, partition=partition)
-                    ahead = (index + len(due)) / offered - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                producer.flush()
-                handled += len(live)
-                deadline = time.monotonic() + 120
-                while _handled_all(urls) < handled and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                after = _latency_window(urls)
-                window = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
+            # issue's point), then a quarter (what the worker sustains with small batches),
+            # then any rates asked for (``live_rates``: the latency curve by rate).
+            offers = [(max(50.0, rate * share), name) for share, name in HALF_AND_QUARTER]
+            offers += [(float(r), f"live_{r:g}") for r in live_rates]
+            for offered, prefix in offers:
                 results.update(
-                    {
-                        f"{prefix}_offered_events_per_second": round(offered, 1),
-                        f"{prefix}_events": len(live),
-                        f"{prefix}_p50_seconds_upper_bound": quantile(window, 0.5),
-                        f"{prefix}_p99_seconds_upper_bound": quantile(window, 0.99),
-                    }
+                    _offer_live(
+                        offered, prefix, latency_seconds, model, producer, settings, urls, handled
+                    )
                 )
+                handled += results[f"{prefix}_events"]
         finally:
             producer.close()
             for proc in procs:
@@ -694,6 +734,8 @@ def run_benchmarks(
     sessions: list[list[str]] | None = None,
     workers: int = 1,
     profile: bool = False,
+    live_rates: Sequence[float] = (),
+    live_seconds: float = 20.0,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
     else the simulator's click sessions do.
@@ -718,5 +760,5 @@ def run_benchmarks(
     results["amplification"] = measure_amplification(click_sessions)
     if e2e:
         log_dir = Path(tempfile.mkdtemp(prefix="appetence-bench-"))
-        results.update(bench_pipeline(e2e_events, workers, log_dir))
+        results.update(bench_pipeline(e2e_events, workers, log_dir, live_seconds, live_rates))
     return results

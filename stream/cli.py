@@ -657,6 +657,16 @@ def bench(
     profile: Annotated[
         bool, typer.Option(help="Also profile the processors (cProfile): where the time goes")
     ] = False,
+    live_rates: Annotated[
+        str,
+        typer.Option(
+            help="Also offer these rates live after the drain (events/s, comma-separated, e.g. "
+            "300,600,900): latency, batch size and busy share at each"
+        ),
+    ] = "",
+    live_seconds: Annotated[
+        float, typer.Option(help="Seconds of live traffic at each offered rate")
+    ] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Measure the hot path: decode, process, co-occurrence, and end to end (events/s)."""
@@ -667,6 +677,12 @@ def bench(
     _tune_gc(_settings())  # the processors measured as the worker runs them
     if workers < 1:
         raise typer.BadParameter("--workers must be at least 1")
+    try:
+        rates = [float(rate) for rate in live_rates.split(",") if rate.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(f"--live-rates: {error}") from error
+    if any(rate <= 0 for rate in rates) or live_seconds <= 0:
+        raise typer.BadParameter("--live-rates and --live-seconds must be positive")
     results = run_benchmarks(
         events=events,
         e2e=e2e,
@@ -674,6 +690,8 @@ def bench(
         sessions=click_sessions,
         workers=workers,
         profile=profile,
+        live_rates=rates,
+        live_seconds=live_seconds,
     )
     if as_json:
         typer.echo(json.dumps(results))

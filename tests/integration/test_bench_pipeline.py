@@ -1,0 +1,33 @@
+"""`appetence bench`'s pipeline stage runs against its own embedded broker and Redis and
+reports what docs/benchmarks.md quotes: the drain against the ceiling, and latency, batch
+size and busy share at each live rate asked for. Numbers are not asserted (they belong in
+docs/benchmarks.md), only that each is measured from the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream.benchmark import bench_pipeline
+from stream.metrics import LATENCY_BUCKETS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path) -> None:
+    results = bench_pipeline(2_000, 1, tmp_path, latency_seconds=2.0, live_rates=(150,))
+    assert results["pipeline_events"] == 2_000
+    assert 0 < results["pipeline_events_per_second"] < results["ceiling_events_per_second"]
+    for prefix in ("latency", "latency_quarter", "live_150"):
+        assert results[f"{prefix}_events"] > 0
+        assert results[f"{prefix}_p99_seconds_upper_bound"] in (*LATENCY_BUCKETS, float("inf"))
+        assert (
+            results[f"{prefix}_p50_seconds_upper_bound"]
+            <= results[f"{prefix}_p99_seconds_upper_bound"]
+        )
+        assert results[f"{prefix}_events_per_batch"] > 0
+        assert results[f"{prefix}_ms_per_batch"] > 0
+        assert results[f"{prefix}_busy_share"] > 0
+    assert results["live_150_offered_events_per_second"] == 150.0
+    assert results["live_150_events"] == 300
