@@ -330,12 +330,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             return web.json({"error": f"no report for audience {audience_id!r} yet"}, status=404)
         return web.json(report)
 
-    def next_window() -> float:
+    def next_window(since_taken: float) -> float:
         window = batch_window(
             handler.behind_seconds,
             settings.batch_within_seconds,
             settings.batch_catch_up_seconds,
             settings.batch_catch_up_after_seconds,
+            since_taken,
         )
         if window > settings.batch_within_seconds:
             metrics.batches_catching_up.inc()

@@ -9,7 +9,9 @@ user, so larger batches coalesce more events per user: at 500 events per batch t
 ~0.6 slates per event, at 8,000 far fewer (docs/benchmarks.md). ``take_batches`` is Faust's
 ``take_events`` (faust-streaming 0.15.3, same buffering and the same acks: an event is acked
 only after the batch holding it was handled) with the window asked for on every batch, so the
-caller can widen it while the consumer lags (``batch_window``).
+caller can widen it while the consumer lags (``batch_window``), and with the time since the
+previous batch was taken, so that a batch that took longer than the window is followed at once
+(a cadence, not a pause after every batch: see ``batch_window``).
 """
 
 from __future__ import annotations
@@ -21,34 +23,57 @@ from typing import Any
 from mode.utils.aiter import aiter as channel_iterator
 from mode.utils.futures import notify
 
+#: The least a batch is gathered for: long enough for the fetcher to hand over what arrived
+#: while the previous batch was handled (the event loop was busy then), short against the
+#: 250 ms latency target.
+MIN_GATHER_SECONDS = 0.005
+
 
 def batch_window(
-    behind_seconds: float, within: float, catch_up_within: float, catch_up_after: float
+    behind_seconds: float,
+    within: float,
+    catch_up_within: float,
+    catch_up_after: float,
+    since_taken: float = 0.0,
 ) -> float:
-    """The take window for the next batch: ``catch_up_within`` while the worker is behind
-    (the last batch's oldest record had waited ``catch_up_after`` seconds or more when it was
-    taken), else ``within`` (latency first).
+    """How long to gather the next batch.
+
+    While the worker is behind (the last batch's oldest record had waited ``catch_up_after``
+    seconds or more when it was taken): ``catch_up_within``, whole, as larger batches coalesce
+    more events per user. Otherwise batches are taken every ``within`` seconds: what is left of
+    ``within`` since the previous batch was taken (``since_taken``), and at least
+    ``MIN_GATHER_SECONDS``. A batch that took longer than ``within`` to handle is followed at
+    once by the events that arrived meanwhile, instead of after another full window: an
+    event's latency is about two batch cycles, and a fixed pause in every cycle adds up to
+    ``within`` to each.
 
     >>> batch_window(0.3, within=0.05, catch_up_within=0.5, catch_up_after=2.0)
     0.05
-    >>> batch_window(30.0, within=0.05, catch_up_within=0.5, catch_up_after=2.0)
+    >>> round(batch_window(0.3, within=0.05, catch_up_within=0.5, catch_up_after=2.0,
+    ...                    since_taken=0.02), 3)
+    0.03
+    >>> batch_window(0.3, within=0.05, catch_up_within=0.5, catch_up_after=2.0, since_taken=0.2)
+    0.005
+    >>> batch_window(30.0, within=0.05, catch_up_within=0.5, catch_up_after=2.0, since_taken=3.0)
     0.5
     >>> batch_window(30.0, within=0.05, catch_up_within=0.5, catch_up_after=0.0)  # 0: never
     0.05
     """
     if catch_up_after > 0.0 and behind_seconds >= catch_up_after:
         return max(within, catch_up_within)
-    return within
+    return max(MIN_GATHER_SECONDS, within - since_taken)
 
 
 async def take_batches(
-    stream: Any, max_records: int, max_bytes: int, window: Callable[[], float]
+    stream: Any, max_records: int, max_bytes: int, window: Callable[[float], float]
 ) -> AsyncIterator[list[Any]]:
     """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes`` of
-    input (a record that crosses it ends the batch), each gathered for at most ``window()``
-    seconds (asked anew for every batch). Events are acked once the consumer of a batch asks
-    for the next one, as in Faust's ``take_events``, and only then: a batch the consumer
-    abandons (raising, or the worker stopping) is not acked."""
+    input (a record that crosses it ends the batch), each gathered for at most
+    ``window(seconds since the previous batch was taken)`` seconds (asked anew for every
+    wait; after a wait that found nothing, counted from the end of that wait). Events are
+    acked once the consumer of a batch asks for the next one, as in Faust's ``take_events``,
+    and only then: a batch the consumer abandons (raising, or the worker stopping) is not
+    acked."""
     buffer: list[Any] = []
     buffered_bytes = 0
     events: list[Any] = []
@@ -86,8 +111,11 @@ async def take_batches(
     stream.enable_acks = False  # acked here, after the batch was handled
     stream.add_processor(add_to_buffer)
     stream._enable_passive(channel_it)
+    clock = stream.loop.time
+    taken_at = clock()
     while not stream.should_stop:
-        await stream.wait_for_stopped(buffer_full, timeout=window())
+        await stream.wait_for_stopped(buffer_full, timeout=window(clock() - taken_at))
+        taken_at = clock()  # an idle worker waits whole windows, not MIN_GATHER_SECONDS
         if not buffer:
             continue
         buffer_consuming = stream.loop.create_future()

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from processors.events import DeadLetter, DecodeLimits, EventDecoder, PageView, encode_event
 from processors.pipeline import SliceConfig, SliceProcessor
-from stream.batching import batch_window
+from stream.batching import MIN_GATHER_SECONDS, batch_window
 from stream.handler import EventHandler
 from stream.metrics import Metrics
 
@@ -106,6 +109,26 @@ def test_a_batch_of_old_records_marks_the_worker_behind_and_widens_the_next_wind
     asyncio.run(handler.handle([FaustEvent(Message("t", 0, 2, b"u", timestamp=time.time()), raw)]))
     assert handler.behind_seconds < 2.0
     assert batch_window(handler.behind_seconds, 0.05, 0.5, catch_up_after=2.0) == 0.05
+
+
+@given(
+    within=st.floats(0.001, 1.0),
+    since_taken=st.floats(0.0, 10.0),
+    behind=st.floats(0.0, 100.0),
+)
+def test_batches_keep_a_cadence_unless_catching_up(
+    within: float, since_taken: float, behind: float
+) -> None:
+    """In time (behind < 2 s): the next batch is taken ``within`` after the previous one, or
+    after MIN_GATHER_SECONDS when handling took longer; catching up: a whole wide window."""
+    wait = batch_window(behind, within, 0.5, catch_up_after=2.0, since_taken=since_taken)
+    if behind >= 2.0:
+        assert wait == max(within, 0.5)
+    else:
+        assert MIN_GATHER_SECONDS <= wait <= max(within, MIN_GATHER_SECONDS)
+        assert since_taken + wait >= within  # never sooner than the cadence
+        if since_taken + MIN_GATHER_SECONDS < within:
+            assert since_taken + wait == pytest.approx(within)  # and not later either
 
 
 class HeldStates(NoStates):
