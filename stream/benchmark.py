@@ -413,11 +413,22 @@ def added_population(template: list[Event], number: int) -> list[Event]:
     ]
 
 
-def _settled(procs: list[Any], urls: list[str]) -> tuple[int, float]:
-    """(RSS in KiB, users held) of the idle workers, once the state gauges have refreshed."""
+#: The item-level tables' size gauges (bounded by items, not users).
+ITEM_TABLE_GAUGES = (
+    "appetence_cooccurrence_entries",
+    "appetence_popularity_entries",
+    "appetence_banner_ctr_entries",
+)
+
+
+def _settled(procs: list[Any], urls: list[str]) -> tuple[int, float, float]:
+    """(RSS in KiB, users held, item-table entries) of the idle workers, once the state
+    gauges have refreshed."""
     time.sleep(2.5)  # the gauges refresh every 2 s; a batch's memory is released after it
-    users = sum(total(scrape(url), "appetence_users_in_state") for url in urls)
-    return sum(_rss_kib(p.popen.pid) for p in procs), users
+    samples = [scrape(url) for url in urls]
+    users = sum(total(x, "appetence_users_in_state") for x in samples)
+    entries = sum(total(x, name) for x in samples for name in ITEM_TABLE_GAUGES)
+    return sum(_rss_kib(p.popen.pid) for p in procs), users, entries
 
 
 def _marginal_memory(
@@ -449,12 +460,18 @@ def _marginal_memory(
         points.append(_settled(procs, urls))
     slopes = [
         round((rss - prev_rss) * 1024 / max(users - prev_users, 1.0))
-        for (prev_rss, prev_users), (rss, users) in itertools.pairwise(points)
+        for (prev_rss, prev_users, _), (rss, users, _) in itertools.pairwise(points)
     ]
     return {
         "added_events": populations * len(template),
         "added_users_per_population": points[1][1] - points[0][1],
-        "idle_rss_mib_per_population": [round(rss / 1024, 1) for rss, _ in points],
+        "idle_rss_mib_per_population": [round(rss / 1024, 1) for rss, _, _ in points],
+        # Part of each slope is the item-level tables still filling (co-occurrence rows grow
+        # toward their bound, popularity, banner CTR): their entries added per added user.
+        "item_table_entries_per_added_user": [
+            round((entries - prev) / max(users - prev_users, 1.0), 2)
+            for (_, prev_users, prev), (_, users, entries) in itertools.pairwise(points)
+        ],
         "rss_bytes_per_added_user": slopes,
         "marginal_rss_bytes_per_active_user": round(
             (points[-1][0] - points[0][0]) * 1024 / max(points[-1][1] - points[0][1], 1.0)

@@ -31,3 +31,9 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
         assert results[f"{prefix}_busy_share"] > 0
     assert results["live_150_offered_events_per_second"] == 150.0
     assert results["live_150_events"] == 300
+    # memory per added user, and how much the item-level tables grew alongside
+    populations = len(results["rss_bytes_per_added_user"])
+    assert populations == len(results["item_table_entries_per_added_user"]) >= 1
+    # (entries can fall: a co-occurrence row past its bound is pruned to its top half)
+    assert all(isinstance(e, float) for e in results["item_table_entries_per_added_user"])
+    assert results["added_users_per_population"] > 0
