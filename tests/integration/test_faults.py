@@ -148,22 +148,29 @@ def test_repeated_sigkill_loses_nothing_and_no_version_goes_back(
     write_events(tmp_path / "events.jsonl", events)
     watcher = watch(redis_client, settings, events)
     current = worker.start()
-    feeder = Feeder(settings, events, rate=1_500)
+    # The stream flows through every kill: a kill cycle takes ~2.5 s plus a recovery of 6-15 s,
+    # so the events are spread over ~9 s per kill (at most 1,500/s). (At 1,500/s throughout, a
+    # fast machine had fed them all by the fifth kill, and the later kills hit an idle worker.)
+    feeder = Feeder(settings, events, rate=min(1_500.0, count / (9.0 * KILLS)))
     feeder.start()
+    # Recovered = handling records again; a restart may first get only the records its
+    # predecessor applied but had not committed, which are all duplicates (not "consumed").
     worker.wait_for(
-        lambda: worker.metric("appetence_events_consumed_total") > 0,
+        lambda: worker.metric("appetence_records_consumed_total") > 0,
         timeout=60,
         what="the first worker to process events",
     )
     recoveries: list[float] = []
+    kills_mid_stream = 0
     for _ in range(KILLS):
         time.sleep(2.5)
+        kills_mid_stream += feeder.is_alive()
         current.kill()  # SIGKILL: no flush, no commit, no goodbye
         killed = time.monotonic()
         worker.processes.remove(current)
         current = worker.start()
         worker.wait_for(
-            lambda: worker.metric("appetence_events_consumed_total") > 0,
+            lambda: worker.metric("appetence_records_consumed_total") > 0,
             timeout=60,
             what="the restarted worker to process events",
         )
@@ -177,6 +184,7 @@ def test_repeated_sigkill_loses_nothing_and_no_version_goes_back(
     record(
         "sigkill",
         kills=KILLS,
+        kills_while_feeding=kills_mid_stream,
         events=count,
         users=len(oracle),
         lost=0,
