@@ -147,6 +147,71 @@ _VoteLists = tuple[float, dict[str, float], dict[str, float], dict[str, float]]
 
 
 @dataclass(frozen=True, slots=True)
+class _Voters:
+    """One kind of gathered votes of ``candidates_many`` (rule, visitor or bridge votes), in
+    the order ``candidates`` meets them: each vote's (session, candidate) key, its weighted
+    vote, and the voting item (an index into ``names``)."""
+
+    keys: npt.NDArray[np.int64]
+    votes: npt.NDArray[np.float64]
+    voter: npt.NDArray[np.int64]
+    names: list[str]
+
+    @staticmethod
+    def none() -> _Voters:
+        return _Voters(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), [])
+
+    def strongest(self, wanted: _KeyLookup) -> npt.NDArray[np.int64]:
+        """For each of the keys ``wanted`` looks up: the position in ``names`` of the voter
+        with the largest positive vote for it (the first met on a tie, as ``_strongest``), or
+        -1 when none votes for it."""
+        out = np.full(wanted.size, -1, dtype=np.int64)
+        if not len(self.keys) or not wanted.size:
+            return out
+        found = wanted.find(self.keys)
+        at = np.flatnonzero((found >= 0) & (self.votes > 0.0))
+        at = at[np.lexsort((at, -self.votes[at], found[at]))]
+        found = found[at]
+        first = np.ones(len(at), dtype=bool)
+        first[1:] = found[1:] != found[:-1]
+        out[found[first]] = self.voter[at[first]]
+        return out
+
+
+class _KeyLookup:
+    """Positions of (session, item) keys among a few distinct wanted ones, by a dense grid over
+    the wanted keys' sessions and distinct items: each lookup is two array reads, no search."""
+
+    def __init__(self, wanted: npt.NDArray[np.int64]) -> None:
+        self.size = len(wanted)
+        self.distinct = np.unique(wanted & (KEY_SPACE - 1))
+        self.low, self.span = 0, 0
+        self.grid = np.zeros(0, dtype=np.int64)
+        if not self.size:
+            return
+        sessions = wanted >> 32
+        self.low = int(sessions.min())
+        self.span = int(sessions.max()) - self.low + 1
+        code = np.searchsorted(self.distinct, wanted & (KEY_SPACE - 1))
+        self.grid = np.full(self.span * len(self.distinct), -1, dtype=np.int64)
+        self.grid[(sessions - self.low) * len(self.distinct) + code] = np.arange(self.size)
+
+    def find(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each key's position among the wanted keys, or -1."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not self.size or not len(keys):
+            return out
+        items = keys & (KEY_SPACE - 1)
+        code_of = np.full(max(int(items.max()), int(self.distinct[-1])) + 1, -1, dtype=np.int64)
+        code_of[self.distinct] = np.arange(len(self.distinct))
+        code = code_of[items]
+        session = (keys >> 32) - self.low
+        ok = np.flatnonzero((code >= 0) & (session >= 0) & (session < self.span))
+        out[ok] = self.grid[session[ok] * len(self.distinct) + code[ok]]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class BatchCandidates:
     """Many sessions' scored next items at once (``candidates_many``), as arrays sorted by
     session, then item index: session ``s``'s candidates are ``bounds[s]:bounds[s + 1]``."""
@@ -155,13 +220,19 @@ class BatchCandidates:
     items: npt.NDArray[np.int64]  # the candidate's index (``CooccurrenceModel.item_name``)
     scores: npt.NDArray[np.float64]  # exactly what ``candidates`` scores it
     bounds: npt.NDArray[np.int64]
-    sources: list[VoteSources]  # each session's voters; ``bridges_of`` fills their bridges
+    session_items: Sequence[Sequence[str]]  # the sessions asked for
     bridges: _Requests  # the second hop's bridges: session, gather row, weight
     bridge_bounds: npt.NDArray[np.int64]  # session s's bridges: bridge_bounds[s]:[s + 1]
+    #: the gathered votes by kind (rules, visitors, bridges): where explanations come from
+    voters: tuple[_Voters, _Voters, _Voters]
+    _sources: dict[int, VoteSources] = field(default_factory=dict)
 
     def with_bridges(self, session: int, model: CooccurrenceModel) -> VoteSources:
-        """The session's vote sources with its bridges filled in (as ``candidates`` does)."""
-        sources = self.sources[session]
+        """The session's vote sources with its bridges filled in (as ``candidates`` does);
+        made on demand from the model as it is now (valid until it learns again)."""
+        sources = self._sources.get(session)
+        if sources is None:
+            sources = self._sources[session] = model.vote_sources(self.session_items[session])
         start, end = int(self.bridge_bounds[session]), int(self.bridge_bounds[session + 1])
         if start < end and not sources.bridges:
             bridges = self.bridges
@@ -171,6 +242,24 @@ class BatchCandidates:
                 item = bridges.items[row]
                 sources.bridges.append((item, weight, model.bridge_votes(item)))
         return sources
+
+    def explain(self, keys: npt.NDArray[np.int64]) -> tuple[list[str | None], list[str | None]]:
+        """For each (session, item) key: the session item behind the item's strongest vote
+        (``VoteSources.strongest``: its strongest rule vote, else its strongest neighbour-visitor
+        vote), and the bridge behind its largest second-hop share (``VoteSources.bridge``);
+        None where there is none. Arrays over all the keys at once, not a loop over each
+        session's voters per item."""
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        wanted = _KeyLookup(distinct)
+        rules, visitors, bridges = self.voters
+        source = rules.strongest(wanted)
+        source = np.where(source >= 0, source, visitors.strongest(wanted))
+        source = source[inverse.reshape(-1)]
+        bridge = bridges.strongest(wanted)[inverse.reshape(-1)]
+        names = rules.names or visitors.names  # the rows of one gather table
+        sources = [None if at < 0 else names[at] for at in source.tolist()]
+        via = [None if at < 0 else bridges.names[at] for at in bridge.tolist()]
+        return sources, via
 
     def scores_of(self, session: int, item_names: Sequence[str]) -> dict[str, float]:
         """One session's candidates as ``candidates`` returns them (order aside)."""
@@ -601,24 +690,27 @@ class CooccurrenceModel:
             self.item_names.clear()
             self.index_generation += 1
             self._vote_arrays.clear()
-        sources = [self.vote_sources(session) for session in sessions]
         table = _GatherTable(self)
         row = table.row
         rules = _Requests(_RULES)
         visitors = _Requests(_VISITORS)
-        for position, source in enumerate(sources):
-            for item, weight, _ in source.rules:
+        knn = self.config.session_knn_weight > 0.0
+        for position, session in enumerate(sessions):
+            for item, weight in self._rule_items(session):
                 rules.owners.append(position)
                 rules.rows.append(row(item))
                 rules.weights.append(weight)
-            for item, weight, _ in source.visitors:
+            for item, weight in self._knn_items(session) if knn else ():
                 visitors.owners.append(position)
                 visitors.rows.append(row(item))
                 visitors.weights.append(weight)
         count = len(sessions)
         rule_votes = table.gather(rules)
-        rule_keys, rule_sums, rule_first = _sum_by_key(*rule_votes)
-        visitor_keys, visitor_sums, visitor_first = _sum_by_key(*table.gather(visitors))
+        rule_keys, rule_sums, rule_first = _sum_by_key(rule_votes.keys, rule_votes.votes)
+        visitor_votes = table.gather(visitors)
+        visitor_keys, visitor_sums, visitor_first = _sum_by_key(
+            visitor_votes.keys, visitor_votes.votes
+        )
         keys, scores, met = rule_keys, rule_sums, rule_first
         if len(visitor_keys):
             # scale = session_knn_weight * (the rule scores' peak, or 1) / the visitor peak
@@ -631,19 +723,23 @@ class CooccurrenceModel:
                 np.concatenate([rule_sums, visitor_sums * scale[visitor_of]]),
             )
             # where the candidate entered the dict: rule votes first, then visitor votes
-            met = np.concatenate([rule_first, len(rule_votes[0]) + visitor_first])[first]
+            met = np.concatenate([rule_first, len(rule_votes.keys) + visitor_first])[first]
         bridges = _Requests(_BRIDGES)
+        bridge_votes = _Voters.none()
         if config.bridge_weight > 0.0 and len(keys):
-            keys, scores = self._second_hop_many(keys, scores, met, table, bridges, count)
+            keys, scores, bridge_votes = self._second_hop_many(
+                keys, scores, met, table, bridges, count
+            )
         owners = keys // KEY_SPACE
         return BatchCandidates(
             sessions=owners,
             items=keys % KEY_SPACE,
             scores=scores,
             bounds=np.searchsorted(owners, np.arange(count + 1)),
-            sources=sources,
+            session_items=sessions,
             bridges=bridges,
             bridge_bounds=np.searchsorted(bridges.owners, np.arange(count + 1)),
+            voters=(rule_votes, visitor_votes, bridge_votes),
         )
 
     def _second_hop_many(
@@ -654,9 +750,9 @@ class CooccurrenceModel:
         table: _GatherTable,
         bridges: _Requests,
         count: int,
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], _Voters]:
         """``_second_hop`` for every session of ``candidates_many`` at once; fills
-        ``bridges`` (owner, table row, weight)."""
+        ``bridges`` (owner, table row, weight) and returns their gathered votes too."""
         config = self.config
         owners = keys // KEY_SPACE
         # best first per session; ties as ``largest`` breaks them: the first met
@@ -669,9 +765,9 @@ class CooccurrenceModel:
         bridges.owners = owners[chosen].tolist()
         bridges.rows = [row(names[item]) for item in (keys[chosen] % KEY_SPACE).tolist()]
         bridges.weights = (config.bridge_weight * scores[chosen]).tolist()
-        bridge_keys, bridge_votes = table.gather(bridges)
+        gathered = table.gather(bridges)
         final_keys, final_scores, _ = _sum_by_key(
-            np.concatenate([keys, bridge_keys]), np.concatenate([scores, bridge_votes])
+            np.concatenate([keys, gathered.keys]), np.concatenate([scores, gathered.votes])
         )
         if config.bridge_keep > 0:
             final_owners = final_keys // KEY_SPACE
@@ -679,7 +775,7 @@ class CooccurrenceModel:
             at = np.searchsorted(final_keys, keys[head])
             final_scores[at] = lift[final_owners[at]] + scores[head]
         bridges.items = table.items  # the rows' names, for the explanations
-        return final_keys, final_scores
+        return final_keys, final_scores, gathered
 
     def intern(self, item: str) -> int:
         """The item's position in ``item_index``, added when new (an index of names only: it
@@ -799,25 +895,31 @@ class _GatherTable:
             self._size = size + d
         return at
 
-    def gather(self, requests: _Requests) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """Every requested vote as a (session, candidate) key and its weighted vote, in
-        request order."""
+    def gather(self, requests: _Requests) -> _Voters:
+        """Every requested vote as a (session, candidate) key, its weighted vote and the
+        voting row, in request order."""
         if not requests.rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+            return _Voters.none()
         if self._joined < len(self._indexes):
             self._all_indexes = np.concatenate([self._all_indexes, *self._indexes[self._joined :]])
             self._all_votes = np.concatenate([self._all_votes, *self._votes[self._joined :]])
             self._joined = len(self._indexes)
-        offsets = np.array(self._offsets, dtype=np.int64)[np.array(requests.rows, np.int64)]
+        rows = np.array(requests.rows, np.int64)
+        offsets = np.array(self._offsets, dtype=np.int64)[rows]
         starts = offsets[:, requests.kind]
         lengths = offsets[:, requests.kind + 1] - starts
         ends = np.cumsum(lengths)
         if not len(ends) or ends[-1] == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+            return _Voters.none()
         at = np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)
         owners = np.repeat(np.array(requests.owners, dtype=np.int64), lengths)
         weights = np.repeat(np.array(requests.weights, dtype=np.float64), lengths)
-        return owners * KEY_SPACE + self._all_indexes[at], self._all_votes[at] * weights
+        return _Voters(
+            owners * KEY_SPACE + self._all_indexes[at],
+            self._all_votes[at] * weights,
+            np.repeat(rows, lengths),
+            self.items,
+        )
 
 
 def _sum_by_key(

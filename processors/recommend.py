@@ -593,9 +593,9 @@ class _SlateTail:
         column, so the per-item work runs in ``map`` and comprehensions, not in a loop body
         per item)."""
         rows = self._rows()
-        by_list = (
-            (rows.listed != _NOT_LISTED) & (~rows.voted | (rows.share > rows.total - rows.share))
-        ).tolist()
+        by_list = (rows.listed != _NOT_LISTED) & (
+            ~rows.voted | (rows.share > rows.total - rows.share)
+        )
         names = self.model.item_names
         # category code -> name; the last entry, None, is what code -1 (shown under no
         # category) indexes (unplaceable rows, -2, never reach a slate: ``_merge``)
@@ -604,13 +604,16 @@ class _SlateTail:
         for code in set(rows.listed.tolist()) - {_TRENDING, _NOT_LISTED}:
             list_reasons[code] = f"popular in {category_names[code]}"
         ids = list(map(names.__getitem__, rows.item.tolist()))
-        because = self._because
-        reasons = [
-            list_reasons[code] if from_list else because(position, item_id)
-            for from_list, code, position, item_id in zip(
-                by_list, rows.listed.tolist(), (rows.group // self.width).tolist(), ids, strict=True
-            )
-        ]
+        # the rows a popular list explains, then the next-click ones, explained together
+        reasons = [list_reasons.get(code, "") for code in rows.listed.tolist()]
+        voted = np.flatnonzero(~by_list)
+        sessions = rows.group[voted] // self.width
+        for position, reason in zip(
+            voted.tolist(),
+            self._because(sessions, [ids[at] for at in voted.tolist()], rows.item[voted]),
+            strict=True,
+        ):
+            reasons[position] = reason
         items = list(
             map(
                 SlateItem,
@@ -636,19 +639,28 @@ class _SlateTail:
             out.append(slates)
         return out
 
-    def _because(self, position: int, item_id: str) -> str:
-        """Why a next-click candidate is recommended: the session item behind its strongest
-        vote, with the co-occurrence evidence when there is some; else the candidate whose
-        own votes brought it (the second hop)."""
-        sources = self.batch.sources[position]
-        source = sources.strongest(item_id)
-        if source is None:
-            bridge = self.batch.with_bridges(position, self.model).bridge(item_id)
-            if bridge is not None:
-                return f"often viewed with {bridge}"
-            source = sources.last
-        evidence = self.model.pairs.get(source, {}).get(item_id, 0.0)
-        if evidence >= 0.5:
-            return f"because you viewed {source} ({evidence:.0f} times together)"
-        # voted by neighbour visitors only (no co-occurrence in one window)
-        return f"visitors who viewed {source} also viewed it"
+    def _because(self, sessions: Ints, ids: list[str], items: Ints) -> list[str]:
+        """Why each next-click candidate (its session position, id and index) is recommended:
+        the session item behind its strongest vote, with the co-occurrence evidence when there
+        is some; else the candidate whose own votes brought it (the second hop)."""
+        sources, bridges = self.batch.explain(sessions * KEY_SPACE + items)
+        pairs = self.model.pairs
+        out = []
+        for session, item_id, source, bridge in zip(
+            sessions.tolist(), ids, sources, bridges, strict=True
+        ):
+            if source is None:
+                if bridge is not None:
+                    out.append(f"often viewed with {bridge}")
+                    continue
+                session_items = self.batch.session_items[session]
+                source = session_items[-1] if session_items else ""
+            evidence = pairs.get(source, _NO_PAIRS).get(item_id, 0.0)
+            if evidence >= 0.5:
+                out.append(f"because you viewed {source} ({evidence:.0f} times together)")
+            else:  # voted by neighbour visitors only (no co-occurrence in one window)
+                out.append(f"visitors who viewed {source} also viewed it")
+        return out
+
+
+_NO_PAIRS: dict[str, float] = {}

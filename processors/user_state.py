@@ -245,5 +245,5 @@ def encode_user_state(state: UserState) -> bytes:
     return _encoder.encode(state)
 
 
-def decode_user_state(data: bytes) -> UserState:
+def decode_user_state(data: bytes | memoryview) -> UserState:
     return _decoder.decode(data)

@@ -73,7 +73,7 @@ def pack_user_state(state: UserState) -> bytes:
     return bytes(memoryview(compressed))
 
 
-def unpack_user_state(record: bytes) -> UserState:
+def unpack_user_state(record: bytes | memoryview) -> UserState:
     """A stored record back to the state (compressed, or plain msgpack)."""
     if record[:4] != ZSTD_MAGIC:
         return decode_user_state(record)
