@@ -163,9 +163,20 @@ class SliceProcessor:
             else:
                 state.user_id = user_id
             previous_seq = state.last_seq
-            session_before = current_session(state.recent, config.assembly.session_gap_ms)
-            if state.recent and event.ts - state.recent[-1].ts > config.assembly.session_gap_ms:
-                session_before = []
+            weight = POPULARITY_WEIGHTS[event.type]
+            item_id, item_type = event.item_id, event.item_type
+            # what the next-click model learns the event after: the session's last ``steps``
+            # items (all it pairs the click with), for the events it learns from only
+            session_before: list[str] = []
+            gap = config.assembly.session_gap_ms
+            if (
+                item_id is not None
+                and item_type in SLATE_FIELDS
+                and weight > 0.0
+                and state.recent
+                and event.ts - state.recent[-1].ts <= gap
+            ):
+                session_before = current_session(state.recent, gap, config.cooccurrence.steps)
             if not apply_event(state, event, config.user):
                 result.duplicates += 1
                 continue
@@ -174,8 +185,6 @@ class SliceProcessor:
             result.touched[user_id] = state
             result.applied_by_type[event.type] += 1
             self._observe_loyalty(user_id, state, event, result, unscored)
-            weight = POPULARITY_WEIGHTS[event.type]
-            item_id, item_type = event.item_id, event.item_type
             if item_type == "banner" and item_id is not None and event.type != "pageview":
                 segment = state.segment or "na"
                 self.ctr.learn_one(item_id, segment, event.type == "click", event.ts)

@@ -132,12 +132,20 @@ class ItemCatalog:
         return len(self._items)
 
 
-def current_session(recent: list[RecentItem], gap_ms: int) -> list[str]:
-    """The items of the user's latest session (no gap longer than ``gap_ms``), oldest first."""
+def current_session(recent: list[RecentItem], gap_ms: int, last: int | None = None) -> list[str]:
+    """The items of the user's latest session (no gap longer than ``gap_ms``), oldest first;
+    only its ``last`` items when given.
+
+    >>> from processors.user_state import RecentItem
+    >>> recent = [RecentItem(f"r{i}", "recipe", None, ts) for i, ts in enumerate([0, 90, 95, 99])]
+    >>> current_session(recent, gap_ms=10), current_session(recent, gap_ms=10, last=2)
+    (['r1', 'r2', 'r3'], ['r2', 'r3'])
+    """
     session: list[str] = []
     later_ts: int | None = None
+    limit = len(recent) if last is None else last
     for item in reversed(recent):
-        if later_ts is not None and later_ts - item.ts > gap_ms:
+        if len(session) >= limit or (later_ts is not None and later_ts - item.ts > gap_ms):
             break
         session.append(item.item_id)
         later_ts = item.ts

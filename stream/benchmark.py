@@ -371,10 +371,16 @@ def _rss_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def _latency_window(metrics_urls: list[str]) -> list[tuple[float, float]]:
+#: From the record timestamp to the start of the batch holding it (stream/metrics.py).
+WAIT_HISTOGRAM = "appetence_event_wait_seconds"
+
+
+def _latency_window(
+    metrics_urls: list[str], name: str = "appetence_event_to_redis_seconds"
+) -> list[tuple[float, float]]:
     merged: dict[float, float] = {}
     for url in metrics_urls:
-        for bound, count in buckets(scrape(url), "appetence_event_to_redis_seconds"):
+        for bound, count in buckets(scrape(url), name):
             merged[bound] = merged.get(bound, 0.0) + count
     return sorted(merged.items())
 
@@ -498,6 +504,7 @@ def _offer_live(
     the workers have handled them, and report event->Redis latency (histogram upper bounds)
     and the batches the workers took meanwhile."""
     before = _latency_window(urls)
+    waited_before = dict(_latency_window(urls, WAIT_HISTOGRAM))
     first = [scrape(url) for url in urls]
     live = [e for _, e in zip(range(int(offered * seconds)), model.events(), strict=False)]
     tick = 0.02
@@ -515,6 +522,10 @@ def _offer_live(
     while _handled_all(urls) < handled + len(live) and time.monotonic() < deadline:
         time.sleep(0.1)
     after = _latency_window(urls)
+    waited = [
+        (bound, count - waited_before.get(bound, 0.0))
+        for bound, count in _latency_window(urls, WAIT_HISTOGRAM)
+    ]
     last = [scrape(url) for url in urls]
     window = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
 
@@ -528,6 +539,9 @@ def _offer_live(
         f"{prefix}_events": len(live),
         f"{prefix}_p50_seconds_upper_bound": quantile(window, 0.5),
         f"{prefix}_p99_seconds_upper_bound": quantile(window, 0.99),
+        # of which before the batch's handling (fetching, waiting for the worker)
+        f"{prefix}_wait_p50_seconds_upper_bound": quantile(waited, 0.5),
+        f"{prefix}_wait_p99_seconds_upper_bound": quantile(waited, 0.99),
         f"{prefix}_events_per_batch": round(grown("appetence_batch_events_sum") / batches, 1),
         f"{prefix}_ms_per_batch": round(1000 * busy / batches, 1),
         # time inside batch handling over the time the traffic was offered, per worker

@@ -174,7 +174,9 @@ class EventHandler:
 
         # Event->Redis: until the write above, not until the batch's bookkeeping after it
         # (persisting states, releasing memory), which the next batch's events wait for.
+        taken = now_ms / 1000
         for ts in timestamps:
+            metrics.event_wait_seconds.observe(max(0.0, taken - ts))
             metrics.event_to_redis_seconds.observe(max(0.0, written - ts))
         for event_type, count in result.applied_by_type.items():
             metrics.events_consumed.labels(type=event_type).inc(count)

@@ -59,6 +59,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.event_wait_seconds = Histogram(
+            "appetence_event_wait_seconds",
+            "From the Kafka record timestamp to the start of the batch that holds it (fetching"
+            " and waiting for the worker: the part of event->Redis before the batch's handling)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.batch_records = Histogram(
             "appetence_batch_records",
             "Records per processed batch",

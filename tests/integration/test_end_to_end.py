@@ -104,6 +104,14 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
         what="every user's slate at its version",
     )
     assert worker.metric("appetence_events_consumed_total") == EVENTS
+    # Each record's event->Redis splits into its wait before the batch and the batch's handling.
+    records = worker.metric("appetence_event_to_redis_seconds_count")
+    assert records == worker.metric("appetence_event_wait_seconds_count") > 0
+    assert (
+        0
+        < worker.metric("appetence_event_wait_seconds_sum")
+        < worker.metric("appetence_event_to_redis_seconds_sum")
+    )
     # Produced far faster than one worker handles them: it fell behind and took larger
     # batches to catch up (stream/batching.py), and lost nothing doing so.
     assert worker.metric("appetence_batch_catch_up_total") >= 1
@@ -140,3 +148,11 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
     )
     assert snapshot(redis_client, settings.redis_key_prefix) == before
     assert worker.metric("appetence_events_consumed_total") == EVENTS
+    # Each record's event->Redis splits into its wait before the batch and the batch's handling.
+    records = worker.metric("appetence_event_to_redis_seconds_count")
+    assert records == worker.metric("appetence_event_wait_seconds_count") > 0
+    assert (
+        0
+        < worker.metric("appetence_event_wait_seconds_sum")
+        < worker.metric("appetence_event_to_redis_seconds_sum")
+    )
