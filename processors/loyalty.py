@@ -28,8 +28,8 @@ prediction is scored against the label before the model learns it.
 
 from __future__ import annotations
 
-import heapq
 import math
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -796,23 +796,73 @@ class ExpiryQueue:
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, str]] = []
+        # A binary heap by (deadline, user) kept in two parallel arrays: 16 bytes per queued
+        # user, where a heap of (deadline, user) tuples held ~90 (the tuple and its int).
+        self._deadlines = array("q")
+        self._users: list[str] = []
         self._queued: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._users)
 
     def schedule(self, user_id: str, state: LoyaltyState) -> None:
         if state.pending and user_id not in self._queued:
-            heapq.heappush(self._heap, (min(p.deadline for p in state.pending), user_id))
+            self._push(min(p.deadline for p in state.pending), user_id)
             self._queued.add(user_id)
 
     def forget(self, user_id: str) -> None:
         """Remove a user's entry (a forget request)."""
         if user_id in self._queued:
             self._queued.discard(user_id)
-            self._heap = [entry for entry in self._heap if entry[1] != user_id]
-            heapq.heapify(self._heap)
+            kept = [
+                (deadline, user)
+                for deadline, user in zip(self._deadlines, self._users, strict=True)
+                if user != user_id
+            ]
+            kept.sort()
+            self._deadlines = array("q", [deadline for deadline, _ in kept])
+            self._users = [user for _, user in kept]
+
+    def _before(self, i: int, j: int) -> bool:
+        deadlines = self._deadlines
+        return deadlines[i] < deadlines[j] or (
+            deadlines[i] == deadlines[j] and self._users[i] < self._users[j]
+        )
+
+    def _swap(self, i: int, j: int) -> None:
+        deadlines, users = self._deadlines, self._users
+        deadlines[i], deadlines[j] = deadlines[j], deadlines[i]
+        users[i], users[j] = users[j], users[i]
+
+    def _push(self, deadline: int, user_id: str) -> None:
+        self._deadlines.append(deadline)
+        self._users.append(user_id)
+        at = len(self._users) - 1
+        while at > 0:
+            parent = (at - 1) // 2
+            if not self._before(at, parent):
+                break
+            self._swap(at, parent)
+            at = parent
+
+    def _pop(self) -> str:
+        """Remove the earliest entry; returns its user."""
+        last = len(self._users) - 1
+        self._swap(0, last)
+        self._deadlines.pop()
+        user = self._users.pop()
+        at = 0
+        while True:
+            child = 2 * at + 1
+            if child >= last:
+                break
+            if child + 1 < last and self._before(child + 1, child):
+                child += 1
+            if not self._before(child, at):
+                break
+            self._swap(at, child)
+            at = child
+        return user
 
     def expire_due(
         self,
@@ -822,9 +872,8 @@ class ExpiryQueue:
     ) -> list[tuple[str, ResolvedExample]]:
         """Resolve every label whose deadline is before ``watermark``, as (user, example)."""
         out: list[tuple[str, ResolvedExample]] = []
-        heap = self._heap
-        while heap and heap[0][0] < watermark:
-            _, user_id = heapq.heappop(heap)
+        while self._users and self._deadlines[0] < watermark:
+            user_id = self._pop()
             self._queued.discard(user_id)
             state = lookup(user_id)
             if state is None:

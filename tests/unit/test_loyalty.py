@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from hypothesis import example as case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from processors.loyalty import (
     LoyaltyConfig,
     LoyaltyModels,
     LoyaltyState,
+    PendingLabel,
     ResolvedExample,
     Signals,
     decode_example,
@@ -273,3 +275,53 @@ def test_on_a_purchase_log_with_churn_the_model_beats_the_frequency_baseline() -
             ts += rng.expovariate(rate)
     result = evaluate_activity_log(rows, 273 * DAY, 60 * DAY, LoyaltyConfig())
     assert result["roc_auc"] > result["frequency_baseline_auc"] + 0.03
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["schedule", "forget", "expire"]),
+            st.sampled_from([f"u{i}" for i in range(12)]),
+            st.sampled_from([0, 0, 5, 10, 15, 20, 40]),  # few distinct times: ties are common
+        ),
+        max_size=80,
+    )
+)
+@case(steps=[("schedule", "u1", 0), ("schedule", "u0", 0), ("expire", "u0", 11)])
+@case(steps=[*(("schedule", f"u{i}", t) for i, t in enumerate([40, 0, 20, 5, 15, 10])),
+                ("expire", "u0", 100)])  # fmt: skip
+def test_the_expiry_queue_resolves_due_users_earliest_first_ties_by_id(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    """The queue (a heap in two arrays) against a plain model: each call to expire_due
+    resolves the queued users whose deadline is before the watermark, by (deadline, user)."""
+    config = LoyaltyConfig(return_horizon_ms=10, recency_checkpoints_hours=(0,))
+    queue = ExpiryQueue()
+    states: dict[str, LoyaltyState] = {}
+    queued: dict[str, int] = {}  # the model: user -> deadline queued
+    for action, user, time in steps:
+        if action == "schedule":
+            state = states.setdefault(user, LoyaltyState())
+            label = PendingLabel(
+                target="returns", ts=time, deadline=time + 10, features={}, prediction=0.5,
+                baseline=0.5,
+            )  # fmt: skip
+            state.pending.append(label)
+            queue.schedule(user, state)
+            queued.setdefault(user, min(p.deadline for p in state.pending))
+        elif action == "forget":
+            queue.forget(user)
+            queued.pop(user, None)
+            states.pop(user, None)
+        else:
+            due = sorted((deadline, u) for u, deadline in queued.items() if deadline < time)
+            resolved = queue.expire_due(time, states.get, config)
+            # (a user's examples come together: one per label resolved)
+            assert [u for u, _ in itertools.groupby(u for u, _ in resolved)] == [u for _, u in due]
+            for _, u in due:  # its due labels resolved; queued again for its next one
+                del queued[u]
+                assert all(p.deadline >= time for p in states[u].pending)
+                if states[u].pending:
+                    queued[u] = min(p.deadline for p in states[u].pending)
+        assert len(queue) == len(queued)
