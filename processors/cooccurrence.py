@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from processors.ranking import largest
+from processors.ranking import largest, lexsort, rank_in_runs
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -170,7 +170,7 @@ class _Voters:
             return out
         found = wanted.find(self.keys)
         at = np.flatnonzero((found >= 0) & (self.votes > 0.0))
-        at = at[np.lexsort((at, -self.votes[at], found[at]))]
+        at = at[lexsort((at, -self.votes[at], found[at]))]
         found = found[at]
         first = np.ones(len(at), dtype=bool)
         first[1:] = found[1:] != found[:-1]
@@ -756,9 +756,9 @@ class CooccurrenceModel:
         config = self.config
         owners = keys // KEY_SPACE
         # best first per session; ties as ``largest`` breaks them: the first met
-        order = np.lexsort((met, -scores, owners))
+        order = lexsort((met, -scores, owners))
         ranked_owners = owners[order]
-        rank = np.arange(len(order)) - np.searchsorted(ranked_owners, ranked_owners)
+        rank = rank_in_runs(ranked_owners)
         chosen = order[rank < config.bridge_items]
         head = order[rank < config.bridge_keep]
         names, row = self.item_names, table.row

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
+from processors.ranking import lexsort, rank_in_runs
 from processors.slates import Slate, SlateItem
 from processors.user_state import RecentItem, UserState
 
@@ -311,17 +312,16 @@ class _Rows:
         )
 
 
+#: The largest exclusion grid (users x indexed items, a byte each) a chunk builds.
+_EXCLUDED_GRID_CELLS = 1 << 22
+
+
 def _member(values: Ints, keys: Ints) -> npt.NDArray[np.bool_]:
     """Whether each value is one of ``keys`` (sorted): ``np.isin`` without sorting ``values``."""
     if not len(keys):
         return np.zeros(len(values), dtype=bool)
     at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
     return np.asarray(keys[at] == values)
-
-
-def _rank_in_runs(keys: Ints) -> Ints:
-    """Each element's position in its run of equal (sorted) keys: 0, 1, ... per run."""
-    return np.arange(len(keys)) - np.searchsorted(keys, keys)
 
 
 class _SlateTail:
@@ -363,12 +363,12 @@ class _SlateTail:
         for item_type, code in catalog.type_ids.items():
             remap[code] = code_of.get(item_type, -1)
         codes = remap[self.item_types[batch.items]]
-        self.keys = keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
-        allowed = (codes >= 0) & ~_member(keys, self.excluded_keys)
+        self.keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
+        allowed = (codes >= 0) & ~self._excluded_for(owners, batch.items)
         # each (user, type) group's next-click candidates, best first
         typed = np.flatnonzero(allowed)
         group = owners[typed] * width + codes[typed]
-        order = typed[np.lexsort((-self.scaled[typed], group))]
+        order = typed[lexsort((-self.scaled[typed], group))]
         self.group_of = owners[order] * width + codes[order]
         self.order = order
         self.group_starts = np.searchsorted(self.group_of, np.arange(count * width + 1))
@@ -399,9 +399,24 @@ class _SlateTail:
             if item in index
         ]
         self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
+        # and as a (user position, item) grid when small: a lookup is one read, not a search
+        # (these lookups run over every candidate row several times per chunk)
+        width = len(model.item_names)
+        self.excluded_grid: npt.NDArray[np.bool_] | None = None
+        if len(self.requests) * width <= _EXCLUDED_GRID_CELLS:
+            self.excluded_grid = np.zeros(len(self.requests) * width, dtype=bool)
+            keys = self.excluded_keys
+            self.excluded_grid[(keys >> 32) * width + (keys & (KEY_SPACE - 1))] = True
 
     def _excluded(self, group: Ints, item: Ints) -> npt.NDArray[np.bool_]:
-        return _member((group // self.width) * KEY_SPACE + item, self.excluded_keys)
+        return self._excluded_for(group // self.width, item)
+
+    def _excluded_for(self, position: Ints, item: Ints) -> npt.NDArray[np.bool_]:
+        """Whether each (user position, item index) pair is excluded from the user's slates."""
+        grid, width = self.excluded_grid, self.indexed
+        if grid is not None and (not len(item) or int(item.max()) < width):
+            return np.asarray(grid[position * width + item])
+        return _member(position * KEY_SPACE + item, self.excluded_keys)
 
     def _name_ranks(self, items: Ints) -> Ints:
         """Each item's rank by id among ``items``: ties are broken by id. (The distinct items
@@ -469,15 +484,15 @@ class _SlateTail:
         category = np.repeat(np.array(categories, dtype=np.int64), lengths)
         # each list's first ``size`` items not excluded
         kept = np.flatnonzero(~self._excluded(group, item))
-        kept = kept[_rank_in_runs(segment[kept]) < size]
+        kept = kept[rank_in_runs(segment[kept]) < size]
         # an item popular in two categories: its best score, from its first category on a tie
-        order = kept[np.lexsort((kept, -score[kept], item[kept], group[kept]))]
+        order = kept[lexsort((kept, -score[kept], item[kept], group[kept]))]
         first = np.ones(len(order), dtype=bool)
         first[1:] = (group[order][1:] != group[order][:-1]) | (item[order][1:] != item[order][:-1])
         chosen = order[first]
         # best first, ties by id; each group's first ``size``
-        chosen = chosen[np.lexsort((self._name_ranks(item[chosen]), -score[chosen], group[chosen]))]
-        chosen = chosen[_rank_in_runs(group[chosen]) < size]
+        chosen = chosen[lexsort((self._name_ranks(item[chosen]), -score[chosen], group[chosen]))]
+        chosen = chosen[rank_in_runs(group[chosen]) < size]
         group, item, score, category = group[chosen], item[chosen], score[chosen], category[chosen]
         listed = category
         # then trending items, below every category match, fill each group up to ``size``
@@ -503,7 +518,7 @@ class _SlateTail:
             )
             taken = _member(t_group * KEY_SPACE + t_item, np.sort(group * KEY_SPACE + item))
             fill = np.flatnonzero(~(taken | self._excluded(t_group, t_item)))
-            fill = fill[_rank_in_runs(t_group[fill]) < np.repeat(missing, lengths)[fill]]
+            fill = fill[rank_in_runs(t_group[fill]) < np.repeat(missing, lengths)[fill]]
             group = np.concatenate([group, t_group[fill]])
             item = np.concatenate([item, t_item[fill]])
             score = np.concatenate([score, 0.1 * t_pop[fill] / peaks[fill]])
@@ -544,9 +559,7 @@ class _SlateTail:
                 popular,
             ]
         )
-        merged = merged.take(
-            np.lexsort((self._name_ranks(merged.item), -merged.total, merged.group))
-        )
+        merged = merged.take(lexsort((self._name_ranks(merged.item), -merged.total, merged.group)))
         # Shown under the catalog's category when it knows the item as the slate's type,
         # else under the one of the list that brought it; else it cannot be placed.
         known = self.item_types[merged.item] == self.slate_types[merged.group % self.width]
@@ -560,11 +573,11 @@ class _SlateTail:
             + merged.category[placed]
             + 1
         )
-        by_key = np.argsort(capped, kind="stable")
+        by_key = lexsort((capped,))
         nth = np.empty(len(placed), dtype=np.int64)
-        nth[by_key] = _rank_in_runs(capped[by_key])
+        nth[by_key] = rank_in_runs(capped[by_key])
         placed = placed[(merged.category[placed] == -1) | (nth < config.max_per_category)]
-        placed = placed[_rank_in_runs(merged.group[placed]) < config.size]
+        placed = placed[rank_in_runs(merged.group[placed]) < config.size]
         return merged.take(placed)
 
     def _rows(self) -> _Rows:
@@ -594,7 +607,7 @@ class _SlateTail:
             np.flatnonzero(again[group_of]), self.popular.take(again[self.popular.group])
         )
         both = _Rows.join([kept, full])
-        return both.take(np.argsort(both.group, kind="stable"))
+        return both.take(lexsort((both.group,)))
 
     def slates(self, now_ms: int) -> list[dict[str, Slate]]:
         """Every user's slates: the rows explained and made into slate items (column by
