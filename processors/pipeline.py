@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,7 +63,7 @@ from processors.recommend import (
     current_session,
     visitor_id,
 )
-from processors.slates import Slate, SlateItem
+from processors.slates import Slate, SlateItem, round_scores
 from processors.user_state import DAY_MS, UserState, UserStateConfig, apply_event
 
 #: How much each event type counts toward an item's popularity.
@@ -228,11 +228,12 @@ class SliceProcessor:
             if self.catalog.banners:
                 banner_users.append((state, self._user_context(state, slates, now_ms)))
         if banner_users:
-            for (state, user), banners in zip(
-                banner_users, self.rank_banners(banner_users, now_ms), strict=True
-            ):
+            rankings = self.rank_banners(banner_users, now_ms)
+            # every banner's score rounded at once (``round`` per score costs more)
+            scores = iter(round_scores([entry.score for ranked in rankings for entry in ranked]))
+            for (state, user), banners in zip(banner_users, rankings, strict=True):
                 result.slates[state.user_id]["banners"] = self._banner_slate(
-                    state, user, banners, now_ms
+                    state, user, banners, now_ms, scores
                 )
         return result
 
@@ -324,9 +325,15 @@ class SliceProcessor:
         )
 
     def _banner_slate(
-        self, state: UserState, user: UserContext, ranked: list[RankedBanner], now_ms: int
+        self,
+        state: UserState,
+        user: UserContext,
+        ranked: list[RankedBanner],
+        now_ms: int,
+        rounded: Iterator[float],
     ) -> Slate:
-        """The user's banners, best first, each with its explanation and today's remaining cap."""
+        """The user's banners, best first, each with its explanation and today's remaining cap
+        (``rounded``: the banners' rounded scores, in order, taken from a batch-wide list)."""
         impressions = user.impressions_today
         banners = self.catalog.banners
         items = []
@@ -335,7 +342,7 @@ class SliceProcessor:
             items.append(
                 SlateItem(
                     entry.banner_id,
-                    round(entry.score, 6),
+                    next(rounded),
                     entry.reason(),
                     via=entry.via_item,
                     remaining_today=None

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
 from processors.ranking import lexsort, rank_in_runs
-from processors.slates import Slate, SlateItem
+from processors.slates import Slate, SlateItem, round_scores
 from processors.user_state import RecentItem, UserState
 
 #: Users whose slates are built together: ~700 gathered votes each, so a chunk's arrays
@@ -639,7 +639,7 @@ class _SlateTail:
             map(
                 SlateItem,
                 ids,
-                [round(total, 6) for total in rows.total.tolist()],
+                round_scores(rows.total),
                 reasons,
                 map(category_names.__getitem__, rows.category.tolist()),
             )

@@ -20,14 +20,43 @@ user has already seen, with a trending fallback for users with no category signa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 
 from processors.popularity import RankedSnapshot
 from processors.user_state import UserState
 
 SLATE_SCHEMA_VERSION = 1
+
+
+#: Slate scores carry this many decimals (``round(score, SCORE_DECIMALS)``).
+SCORE_DECIMALS = 6
+_SCALE = 10.0**SCORE_DECIMALS
+
+
+def round_scores(scores: Sequence[float] | np.ndarray) -> list[float]:
+    """``[round(score, 6) for score in scores]`` exactly, ~20x faster on many scores.
+
+    ``round`` with digits formats each float as a decimal (~0.4 us a score, ~50 scores a
+    user). Here: ``rint(score * 1e6) / 1e6`` for all at once, which is the same double
+    unless the product's rounding error could have crossed a half (it is under 1.2e-7 for
+    scores below 1e3) or the score is large or not finite; those few take ``round``.
+
+    >>> round_scores([0.1234565, 2.5e-7, 3.0, 1234.5678901])
+    [0.123456, 0.0, 3.0, 1234.56789]
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    with np.errstate(all="ignore"):  # inf and huge values: ``round`` below decides those
+        scaled = values * _SCALE
+        nearest = np.rint(scaled)
+        out: list[float] = (nearest / _SCALE).tolist()
+        unsure = ~(np.abs(values) < 1e3) | (np.abs(np.abs(scaled - nearest) - 0.5) < 1e-6)
+    for at in np.flatnonzero(unsure).tolist():
+        out[at] = round(float(values[at]), SCORE_DECIMALS)
+    return out
 
 
 class SlateItem(msgspec.Struct, frozen=True, omit_defaults=True):

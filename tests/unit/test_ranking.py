@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.ranking import largest, lexsort, rank_in_runs
+from processors.slates import round_scores
 
 # few distinct scores: many ties, which is where the two could part
 scores = st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, float("inf")])
@@ -68,3 +69,20 @@ def test_rank_in_runs_is_the_position_after_each_runs_first(values):
     keys = np.sort(np.array(values, dtype=np.int64))
     expected = np.arange(len(keys)) - np.searchsorted(keys, keys)
     assert rank_in_runs(keys).tolist() == expected.tolist()
+
+
+# scores as slates carry them, plus the halves, large and non-finite values that must
+# take ``round`` itself
+slate_scores = st.one_of(
+    st.floats(0.0, 10.0),
+    st.integers(0, 10**7).map(lambda k: (k + 0.5) / 1e6),
+    st.floats(allow_nan=False),
+    st.sampled_from([0.0, -0.0, 5e-7, 2.5e-6, 1.0000005, 999.9999995, float("inf")]),
+)
+
+
+@given(st.lists(slate_scores, max_size=30))
+def test_round_scores_is_round_to_six_decimals_exactly(scores):
+    rounded = round_scores(scores)
+    expected = [round(score, 6) for score in scores]
+    assert [repr(x) for x in rounded] == [repr(x) for x in expected]  # -0.0 apart from 0.0
