@@ -214,13 +214,13 @@ class RankedBanner:
     via_item: str | None  # the linked recipe/product that earned the overlap
 
     def reason(self) -> str:
-        parts = [f"content match {self.content:g}"]
+        # one f-string, not parts joined: this runs for every banner of every slate
         if self.recipe_overlap > 0.0:
-            parts.append(
-                f"{self.recipe_overlap:.0%} of its recipes in your slate ({self.via_item})"
+            return (
+                f"content match {self.content:g}, {self.recipe_overlap:.0%} of its recipes in "
+                f"your slate ({self.via_item}), CTR sample {self.ctr_sample:.3f}"
             )
-        parts.append(f"CTR sample {self.ctr_sample:.3f}")
-        return ", ".join(parts)
+        return f"content match {self.content:g}, CTR sample {self.ctr_sample:.3f}"
 
 
 def eligible(banner: Banner, user: UserContext, now_ms: int) -> bool:
