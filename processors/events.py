@@ -19,7 +19,7 @@ a batch is rejected alone, with its original bytes and a machine-readable reason
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, ClassVar, Literal, TypeAlias
 
 import msgspec
 
@@ -79,18 +79,22 @@ class EventBase(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, t
     ) = None
     v: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
-    @property
-    def type(self) -> str:
-        """The event type tag (``pageview``, ``click`` or ``impression``)."""
-        return str(type(self).__struct_config__.tag)
+    #: The event type tag (``pageview``, ``click`` or ``impression``): a class attribute of
+    #: each type, read several times per event (a property reading the struct's config cost
+    #: ~0.2 us a read).
+    type: ClassVar[str]
 
 
 class PageView(EventBase, tag="pageview", frozen=True, kw_only=True):
     """A page was viewed; ``item_id`` is the recipe/product/page shown, if any."""
 
+    type: ClassVar[str] = "pageview"
+
 
 class Click(EventBase, tag="click", frozen=True, kw_only=True):
     """A click on an item (recipe, product or banner): the item is required."""
+
+    type: ClassVar[str] = "click"
 
     item_id: Identifier
     item_type: ItemType
@@ -98,6 +102,8 @@ class Click(EventBase, tag="click", frozen=True, kw_only=True):
 
 class Impression(EventBase, tag="impression", frozen=True, kw_only=True):
     """A banner was shown; ``item_id`` is the banner id."""
+
+    type: ClassVar[str] = "impression"
 
     item_id: Identifier
     item_type: Literal["banner"] = "banner"

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.events import (
+    EVENT_TYPES,
     REJECT_REASONS,
     Click,
     DecodeLimits,
@@ -196,3 +197,10 @@ def test_hostile_nesting_is_rejected_not_raised() -> None:
     for value in (b"[" * 5000 + b"]" * 5000, b'[{"a":' * 3000 + b"1" + b"}]" * 3000):
         result = decoder.decode_record(value, now_ms=0)
         assert not result.events and result.rejections[0].reason == "invalid_json"
+
+
+def test_each_event_types_type_is_its_tag() -> None:
+    # ``type`` is a class attribute per event type (read on the hot path), so a new type
+    # must name its tag again: this keeps the two from parting
+    for tag, event_type in EVENT_TYPES.items():
+        assert event_type.type == tag == event_type.__struct_config__.tag
