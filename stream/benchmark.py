@@ -371,6 +371,15 @@ def _rss_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 #: From the record timestamp to the start of the batch holding it (stream/metrics.py).
 WAIT_HISTOGRAM = "appetence_event_wait_seconds"
 
@@ -598,6 +607,15 @@ def bench_pipeline(
             first = time.monotonic() - max(
                 total(x, "appetence_batch_processing_seconds_sum") for x in samples
             )
+            # CPU from here on, per event handled from here on: the workers' own, which does
+            # not depend on how much of the two cores the broker and Redis take meanwhile
+            # (they are measured too, the drain's wall clock does)
+            cpu_from = (
+                _handled_all(urls),
+                time.monotonic(),
+                sum(_cpu_seconds(p.popen.pid) for p in procs),
+                sum(_cpu_seconds(p.popen.pid) for p in stack.processes),
+            )
             baseline_rss = next(
                 (rss for when, rss in reversed(rss_history) if when <= first),
                 rss_history[0][1] if rss_history else 0,
@@ -608,6 +626,14 @@ def bench_pipeline(
                 time.sleep(0.1)
             drain_seconds = time.monotonic() - first
             rate = events / drain_seconds
+            handled_from, when_from, worker_cpu_from, stack_cpu_from = cpu_from
+            counted = events - handled_from
+            worker_cpu = sum(_cpu_seconds(p.popen.pid) for p in procs) - worker_cpu_from
+            stack_cpu = sum(_cpu_seconds(p.popen.pid) for p in stack.processes) - stack_cpu_from
+            cpu_seconds = time.monotonic() - when_from
+            # CPU time comes in 10 ms ticks: too coarse for a drain that was nearly over when
+            # its first batch was seen (a small run); then these read None
+            cpu_measured = counted >= 1_000 and cpu_seconds >= 1.0
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
             time.sleep(2.5)  # the state-size gauges refresh every 2 s
             # Drained and idle: what the workers hold now, without the drain's transients
@@ -620,6 +646,16 @@ def bench_pipeline(
                 pipeline_events_per_second=round(rate, 1),
                 pipeline_share_of_ceiling=round(rate / results["ceiling_events_per_second"], 4),
                 pipeline_drain_seconds=round(drain_seconds, 2),
+                worker_cpu_microseconds_per_event=(
+                    round(worker_cpu / counted * 1e6, 1) if cpu_measured else None
+                ),
+                # of one core per worker; a worker's helper threads can take it past 1
+                worker_cpu_share_of_drain=(
+                    round(worker_cpu / cpu_seconds / workers, 3) if cpu_measured else None
+                ),
+                broker_and_redis_cpu_share_of_drain=(
+                    round(stack_cpu / cpu_seconds, 3) if cpu_measured else None
+                ),
                 peak_rss_mib=round(peak_rss / 1024, 1),
                 rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
                 users_in_state=users,
