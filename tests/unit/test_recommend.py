@@ -300,7 +300,11 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
         for i, (user, item, category) in enumerate(clicks)
     ]
     split = int(first_share * len(events))
-    with patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)):
+    # ... and exclusions looked up in a (user, item) grid, or (many items) by a search
+    with (
+        patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)),
+        patch.object(recommend, "_EXCLUDED_GRID_CELLS", 1 << 22 if dense else 0),
+    ):
         states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
         result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
     ranked = processor.popularity.snapshot(2 * size + SliceConfig().user.history_size)
