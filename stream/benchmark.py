@@ -597,8 +597,18 @@ def bench_pipeline(
             urls.append(f"http://127.0.0.1:{port}/metrics")
         try:
             rss_history: list[tuple[float, int]] = []  # (when, RSS) until the first batch ends
+            # (when, the workers' CPU seconds, the broker's and Redis's) over the same polls
+            cpu_history: list[tuple[float, float, float]] = []
             while _handled_all(urls) == 0:  # start-up and group join are not the pipeline
-                rss_history.append((time.monotonic(), sum(_rss_kib(p.popen.pid) for p in procs)))
+                now = time.monotonic()
+                rss_history.append((now, sum(_rss_kib(p.popen.pid) for p in procs)))
+                cpu_history.append(
+                    (
+                        now,
+                        sum(_cpu_seconds(p.popen.pid) for p in procs),
+                        sum(_cpu_seconds(p.popen.pid) for p in stack.processes),
+                    )
+                )
                 time.sleep(0.05)
             # The drain starts when the first batch did (a batch can be most of a small run):
             # now minus the time the batches handled so far took; the baseline RSS is the
@@ -607,14 +617,12 @@ def bench_pipeline(
             first = time.monotonic() - max(
                 total(x, "appetence_batch_processing_seconds_sum") for x in samples
             )
-            # CPU from here on, per event handled from here on: the workers' own, which does
-            # not depend on how much of the two cores the broker and Redis take meanwhile
-            # (they are measured too, the drain's wall clock does)
-            cpu_from = (
-                _handled_all(urls),
-                time.monotonic(),
-                sum(_cpu_seconds(p.popen.pid) for p in procs),
-                sum(_cpu_seconds(p.popen.pid) for p in stack.processes),
+            # CPU over the drain, from the last poll before its first batch (as the RSS
+            # baseline): the workers' own per event, which depends far less than the wall
+            # clock on how much of the two cores the broker and Redis take (also measured)
+            _, worker_cpu_from, stack_cpu_from = next(
+                (sample for sample in reversed(cpu_history) if sample[0] <= first),
+                cpu_history[0] if cpu_history else (first, 0.0, 0.0),
             )
             baseline_rss = next(
                 (rss for when, rss in reversed(rss_history) if when <= first),
@@ -626,14 +634,8 @@ def bench_pipeline(
                 time.sleep(0.1)
             drain_seconds = time.monotonic() - first
             rate = events / drain_seconds
-            handled_from, when_from, worker_cpu_from, stack_cpu_from = cpu_from
-            counted = events - handled_from
             worker_cpu = sum(_cpu_seconds(p.popen.pid) for p in procs) - worker_cpu_from
             stack_cpu = sum(_cpu_seconds(p.popen.pid) for p in stack.processes) - stack_cpu_from
-            cpu_seconds = time.monotonic() - when_from
-            # CPU time comes in 10 ms ticks: too coarse for a drain that was nearly over when
-            # its first batch was seen (a small run); then these read None
-            cpu_measured = counted >= 1_000 and cpu_seconds >= 1.0
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
             time.sleep(2.5)  # the state-size gauges refresh every 2 s
             # Drained and idle: what the workers hold now, without the drain's transients
@@ -646,16 +648,11 @@ def bench_pipeline(
                 pipeline_events_per_second=round(rate, 1),
                 pipeline_share_of_ceiling=round(rate / results["ceiling_events_per_second"], 4),
                 pipeline_drain_seconds=round(drain_seconds, 2),
-                worker_cpu_microseconds_per_event=(
-                    round(worker_cpu / counted * 1e6, 1) if cpu_measured else None
-                ),
-                # of one core per worker; a worker's helper threads can take it past 1
-                worker_cpu_share_of_drain=(
-                    round(worker_cpu / cpu_seconds / workers, 3) if cpu_measured else None
-                ),
-                broker_and_redis_cpu_share_of_drain=(
-                    round(stack_cpu / cpu_seconds, 3) if cpu_measured else None
-                ),
+                worker_cpu_microseconds_per_event=round(worker_cpu / events * 1e6, 1),
+                # of one core per worker (CPU time comes in 10 ms ticks, and a worker's helper
+                # threads can take it a little past 1)
+                worker_cpu_share_of_drain=round(worker_cpu / drain_seconds / workers, 3),
+                broker_and_redis_cpu_share_of_drain=round(stack_cpu / drain_seconds, 3),
                 peak_rss_mib=round(peak_rss / 1024, 1),
                 rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
                 users_in_state=users,

@@ -19,17 +19,11 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
     results = bench_pipeline(2_000, 1, tmp_path, latency_seconds=2.0, live_rates=(150,))
     assert results["pipeline_events"] == 2_000
     assert 0 < results["pipeline_events_per_second"] < results["ceiling_events_per_second"]
-    # the CPU over the drain, when the drain outlasted the first batch seen long enough
-    # (10 ms ticks); a 2,000-event drain may not: then all three are None together
-    cpu = [
-        results[name]
-        for name in (
-            "worker_cpu_microseconds_per_event",
-            "worker_cpu_share_of_drain",
-            "broker_and_redis_cpu_share_of_drain",
-        )
-    ]
-    assert cpu == [None] * 3 or (cpu[0] > 0 and cpu[1] > 0 and cpu[2] >= 0)
+    # the CPU over the drain: the worker's per event, and a share of its core that its wall
+    # clock allows (10 ms ticks and helper threads: a little slack); the broker's and Redis's
+    assert results["worker_cpu_microseconds_per_event"] > 0
+    assert 0 < results["worker_cpu_share_of_drain"] <= 1.5
+    assert results["broker_and_redis_cpu_share_of_drain"] >= 0
     for prefix in ("latency", "latency_quarter", "live_150"):
         assert results[f"{prefix}_events"] > 0
         assert results[f"{prefix}_p99_seconds_upper_bound"] in (*LATENCY_BUCKETS, float("inf"))
