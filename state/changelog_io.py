@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+log = logging.getLogger(__name__)
+
+#: A changelog record: key, value (None: a tombstone), partition.
+ChangelogRecord = tuple[bytes, bytes | None, int]
+
 
 class FaustTopicWriter:
-    """Sends through the app's producer buffer; the marker waits for its offset.
+    """Writes through the app's producer; the marker waits for its offset.
 
-    ``send`` does not wait for delivery: Faust flushes its producer before every offset
-    commit, so a state record is durable before the offsets of the events behind it.
+    Neither ``send`` nor ``send_many`` waits for delivery: Faust flushes its producer before
+    every offset commit, so a state record is durable before the offsets of the events
+    behind it.
     """
 
     def __init__(self, topic: Any) -> None:
@@ -22,10 +29,54 @@ class FaustTopicWriter:
     def send(self, key: bytes, value: bytes | None, partition: int) -> None:
         self.topic.send_soon(key=key, value=value, partition=partition)
 
+    async def send_many(self, records: Sequence[ChangelogRecord]) -> None:
+        """Hand many records to the producer as one record batch per partition (and per
+        ``batch_size`` bytes). ``send`` costs far more worker CPU per record (Faust wraps each
+        message in futures, a buffer queue, a task step and monitor callbacks): in a
+        100,000-event drain the changelog took 8.5% of the worker's samples through ``send``,
+        1.2% through this (docs/benchmarks.md).
+
+        Returns once the records are in the producer's accumulator, not once delivered: it is
+        the same producer Faust flushes before every offset commit, so they are durable
+        before the offsets of the events behind them, as with ``send``. Records ``send``
+        buffered earlier are handed over first, so a key's records keep their order.
+        """
+        if not records:
+            return
+        producer = self.topic.app.producer
+        await producer.buffer.flush()  # earlier send() records first: per-key order
+        # Faust's own AIOKafkaProducer (private accessor): a producer of ours would not be
+        # flushed by Faust's commit.
+        kafka = producer._ensure_producer()
+        topic = self.topic.get_topic_name()
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for key, value, partition in records:
+            by_partition.setdefault(partition, []).append((key, value))
+        for partition, pairs in by_partition.items():
+            batch = kafka.create_batch()
+            for key, value in pairs:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    await self._send_batch(kafka, batch, topic, partition)
+                    batch = kafka.create_batch()
+                    # a batch's first record always fits, whatever its size
+                    batch.append(key=key, value=value, timestamp=None)
+            await self._send_batch(kafka, batch, topic, partition)
+
+    @staticmethod
+    async def _send_batch(kafka: Any, batch: Any, topic: str, partition: int) -> None:
+        batch.close()  # no send() of Faust's is appended to it: it is sent as built
+        delivered = await kafka.send_batch(batch, topic, partition=partition)
+        delivered.add_done_callback(_log_failed_delivery)
+
     async def send_and_wait_offset(self, key: bytes, value: bytes, partition: int) -> int:
         future = await self.topic.send(key=key, value=value, partition=partition)
         metadata = await future
         return int(metadata.offset)
+
+
+def _log_failed_delivery(delivered: Any) -> None:
+    if not delivered.cancelled() and delivered.exception() is not None:
+        log.error("changelog batch not delivered: %r", delivered.exception())
 
 
 class AIOKafkaPartitionReader:

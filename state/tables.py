@@ -17,7 +17,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from processors.user_state import UserState
@@ -56,6 +56,10 @@ class ChangelogReader(Protocol):
 
 class ChangelogWriter(Protocol):
     def send(self, key: bytes, value: bytes | None, partition: int) -> None: ...
+
+    async def send_many(self, records: Sequence[tuple[bytes, bytes | None, int]]) -> None:
+        """Send records (key, value, partition) in order; returns once they are queued."""
+        ...
 
     async def send_and_wait_offset(self, key: bytes, value: bytes, partition: int) -> int: ...
 
@@ -167,15 +171,17 @@ class UserStateStore:
         until then every read of these users returns these objects."""
         self._in_flight.update(states)
 
-    def persist(self, states: dict[str, UserState]) -> None:
-        """One changelog record per touched user (the producer batches the sends); the
+    async def persist(self, states: dict[str, UserState]) -> None:
+        """One changelog record per touched user, sent together (``send_many``); the
         record is also what this store holds."""
+        records = []
         for user_id, state in states.items():
             record = pack_user_state(state)
             self._partitions.add(state.partition)
             self._replace(user_id, _held_record(state.partition, state.last_event_ts, record))
             self._in_flight.pop(user_id, None)
-            self.writer.send(user_id.encode(), record, state.partition)
+            records.append((user_id.encode(), record, state.partition))
+        await self.writer.send_many(records)
 
     def forget(self, user_id: str, partition: int) -> bool:
         """Delete a user (a forget request): from memory, and a tombstone on the changelog

@@ -310,7 +310,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if changed:
             states.hold(changed)  # changed, persisted once their Redis writes are in
             await rescore_writer.flush()
-            states.persist(changed)
+            await states.persist(changed)
 
     class AudienceMembers(faust.web.View):
         """POST /v1/audiences/{audience_id}/members {"add": [...], "remove": [...]}"""

@@ -167,8 +167,8 @@ class EventHandler:
                 await self.loyalty_examples.send(
                     key=example.target.encode(), value=encode_example(example)
                 )
-        self.states.persist(result.touched)
-        self.states.persist(result.expired)
+        await self.states.persist(result.touched)
+        await self.states.persist(result.expired)
         if self.memory is not None:
             self.memory.after_batch()
 

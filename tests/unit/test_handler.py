@@ -135,7 +135,7 @@ class HeldStates(NoStates):
     def hold(self, states: Any) -> None:
         return None
 
-    def persist(self, states: Any) -> None:
+    async def persist(self, states: Any) -> None:
         return None
 
 

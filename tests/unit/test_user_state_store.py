@@ -7,6 +7,7 @@ integration tests (crash-resume, rebalance, forget) run the store against the re
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ class Changelog:
     def send(self, key: bytes, value: bytes | None, partition: int) -> None:
         self.partitions.setdefault(partition, []).append(Record(key, value))
 
+    async def send_many(self, records: Sequence[tuple[bytes, bytes | None, int]]) -> None:
+        for key, value, partition in records:
+            self.send(key, value, partition)
+
     async def send_and_wait_offset(self, key: bytes, value: bytes, partition: int) -> int:
         self.send(key, value, partition)
         return len(self.partitions[partition]) - 1
@@ -66,7 +71,7 @@ def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
     changelog = Changelog()
     store = _store(changelog)
     alice, bob = _state("alice", 0, ("r1", 1_000)), _state("bob", 1, ("r2", 2_000))
-    store.persist({"alice": alice, "bob": bob})
+    asyncio.run(store.persist({"alice": alice, "bob": bob}))
     assert len(store) == 2 and store.partitions == {0, 1}
     read = store.get("alice")
     assert read == alice and read is not alice  # decoded from the held record
@@ -83,13 +88,13 @@ def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
 
 def test_a_held_state_is_what_every_reader_sees_until_it_is_persisted() -> None:
     store = _store(Changelog())
-    store.persist({"alice": _state("alice", 0, ("r1", 1_000))})
+    asyncio.run(store.persist({"alice": _state("alice", 0, ("r1", 1_000))}))
     newer = _state("alice", 0, ("r1", 1_000), ("r2", 2_000))
     store.hold({"alice": newer})
     assert store.get("alice") is newer
     assert dict(store.items())["alice"] is newer
     newer.segment = "changed while in flight"
-    store.persist({"alice": newer})
+    asyncio.run(store.persist({"alice": newer}))
     read = store.get("alice")
     assert read is not newer and read == newer
 
@@ -97,7 +102,7 @@ def test_a_held_state_is_what_every_reader_sees_until_it_is_persisted() -> None:
 def test_forget_drops_held_and_in_flight_state_with_a_tombstone() -> None:
     changelog = Changelog()
     store = _store(changelog)
-    store.persist({"alice": _state("alice", 0, ("r1", 1_000))})
+    asyncio.run(store.persist({"alice": _state("alice", 0, ("r1", 1_000))}))
     store.hold({"alice": _state("alice", 0, ("r1", 1_000), ("r2", 2_000))})
     assert store.forget("alice", partition=0)
     assert store.get("alice") is None and len(store) == 0 and store.bytes_held == 0
@@ -109,12 +114,14 @@ def test_forget_drops_held_and_in_flight_state_with_a_tombstone() -> None:
 def test_evicting_idle_users_spares_the_active_and_the_in_flight() -> None:
     changelog = Changelog()
     store = _store(changelog)
-    store.persist(
-        {
-            "idle": _state("idle", 0, ("r1", 1_000)),
-            "busy": _state("busy", 0, ("r1", 1_000)),
-            "active": _state("active", 0, ("r1", 9_000)),
-        }
+    asyncio.run(
+        store.persist(
+            {
+                "idle": _state("idle", 0, ("r1", 1_000)),
+                "busy": _state("busy", 0, ("r1", 1_000)),
+                "active": _state("active", 0, ("r1", 9_000)),
+            }
+        )
     )
     store.hold({"busy": _state("busy", 0, ("r1", 1_000))})
     assert store.evict_idle(older_than_ms=5_000, limit=10) == 1
@@ -127,9 +134,9 @@ def test_a_new_owner_recovers_the_partition_from_the_changelog() -> None:
     changelog = Changelog()
     first = _store(changelog)
     alice = _state("alice", 0, ("r1", 1_000), ("r2", 2_000))
-    first.persist({"alice": alice, "bob": _state("bob", 0, ("r3", 3_000))})
+    asyncio.run(first.persist({"alice": alice, "bob": _state("bob", 0, ("r3", 3_000))}))
     first.forget("bob", partition=0)
-    first.persist({"carol": _state("carol", 1, ("r4", 4_000))})
+    asyncio.run(first.persist({"carol": _state("carol", 1, ("r4", 4_000))}))
 
     second = _store(changelog)
     asyncio.run(second.ensure_recovered({0}))
@@ -158,7 +165,7 @@ def test_records_are_compressed_and_old_plain_records_still_recover() -> None:
     assert packed[:4] == ZSTD_MAGIC and len(packed) < min(len(plain) / 2, len(without_dictionary))
     changelog = Changelog()
     changelog.send(b"old", encode_user_state(_state("old", 0, ("r9", 500))), 0)  # pre-zstd
-    _store(changelog).persist({"busy": busy})
+    asyncio.run(_store(changelog).persist({"busy": busy}))
     recovered = _store(changelog)
     asyncio.run(recovered.ensure_recovered([0]))
     assert recovered.get("busy") == busy
