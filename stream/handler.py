@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+from aiokafka.errors import KafkaError
 
 from processors.events import Event, EventDecoder, Rejection, dead_letter_bytes
 from processors.loyalty import encode_example
 from processors.pipeline import BatchResult, SliceProcessor
 from processors.profile import profile_of
 from processors.slates import encode_slate
+from processors.user_state import UserState
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
 from state.tables import UserStateStore
 from stream.audience_service import AudienceService
@@ -167,8 +169,8 @@ class EventHandler:
                 await self.loyalty_examples.send(
                     key=example.target.encode(), value=encode_example(example)
                 )
-        await self.states.persist(result.touched)
-        await self.states.persist(result.expired)
+        await self._persist(result.touched)
+        await self._persist(result.expired)
         if self.memory is not None:
             self.memory.after_batch()
 
@@ -188,6 +190,23 @@ class EventHandler:
         metrics.processing_seconds.observe(time.perf_counter() - started)
         metrics.last_batch_timestamp.set(time.time())
         return result
+
+    async def _persist(self, states: dict[str, UserState]) -> None:
+        """Hand the batch's states to the changelog, waiting out a producer that cannot take
+        them (the broker down or slow): the events are in Redis and in memory, so the batch
+        is neither dead-lettered nor acked before its states are queued. Sending again is
+        harmless (a compacted topic, the same records)."""
+        while True:
+            try:
+                await self.states.persist(states)
+                return
+            except KafkaError as error:
+                self.metrics.changelog_send_failures.inc()
+                if self.should_stop():
+                    log.error("%r while stopping; the batch stays unacked (replayed)", error)
+                    raise asyncio.CancelledError("stopping, the changelog unavailable") from error
+                log.error("changelog producer failed (%r); retrying", error)
+                await asyncio.sleep(1.0)
 
     async def _flush_until_written(self) -> None:
         """Block this partition's progress (not memory) until Redis takes the writes."""

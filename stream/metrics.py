@@ -144,6 +144,12 @@ class Metrics:
         self.catalog_items = Gauge(
             "appetence_catalog_items", "Recipes and products in the catalog", registry=registry
         )
+        self.changelog_send_failures = Counter(
+            "appetence_changelog_send_failures_total",
+            "Failed attempts to hand a batch's user states to the changelog producer (the batch "
+            "waits and retries; a stopping worker leaves it unacked)",
+            registry=registry,
+        )
         self.state_evictions = Counter(
             "appetence_user_state_evictions_total",
             "User states deleted after the idle TTL",

@@ -14,7 +14,7 @@ from processors.user_state import UserState
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
 from state.tables import UserStateStore
 from stream.app import create_app
-from stream.config import load_settings
+from stream.config import Settings, load_settings
 from stream.embedded import EmbeddedStack
 from stream.topics import aiokafka_client_options, ensure_topics
 
@@ -28,14 +28,20 @@ def _raw_topic(appetence: Any, name: str, partitions: int) -> Any:
     )
 
 
-def test_records_sent_together_land_complete_and_in_order(stack: EmbeddedStack) -> None:
+def _fresh_topics(stack: EmbeddedStack, partitions: int) -> Settings:
+    """Settings of a new app id, its topics created."""
     settings = load_settings(
         kafka_bootstrap=stack.bootstrap,
         redis_url=stack.redis_url,
         app_id=f"changelog-{uuid.uuid4().hex[:8]}",
-        partitions=3,
+        partitions=partitions,
     )
     ensure_topics(settings)
+    return settings
+
+
+def test_records_sent_together_land_complete_and_in_order(stack: EmbeddedStack) -> None:
+    settings = _fresh_topics(stack, partitions=3)
     topic = settings.user_state_changelog_topic
     # ~450 records of ~400 bytes per partition: many times the 16 KiB producer batch
     records = [(f"user-{n % 97}".encode(), f"{n:06d}".encode() * 66, n % 3) for n in range(1_350)]
@@ -74,13 +80,7 @@ def test_records_sent_together_land_complete_and_in_order(stack: EmbeddedStack) 
 def test_a_store_persisting_through_it_is_recovered_by_the_next_owner(
     stack: EmbeddedStack,
 ) -> None:
-    settings = load_settings(
-        kafka_bootstrap=stack.bootstrap,
-        redis_url=stack.redis_url,
-        app_id=f"changelog-{uuid.uuid4().hex[:8]}",
-        partitions=2,
-    )
-    ensure_topics(settings)
+    settings = _fresh_topics(stack, partitions=2)
     topic = settings.user_state_changelog_topic
     states = {f"u{n}": UserState(user_id=f"u{n}", partition=n % 2) for n in range(300)}
     for n, state in enumerate(states.values()):

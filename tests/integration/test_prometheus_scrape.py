@@ -112,11 +112,13 @@ scrape_configs:
         assert p99 > 0, "no latency series in Prometheus"
         assert accepted > 0
         assert up == 1.0
+        alert_count = (ROOT / "deploy/prometheus/alerts.yml").read_text().count("- alert: ")
+        assert alert_count >= 8
         deadline = time.monotonic() + 15  # a rule's health is "unknown" until evaluated
         while True:
             with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
                 rules = json.loads(response.read())["data"]["groups"][0]["rules"]
-            healthy = len(rules) == 7 and all(rule["health"] == "ok" for rule in rules)
+            healthy = len(rules) == alert_count and all(rule["health"] == "ok" for rule in rules)
             if healthy or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

@@ -188,3 +188,39 @@ def test_a_redis_outage_pauses_the_batch_until_redis_is_back_unless_the_worker_s
     else:
         raise AssertionError("a stopping worker waited for Redis")
     assert handler.dead_letters.sent == []
+
+
+class FailingChangelog(HeldStates):
+    """A state store whose changelog producer fails ``failures`` times, then takes them."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.persisted: list[Any] = []
+
+    async def persist(self, states: Any) -> None:
+        from aiokafka.errors import KafkaTimeoutError
+
+        if self.failures:
+            self.failures -= 1
+            raise KafkaTimeoutError()
+        self.persisted.append(dict(states))
+
+
+def test_a_changelog_producer_failure_is_retried_not_dead_lettered_unless_stopping() -> None:
+    raw = encode_event(PageView(event_id="e", ts=1, user_id="u"))
+    batch = [FaustEvent(Message("t", 0, 0, b"u"), raw)]
+
+    for stopping in (False, True):
+        states = FailingChangelog(failures=2)
+        handler = outage_handler(DownRedis(failures=0), stopping=stopping)
+        handler.states = states  # type: ignore[assignment]
+        metric = handler.metrics.changelog_send_failures
+        if stopping:
+            with pytest.raises(asyncio.CancelledError):  # unacked: replayed by the next owner
+                asyncio.run(handler.handle(batch))
+            assert metric._value.get() == 1 and states.persisted == []
+        else:
+            assert asyncio.run(handler.handle(batch)) is not None
+            assert metric._value.get() == 2
+            assert [sorted(persisted) for persisted in states.persisted] == [["u"], []]
+        assert handler.dead_letters.sent == []
