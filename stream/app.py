@@ -310,7 +310,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         if changed:
             states.hold(changed)  # changed, persisted once their Redis writes are in
             await rescore_writer.flush()
-            await states.persist(changed)
+            await handler.persist(changed)  # retried while the producer cannot take them
 
     class AudienceMembers(faust.web.View):
         """POST /v1/audiences/{audience_id}/members {"add": [...], "remove": [...]}"""

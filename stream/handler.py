@@ -169,8 +169,8 @@ class EventHandler:
                 await self.loyalty_examples.send(
                     key=example.target.encode(), value=encode_example(example)
                 )
-        await self._persist(result.touched)
-        await self._persist(result.expired)
+        await self.persist(result.touched)
+        await self.persist(result.expired)
         if self.memory is not None:
             self.memory.after_batch()
 
@@ -191,11 +191,12 @@ class EventHandler:
         metrics.last_batch_timestamp.set(time.time())
         return result
 
-    async def _persist(self, states: dict[str, UserState]) -> None:
-        """Hand the batch's states to the changelog, waiting out a producer that cannot take
-        them (the broker down or slow): the events are in Redis and in memory, so the batch
-        is neither dead-lettered nor acked before its states are queued. Sending again is
-        harmless (a compacted topic, the same records)."""
+    async def persist(self, states: dict[str, UserState]) -> None:
+        """Hand changed states to the changelog, waiting out a producer that cannot take
+        them (the broker down or slow): a batch's events are in Redis and in memory, so the
+        batch is neither dead-lettered nor acked before its states are queued (the audience
+        re-scoring persists through this too). Sending again is harmless (a compacted topic,
+        the same records)."""
         while True:
             try:
                 await self.states.persist(states)
