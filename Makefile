@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -c 'from processors.pipeline import compile_kernels; compile_kernels()'
 	touch $(STAMP)
 
 ## Start broker + Redis + worker + simulator on 127.0.0.1 with a live view.

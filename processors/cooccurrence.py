@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from processors.ranking import largest, lexsort, rank_in_runs
+from processors.slate_kernel import peak_per_session, strongest_voters, sum_by_key
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -161,55 +162,6 @@ class _Voters:
     def none() -> _Voters:
         return _Voters(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), [])
 
-    def strongest(self, wanted: _KeyLookup) -> npt.NDArray[np.int64]:
-        """For each of the keys ``wanted`` looks up: the position in ``names`` of the voter
-        with the largest positive vote for it (the first met on a tie, as ``_strongest``), or
-        -1 when none votes for it."""
-        out = np.full(wanted.size, -1, dtype=np.int64)
-        if not len(self.keys) or not wanted.size:
-            return out
-        found = wanted.find(self.keys)
-        at = np.flatnonzero((found >= 0) & (self.votes > 0.0))
-        at = at[lexsort((at, -self.votes[at], found[at]))]
-        found = found[at]
-        first = np.ones(len(at), dtype=bool)
-        first[1:] = found[1:] != found[:-1]
-        out[found[first]] = self.voter[at[first]]
-        return out
-
-
-class _KeyLookup:
-    """Positions of (session, item) keys among a few distinct wanted ones, by a dense grid over
-    the wanted keys' sessions and distinct items: each lookup is two array reads, no search."""
-
-    def __init__(self, wanted: npt.NDArray[np.int64]) -> None:
-        self.size = len(wanted)
-        self.distinct = np.unique(wanted & (KEY_SPACE - 1))
-        self.low, self.span = 0, 0
-        self.grid = np.zeros(0, dtype=np.int64)
-        if not self.size:
-            return
-        sessions = wanted >> 32
-        self.low = int(sessions.min())
-        self.span = int(sessions.max()) - self.low + 1
-        code = np.searchsorted(self.distinct, wanted & (KEY_SPACE - 1))
-        self.grid = np.full(self.span * len(self.distinct), -1, dtype=np.int64)
-        self.grid[(sessions - self.low) * len(self.distinct) + code] = np.arange(self.size)
-
-    def find(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """Each key's position among the wanted keys, or -1."""
-        out = np.full(len(keys), -1, dtype=np.int64)
-        if not self.size or not len(keys):
-            return out
-        items = keys & (KEY_SPACE - 1)
-        code_of = np.full(max(int(items.max()), int(self.distinct[-1])) + 1, -1, dtype=np.int64)
-        code_of[self.distinct] = np.arange(len(self.distinct))
-        code = code_of[items]
-        session = (keys >> 32) - self.low
-        ok = np.flatnonzero((code >= 0) & (session >= 0) & (session < self.span))
-        out[ok] = self.grid[session[ok] * len(self.distinct) + code[ok]]
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class BatchCandidates:
@@ -249,13 +201,24 @@ class BatchCandidates:
         vote), and the bridge behind its largest second-hop share (``VoteSources.bridge``);
         None where there is none. Arrays over all the keys at once, not a loop over each
         session's voters per item."""
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        wanted = _KeyLookup(distinct)
+        order = None
+        if len(keys) > 1 and bool(np.any((keys[1:] >> 32) < (keys[:-1] >> 32))):
+            order = np.argsort(keys >> 32, kind="stable")  # the kernel reads them by session
+            keys = keys[order]
         rules, visitors, bridges = self.voters
-        source = rules.strongest(wanted)
-        source = np.where(source >= 0, source, visitors.strongest(wanted))
-        source = source[inverse.reshape(-1)]
-        bridge = bridges.strongest(wanted)[inverse.reshape(-1)]
+        items = int(keys.max() & (KEY_SPACE - 1)) + 1 if len(keys) else 0
+        for kind in self.voters:
+            if len(kind.keys):
+                items = max(items, int((kind.keys & (KEY_SPACE - 1)).max()) + 1)
+        source = np.full(len(keys), -1, dtype=np.int64)
+        bridge = np.full(len(keys), -1, dtype=np.int64)
+        if len(keys):
+            # visitors first: a rule vote, where there is one, overwrites the visitor's
+            strongest_voters(visitors.keys, visitors.votes, visitors.voter, keys, items, source)
+            strongest_voters(rules.keys, rules.votes, rules.voter, keys, items, source)
+            strongest_voters(bridges.keys, bridges.votes, bridges.voter, keys, items, bridge)
+        if order is not None:
+            source[order], bridge[order] = source.copy(), bridge.copy()
         names = rules.names or visitors.names  # the rows of one gather table
         sources = [None if at < 0 else names[at] for at in source.tolist()]
         via = [None if at < 0 else bridges.names[at] for at in bridge.tolist()]
@@ -279,14 +242,6 @@ _VoteArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], tuple[int, i
 _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 #: (session, item) pairs of ``candidates_many`` are one int64 key: session * KEY_SPACE + item.
 KEY_SPACE = 1 << 32
-#: Votes are summed per (session, item) in a dense grid, not after sorting their keys,
-#: while the grid has at most 8 cells per vote plus this many (which bounds its memory).
-DENSE_GRID_SLACK = 65_536
-
-
-def fits_dense_grid(cells: int, votes: int) -> bool:
-    """Whether counting ``votes`` into a grid of ``cells`` beats sorting them."""
-    return cells <= 8 * votes + DENSE_GRID_SLACK
 
 
 def click_evidence(session_before: Sequence[str], item: str, steps: int) -> list[Evidence]:
@@ -926,51 +881,21 @@ def _sum_by_key(
     keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """The distinct keys (sorted), the sum of each one's values added in input order from
-    0.0 (as a dict accumulates them), and where each key first occurs.
-
-    The keys of one call span few sessions and items, so they are counted into a dense
-    (session, item) grid when it is small next to the keys: no sort. Otherwise (many items
-    in the index) ``np.unique``, which sorts. Both give the same arrays.
+    0.0 (as a dict accumulates them), and where each key first occurs
+    (``slate_kernel.sum_by_key``, compiled).
 
     >>> keys = np.array([2 * KEY_SPACE + 5, 7, 2 * KEY_SPACE + 5, 3], dtype=np.int64)
     >>> distinct, sums, first = _sum_by_key(keys, np.array([0.5, 1.0, 0.25, 2.0]))
     >>> distinct.tolist() == [3, 7, 2 * KEY_SPACE + 5], sums.tolist(), first.tolist()
     (True, [2.0, 1.0, 0.75], [3, 1, 0])
     """
-    if len(keys):
-        owners, items = keys >> 32, keys & (KEY_SPACE - 1)  # keys // and % KEY_SPACE (2**32)
-        low = int(owners.min())
-        width = int(items.max()) + 1
-        size = (int(owners.max()) - low + 1) * width
-        if fits_dense_grid(size, len(keys)):
-            return _sum_by_key_dense((owners - low) * width + items, values, size, width, low)
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(unique))
-    return unique, sums.astype(np.float64, copy=False), first
-
-
-def _sum_by_key_dense(
-    cells: npt.NDArray[np.int64],
-    values: npt.NDArray[np.float64],
-    size: int,
-    width: int,
-    low: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """``_sum_by_key`` over cells of a (session - ``low``, item) grid ``width`` items wide."""
-    present = np.flatnonzero(np.bincount(cells, minlength=size) > 0)
-    sums = np.bincount(cells, weights=values, minlength=size)[present]
-    first = np.full(size, len(cells), dtype=np.int64)
-    np.minimum.at(first, cells, np.arange(len(cells), dtype=np.int64))
-    owners = present // width
-    keys = (owners + low) * KEY_SPACE + (present - owners * width)
-    return keys.astype(np.int64, copy=False), sums.astype(np.float64, copy=False), first[present]
+    distinct, sums, first = sum_by_key(keys, values)
+    return distinct, sums, first
 
 
 def _peak_per_session(
     owners: npt.NDArray[np.int64], values: npt.NDArray[np.float64], count: int, empty: float
 ) -> npt.NDArray[np.float64]:
     """Each session's largest value (``empty`` for a session without one)."""
-    peak = np.full(count, -np.inf)
-    np.maximum.at(peak, owners, values)
-    peak[np.isneginf(peak)] = empty
+    peak: npt.NDArray[np.float64] = peak_per_session(owners, values, count, empty)
     return peak

@@ -351,3 +351,28 @@ class SliceProcessor:
                 )
             )
         return Slate(items=items, version=state.version, generated_at=now_ms, model="banners")
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's on-disk cache) the slate path's kernels
+    (``slate_kernel``) by running the slice over a few sessions, so that a worker's first
+    batch does not wait for them: ~10 s on first use after an install, well under a second
+    from the cache. ``make`` runs it once at install; the worker at start."""
+    from processors.events import Click
+
+    processor = SliceProcessor(SliceConfig())
+    sessions = [("a", ["r1", "r2", "r3", "p1"]), ("b", ["r2", "r3", "r4"]), ("c", ["r1", "r3"])]
+    events = [
+        Click(
+            event_id=f"warm-{user}-{at}",
+            ts=1_000 + 1_000 * at,
+            user_id=user,
+            item_id=item,
+            item_type="product" if item.startswith("p") else "recipe",
+            category="pasta" if at % 2 else "soup",
+        )
+        for user, items in sessions
+        for at, item in enumerate(items)
+    ]
+    states = processor.process_batch([(0, e) for e in events[:6]], {}, now_ms=20_000).touched
+    processor.process_batch([(0, e) for e in events[6:]], states, now_ms=20_000)

@@ -29,9 +29,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from processors import slate_kernel
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
-from processors.ranking import lexsort, rank_in_runs
+from processors.ranking import NameOrder, lexsort
 from processors.slates import Slate, SlateItem, round_scores
 from processors.user_state import RecentItem, UserState
 
@@ -241,6 +242,7 @@ class PopularLists:
     def __init__(self, model: CooccurrenceModel) -> None:
         self.model = model
         self.snapshot: RankedSnapshot | None = None  # the batch's (assemble_slates_many)
+        self.name_order = NameOrder()  # the model's item names in order, as int keys
         # (type, category) -> (the list, the index generation, its arrays)
         self._arrays: dict[
             tuple[str, str | None], tuple[list[tuple[str, float]], int, _RankedArrays]
@@ -273,9 +275,8 @@ class PopularLists:
 
 
 #: ``_Rows.listed`` of a next-click candidate no popularity list brought, and of a trending item
-_NOT_LISTED, _TRENDING = -2, -1
-#: ``_Rows.category`` of a row that cannot be placed (a candidate of another type)
-_UNPLACEABLE = -2
+_NOT_LISTED, _TRENDING = slate_kernel.NOT_LISTED, slate_kernel.TRENDING
+_NO_INTS, _NO_FLOATS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
 
 
 @dataclass(slots=True)
@@ -344,8 +345,7 @@ class _SlateTail:
         self.catalog, self.config = catalog, config
         count = len(requests)
         owners = batch.sessions
-        peak = np.zeros(count)
-        np.maximum.at(peak, owners, batch.scores)  # scores are > 0
+        peak = slate_kernel.peak_per_session(owners, batch.scores, count, 0.0)  # scores > 0
         scale = np.divide(config.cooccurrence_weight, peak, out=np.zeros(count), where=peak > 0.0)
         self.scaled = batch.scores * scale[owners]
         self.types = list(dict.fromkeys(t for _, types in requests for t in types))
@@ -355,7 +355,8 @@ class _SlateTail:
             for item_type in item_types:
                 self.requested[position * width + self.types.index(item_type)] = True
         # The category lists are interned before the codes and exclusions (_index_items).
-        segments = self._category_segments(lists)
+        self.lists = lists
+        self._category_segments(lists)
         self._index_items()
         code_of = {item_type: code for code, item_type in enumerate(self.types)}
         # catalog type code -> position in ``types``; the extra last slot maps unknown (-1)
@@ -372,7 +373,6 @@ class _SlateTail:
         self.group_of = owners[order] * width + codes[order]
         self.order = order
         self.group_starts = np.searchsorted(self.group_of, np.arange(count * width + 1))
-        self.popular = self._popular_rows(segments, lists)
 
     def _index_items(self) -> None:
         """The catalog's type and category of every item of the model's index, each slate
@@ -436,184 +436,142 @@ class _SlateTail:
         ranks[distinct[sorted(range(len(labels)), key=labels.__getitem__)]] = np.arange(len(labels))
         return ranks[items]
 
-    def _category_segments(
-        self, lists: PopularLists
-    ) -> tuple[list[int], list[float], list[Ints], list[Floats], list[int]]:
+    def _category_segments(self, lists: PopularLists) -> None:
         """Each group's popular lists, one per top category of the user with a positive
-        peak: the group, the scale (interest / the list's peak), the list's items and
-        popularity, and the category's code."""
+        peak, as the kernels read them: the group's segments (``segment_starts``), each
+        segment's list (in a table of the distinct lists, back to back), its scale (interest /
+        the list's peak) and its category's code."""
         config, width, types = self.config, self.width, self.types
         category_code = self.catalog.category_code
-        groups: list[int] = []
+        starts = [0]
+        segment_list: list[int] = []
         scales: list[float] = []
+        categories: list[int] = []
+        table: dict[tuple[str, str], tuple[int, float]] = {}
         items: list[Ints] = []
         pops: list[Floats] = []
-        categories: list[int] = []
-        for position, (user, item_types) in enumerate(self.requests):
-            if user.interests is None:
-                continue
-            interests = user.interests.normalised_top(config.top_categories)
-            for item_type in item_types:
-                group = position * width + types.index(item_type)
-                for category, interest in interests:
-                    listed, values, peak = lists.get(item_type, category)
-                    if peak <= 0.0:  # also an empty list
-                        continue
-                    groups.append(group)
-                    scales.append(interest / peak)
-                    items.append(listed)
-                    pops.append(values)
-                    categories.append(category_code(category))
-        return groups, scales, items, pops, categories
-
-    def _popular_rows(
-        self,
-        segments: tuple[list[int], list[float], list[Ints], list[Floats], list[int]],
-        lists: PopularLists,
-    ) -> _Rows:
-        """``popular_candidates`` of every group at once, with each candidate's blended score
-        (its next-click score, of any type, plus the popularity share)."""
-        size = 2 * self.config.size
-        groups, scales, items, pops, categories = segments
+        position_of = {item_type: at for at, item_type in enumerate(types)}
+        for user, item_types in self.requests:
+            positions = [position_of[item_type] for item_type in item_types]
+            segments: list[list[tuple[int, float, int]]] = [[] for _ in range(width)]
+            if user.interests is not None:
+                interests = user.interests.normalised_top(config.top_categories)
+                for item_type, position in zip(item_types, positions, strict=True):
+                    for category, interest in interests:
+                        key = (item_type, category)
+                        held = table.get(key)
+                        if held is None:
+                            listed_items, values, peak = lists.get(item_type, category)
+                            held = table[key] = (len(items), peak)
+                            if peak > 0.0:  # else also an empty list: no segment
+                                items.append(listed_items)
+                                pops.append(values)
+                        if held[1] > 0.0:
+                            segments[position].append(
+                                (held[0], interest / held[1], category_code(category))
+                            )
+            for group_segments in segments:
+                for listed, scale, code in group_segments:
+                    segment_list.append(listed)
+                    scales.append(scale)
+                    categories.append(code)
+                starts.append(len(segment_list))
         lengths = np.array([len(listed) for listed in items], dtype=np.int64)
-        item = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
-        pop = np.concatenate(pops) if pops else np.zeros(0)
-        segment = np.repeat(np.arange(len(lengths)), lengths)
-        group = np.repeat(np.array(groups, dtype=np.int64), lengths)
-        score = pop * np.repeat(np.array(scales, dtype=np.float64), lengths)
-        category = np.repeat(np.array(categories, dtype=np.int64), lengths)
-        # each list's first ``size`` items not excluded
-        kept = np.flatnonzero(~self._excluded(group, item))
-        kept = kept[rank_in_runs(segment[kept]) < size]
-        # an item popular in two categories: its best score, from its first category on a tie
-        order = kept[lexsort((kept, -score[kept], item[kept], group[kept]))]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = (group[order][1:] != group[order][:-1]) | (item[order][1:] != item[order][:-1])
-        chosen = order[first]
-        # best first, ties by id; each group's first ``size``
-        chosen = chosen[lexsort((self._name_ranks(item[chosen]), -score[chosen], group[chosen]))]
-        chosen = chosen[rank_in_runs(group[chosen]) < size]
-        group, item, score, category = group[chosen], item[chosen], score[chosen], category[chosen]
-        listed = category
-        # then trending items, below every category match, fill each group up to ``size``
-        short = np.flatnonzero(
-            self.requested & (np.bincount(group, minlength=len(self.requested)) < size)
+        self.segment_starts = np.array(starts, dtype=np.int64)
+        self.segment_list = np.array(segment_list, dtype=np.int64)
+        self.segment_scale = np.array(scales, dtype=np.float64)
+        self.segment_category = np.array(categories, dtype=np.int64)
+        self.list_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.list_items = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        self.list_pops = np.concatenate(pops) if pops else np.zeros(0)
+
+    def _rows(self, lists: PopularLists) -> _Rows:
+        """Every requested group's slate rows, sorted by group (``slate_kernel.merge_rows``,
+        after ``popular_rows``; the trending lists are read only when a group needs them)."""
+        config, size = self.config, 2 * self.config.size  # popular candidates: twice the slate
+        group_count = len(self.requested)
+        names = self.model.item_names
+        name_rank = lists.name_order.keys(names, self.model.index_generation)
+        slot = np.full(len(names), -1, dtype=np.int64)
+        pop_item = np.empty(group_count * size, dtype=np.int64)
+        pop_score = np.empty(group_count * size)
+        pop_category = np.empty(group_count * size, dtype=np.int64)
+        pop_count = np.zeros(group_count, dtype=np.int64)
+        slate_kernel.popular_rows(
+            group_count,
+            self.width,
+            size,
+            self.segment_starts,
+            self.segment_list,
+            self.segment_scale,
+            self.segment_category,
+            self.list_starts,
+            self.list_items,
+            self.list_pops,
+            self.excluded_keys,
+            name_rank,
+            slot,
+            pop_item,
+            pop_score,
+            pop_category,
+            pop_count,
         )
-        if len(short):
-            missing = size - np.bincount(group, minlength=len(self.requested))[short]
-            # read only now (the type's whole counter is ranked): most groups need none
-            trending = {
-                item_type: lists.get(item_type, None)
-                for item_type in {self.types[g % self.width] for g in short.tolist()}
-            }
-            if len(self.model.item_names) != self.indexed:
-                self._index_items()
-            overall = [trending[self.types[g % self.width]] for g in short.tolist()]
-            lengths = np.array([len(listed) for listed, _, _ in overall], dtype=np.int64)
-            t_group = np.repeat(short, lengths)
-            t_item = np.concatenate([listed for listed, _, _ in overall])
-            t_pop = np.concatenate([values for _, values, _ in overall])
-            peaks = np.repeat(
-                np.array([peak if len(listed) else 1.0 for listed, _, peak in overall]), lengths
+        # then trending items, below every category match, fill each group up to ``size``;
+        # read only now (the type's whole counter is ranked): most groups need none
+        short = np.flatnonzero(self.requested & (pop_count < size))
+        trend_items: list[Ints] = []
+        trend_pops: list[Floats] = []
+        peaks = np.ones(self.width)
+        needed = {g % self.width for g in short.tolist()}
+        for position, item_type in enumerate(self.types):
+            listed, values, peak = (
+                lists.get(item_type, None) if position in needed else (_NO_INTS, _NO_FLOATS, 1.0)
             )
-            taken = _member(t_group * KEY_SPACE + t_item, np.sort(group * KEY_SPACE + item))
-            fill = np.flatnonzero(~(taken | self._excluded(t_group, t_item)))
-            fill = fill[rank_in_runs(t_group[fill]) < np.repeat(missing, lengths)[fill]]
-            group = np.concatenate([group, t_group[fill]])
-            item = np.concatenate([item, t_item[fill]])
-            score = np.concatenate([score, 0.1 * t_pop[fill] / peaks[fill]])
-            listed = np.concatenate([listed, np.full(len(fill), _TRENDING, dtype=np.int64)])
-            category = np.concatenate([category, np.full(len(fill), -1, dtype=np.int64)])
-        share = self.config.popularity_weight * score
-        wanted = (group // self.width) * KEY_SPACE + item
-        next_click = np.zeros(len(wanted))
-        voted = np.zeros(len(wanted), dtype=bool)
-        if len(self.keys):
-            at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-            voted = self.keys[at] == wanted
-            next_click[voted] = self.scaled[at[voted]]
-        return _Rows(group, item, next_click + share, share, listed, category, voted)
-
-    def _merge(self, head: Ints, popular: _Rows) -> _Rows:
-        """The slates' rows: the next-click candidates at ``head`` (positions in ``order``)
-        blended with the popular rows, best first (ties by id), skipping what cannot be
-        placed, at most ``max_per_category`` of a category, each group's first ``size``."""
-        config = self.config
-        rows = self.order[head]
-        head_group, head_item = self.group_of[head], self.batch.items[rows]
-        alone = ~_member(
-            head_group * KEY_SPACE + head_item, np.sort(popular.group * KEY_SPACE + popular.item)
+            trend_items.append(listed)
+            trend_pops.append(values)
+            peaks[position] = peak if len(listed) else 1.0
+        if len(names) != self.indexed:  # a trending list interned new items
+            self._index_items()
+            name_rank = lists.name_order.keys(names, self.model.index_generation)
+            slot = np.full(len(names), -1, dtype=np.int64)
+        lengths = np.array([len(listed) for listed in trend_items], dtype=np.int64)
+        rows = slate_kernel.merge_rows(
+            group_count,
+            self.width,
+            config.size,
+            config.max_per_category,
+            config.popularity_weight,
+            size,
+            self.requested,
+            pop_item,
+            pop_score,
+            pop_category,
+            pop_count,
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            np.concatenate(trend_items),
+            np.concatenate(trend_pops),
+            peaks,
+            self.group_starts,
+            self.batch.items[self.order],
+            self.scaled[self.order],
+            self.batch.bounds,
+            self.keys,
+            self.scaled,
+            self.excluded_keys,
+            self.item_types,
+            self.item_categories,
+            self.slate_types,
+            len(self.catalog.category_ids),
+            name_rank,
+            slot,
         )
-        count = int(alone.sum())
-        merged = _Rows.join(
-            [
-                _Rows(
-                    head_group[alone],
-                    head_item[alone],
-                    self.scaled[rows[alone]],
-                    np.zeros(count),
-                    np.full(count, _NOT_LISTED, dtype=np.int64),
-                    np.full(count, _UNPLACEABLE, dtype=np.int64),
-                    np.ones(count, dtype=bool),
-                ),
-                popular,
-            ]
-        )
-        merged = merged.take(lexsort((self._name_ranks(merged.item), -merged.total, merged.group)))
-        # Shown under the catalog's category when it knows the item as the slate's type,
-        # else under the one of the list that brought it; else it cannot be placed.
-        known = self.item_types[merged.item] == self.slate_types[merged.group % self.width]
-        merged.category = np.where(known, self.item_categories[merged.item], merged.category)
-        placed = np.flatnonzero(
-            (merged.category != _UNPLACEABLE) & ~self._excluded(merged.group, merged.item)
-        )
-        # the n-th item of its category in its slate, counting placed items only
-        capped = (
-            merged.group[placed] * (len(self.catalog.category_ids) + 2)
-            + merged.category[placed]
-            + 1
-        )
-        by_key = lexsort((capped,))
-        nth = np.empty(len(placed), dtype=np.int64)
-        nth[by_key] = rank_in_runs(capped[by_key])
-        placed = placed[(merged.category[placed] == -1) | (nth < config.max_per_category)]
-        placed = placed[rank_in_runs(merged.group[placed]) < config.size]
-        return merged.take(placed)
-
-    def _rows(self) -> _Rows:
-        """Every requested group's slate rows, sorted by group. Only each group's head
-        (``2 * size`` best next-click candidates) is blended first: it almost always fills
-        the slate; a group whose slate is not full above the head's last score (an unranked
-        candidate could come first) is blended again from all its candidates."""
-        head_size = 2 * self.config.size
-        group_of, starts = self.group_of, self.group_starts
-        in_group = np.arange(len(group_of)) - starts[group_of]
-        wanted = self.requested[group_of]
-        first = self._merge(np.flatnonzero(wanted & (in_group < head_size)), self.popular)
-        more = np.flatnonzero(self.requested & (np.diff(starts) > head_size))
-        if not len(more):
-            return first
-        floor = self.scaled[self.order[starts[more] + head_size - 1]]
-        bounds = np.searchsorted(first.group, more, side="right")
-        filled = np.bincount(first.group, minlength=len(self.requested))[more] == self.config.size
-        last = first.total[np.maximum(bounds - 1, 0)]
-        redo = more[~(filled & (last > floor))]
-        if not len(redo):
-            return first
-        again = np.zeros(len(self.requested), dtype=bool)
-        again[redo] = True
-        kept = first.take(~again[first.group])
-        full = self._merge(
-            np.flatnonzero(again[group_of]), self.popular.take(again[self.popular.group])
-        )
-        both = _Rows.join([kept, full])
-        return both.take(lexsort((both.group,)))
+        return _Rows(*rows)
 
     def slates(self, now_ms: int) -> list[dict[str, Slate]]:
         """Every user's slates: the rows explained and made into slate items (column by
         column, so the per-item work runs in ``map`` and comprehensions, not in a loop body
         per item)."""
-        rows = self._rows()
+        rows = self._rows(self.lists)
         by_list = (rows.listed != _NOT_LISTED) & (
             ~rows.voted | (rows.share > rows.total - rows.share)
         )

@@ -71,10 +71,12 @@ def worker() -> None:
     """Run one stream worker (a Faust consumer-group member). Start more to scale out."""
     import faust
 
+    from processors.pipeline import compile_kernels
     from stream.app import create_app
 
     settings = _settings()
     _tune_gc(settings)
+    compile_kernels()  # loaded from numba's cache: not in the middle of the first batch
     built = create_app(settings)
     faust.Worker(
         built.app, loglevel=settings.log_level, redirect_stdouts=False

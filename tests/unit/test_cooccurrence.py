@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -342,10 +341,9 @@ def test_the_item_index_is_rebuilt_past_its_cap_and_the_scores_stay() -> None:
         st.tuples(st.integers(0, 5), st.integers(0, 40), st.floats(0.0, 10.0)),
         max_size=60,
     ),
-    st.booleans(),
 )
 def test_votes_are_summed_per_session_and_item_as_a_dict_adds_them(
-    votes: list[tuple[int, int, float]], dense: bool
+    votes: list[tuple[int, int, float]],
 ) -> None:
     keys = np.array([s * cooccurrence.KEY_SPACE + i for s, i, _ in votes], dtype=np.int64)
     values = np.array([v for _, _, v in votes], dtype=np.float64)
@@ -354,9 +352,7 @@ def test_votes_are_summed_per_session_and_item_as_a_dict_adds_them(
     for at, key in enumerate(keys.tolist()):
         sums[key] = sums.get(key, 0.0) + float(values[at])
         first.setdefault(key, at)
-    slack = cooccurrence.DENSE_GRID_SLACK if dense else -(10**12)  # else sorted (np.unique)
-    with patch.object(cooccurrence, "DENSE_GRID_SLACK", slack):
-        distinct, summed, met = cooccurrence._sum_by_key(keys, values)
+    distinct, summed, met = cooccurrence._sum_by_key(keys, values)
     assert distinct.tolist() == sorted(sums)
     assert summed.tolist() == [sums[key] for key in sorted(sums)]  # exact, not approximate
     assert met.tolist() == [first[key] for key in sorted(sums)]

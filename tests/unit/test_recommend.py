@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import cooccurrence, recommend
+from processors import recommend
 from processors.decay import DecayedCounter
 from processors.events import Click, Event
 from processors.pipeline import SliceConfig, SliceProcessor
@@ -292,7 +292,6 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     # Small slates and tight category caps make the ranked head run out (the fallback);
     # clicks at one instant (step 0) make equal scores, so ties are broken by id. Two
     # batches: what the first leaves behind (lists as arrays, the item index) is reused.
-    # Votes are summed in a dense (session, item) grid, or (many items) after sorting.
     assembly = AssemblyConfig(size=size, max_per_category=per_category, exclude_seen=exclude_seen)
     processor = SliceProcessor(SliceConfig(assembly=assembly))
     events = [
@@ -300,11 +299,8 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
         for i, (user, item, category) in enumerate(clicks)
     ]
     split = int(first_share * len(events))
-    # ... and exclusions looked up in a (user, item) grid, or (many items) by a search
-    with (
-        patch.object(cooccurrence, "DENSE_GRID_SLACK", 65_536 if dense else -(10**12)),
-        patch.object(recommend, "_EXCLUDED_GRID_CELLS", 1 << 22 if dense else 0),
-    ):
+    # Exclusions looked up in a (user, item) grid, or (many items) by a search.
+    with patch.object(recommend, "_EXCLUDED_GRID_CELLS", 1 << 22 if dense else 0):
         states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
         result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
     ranked = processor.popularity.snapshot(2 * size + SliceConfig().user.history_size)

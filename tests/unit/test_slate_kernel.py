@@ -1,0 +1,66 @@
+"""The compiled kernels: compiled once (one signature each), never again at run time."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors import slate_kernel
+from processors.pipeline import SliceProcessor, compile_kernels
+from processors.ranking import NameOrder
+from processors.simulator import SimulationConfig, TrafficModel
+from stream.config import load_settings
+
+
+def kernel_signatures() -> dict[str, int]:
+    return {
+        name: len(kernel.signatures)
+        for name, kernel in vars(slate_kernel).items()
+        if isinstance(kernel, numba.core.registry.CPUDispatcher) and not name.startswith("_")
+    }
+
+
+def test_the_warm_up_compiles_every_kernel_a_worker_runs() -> None:
+    # A kernel the warm-up misses, or a call with other argument types (an int32 array, a
+    # read-only one), would compile in the middle of a worker's batch: ~1-10 s.
+    compile_kernels()
+    warmed = kernel_signatures()
+    assert warmed and all(count == 1 for count in warmed.values()), warmed
+    processor = SliceProcessor(load_settings().slice_config())
+    model = TrafficModel(SimulationConfig(seed=3), start_ms=1_000_000)
+    for record in model.catalog_records():
+        processor.apply_catalog(record)
+    events = [event for _, event in zip(range(3_000), model.events(), strict=False)]
+    states: dict = {}
+    for start in range(0, len(events), 300):
+        batch = [(0, event) for event in events[start : start + 300]]
+        result = processor.process_batch(batch, states, now_ms=events[-1].ts)
+        states.update(result.touched)
+        assert result.slates
+    assert kernel_signatures() == warmed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcé", max_size=4), unique=True, max_size=40), st.data())
+def test_name_keys_order_as_the_names_however_they_were_appended(
+    names: list[str], data: st.DataObject
+) -> None:
+    order, held = NameOrder(), []
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(names)), max_size=6)))
+    for cut in [*cuts, len(names)]:
+        held += names[len(held) : cut]
+        keys = order.keys(held, generation=0)
+        assert sorted(range(len(held)), key=keys.__getitem__) == sorted(
+            range(len(held)), key=held.__getitem__
+        )
+
+
+def test_a_gap_used_up_rebuilds_the_keys() -> None:
+    order, names = NameOrder(), ["a", "z"]
+    order.keys(names, generation=0)
+    for step in range(60):  # each new name lands between the last one and "z": halving gaps
+        names.append("y" * (step + 1))
+        keys = order.keys(names, generation=0)
+    assert list(np.argsort(keys)) == sorted(range(len(names)), key=names.__getitem__)
