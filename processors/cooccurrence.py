@@ -34,8 +34,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from processors.ranking import largest, lexsort, rank_in_runs
-from processors.slate_kernel import peak_per_session, strongest_voters, sum_by_key
+from processors.ranking import largest
+from processors.slate_kernel import first_hop, second_hop, strongest_voters
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -623,8 +623,9 @@ class CooccurrenceModel:
         """``candidates`` of many sessions at once, bit for bit, and their vote sources.
 
         The materialised vote lists are kept as arrays, so the sessions' votes are gathered,
-        summed per (session, candidate) and ranked for the second hop with a few numpy
-        operations per batch instead of a dict update per vote. Sums are taken in the order
+        summed per (session, candidate) and ranked for the second hop by compiled loops
+        (``slate_kernel.first_hop`` and ``second_hop``, a session at a time over dense
+        arrays) instead of a dict update per vote. Sums are taken in the order
         ``candidates`` adds them and ties between bridges go to the candidate ``candidates``
         met first, so the scores are identical, not just close.
 
@@ -660,77 +661,83 @@ class CooccurrenceModel:
                 visitors.rows.append(row(item))
                 visitors.weights.append(weight)
         count = len(sessions)
-        rule_votes = table.gather(rules)
-        rule_keys, rule_sums, rule_first = _sum_by_key(rule_votes.keys, rule_votes.votes)
-        visitor_votes = table.gather(visitors)
-        visitor_keys, visitor_sums, visitor_first = _sum_by_key(
-            visitor_votes.keys, visitor_votes.votes
+        offsets, all_items, all_votes = table.arrays()
+        ranked_size = max(config.bridge_items, config.bridge_keep)
+        (
+            rule_keys,
+            rule_weighted,
+            rule_voter,
+            visitor_keys,
+            visitor_weighted,
+            visitor_voter,
+            candidates,
+            scores,
+            bounds,
+            ranked,
+            ranked_scores,
+            ranked_bounds,
+        ) = first_hop(
+            count,
+            np.array(rules.owners, dtype=np.int64),
+            np.array(rules.rows, dtype=np.int64),
+            np.array(rules.weights, dtype=np.float64),
+            np.array(visitors.owners, dtype=np.int64),
+            np.array(visitors.rows, dtype=np.int64),
+            np.array(visitors.weights, dtype=np.float64),
+            offsets,
+            all_items,
+            all_votes,
+            len(self.item_names),
+            config.session_knn_weight,
+            ranked_size if config.bridge_weight > 0.0 else 0,
         )
-        keys, scores, met = rule_keys, rule_sums, rule_first
-        if len(visitor_keys):
-            # scale = session_knn_weight * (the rule scores' peak, or 1) / the visitor peak
-            rule_peak = _peak_per_session(rule_keys // KEY_SPACE, rule_sums, count, 1.0)
-            visitor_of = visitor_keys // KEY_SPACE
-            visitor_peak = _peak_per_session(visitor_of, visitor_sums, count, 1.0)
-            scale = config.session_knn_weight * rule_peak / visitor_peak
-            keys, scores, first = _sum_by_key(
-                np.concatenate([rule_keys, visitor_keys]),
-                np.concatenate([rule_sums, visitor_sums * scale[visitor_of]]),
-            )
-            # where the candidate entered the dict: rule votes first, then visitor votes
-            met = np.concatenate([rule_first, len(rule_votes.keys) + visitor_first])[first]
+        rule_votes = _Voters(rule_keys, rule_weighted, rule_voter, table.items)
+        visitor_votes = _Voters(visitor_keys, visitor_weighted, visitor_voter, table.items)
+        # the bridges: each session's first ``bridge_items`` ranked candidates (their rows
+        # are read now: the table grows)
         bridges = _Requests(_BRIDGES)
-        bridge_votes = _Voters.none()
-        if config.bridge_weight > 0.0 and len(keys):
-            keys, scores, bridge_votes = self._second_hop_many(
-                keys, scores, met, table, bridges, count
-            )
-        owners = keys // KEY_SPACE
+        rank = np.arange(len(ranked)) - np.repeat(ranked_bounds[:-1], np.diff(ranked_bounds))
+        chosen = np.flatnonzero(rank < config.bridge_items)
+        names, row = self.item_names, table.row
+        bridge_rows = np.full(len(ranked), -1, dtype=np.int64)
+        bridges.rows = [row(names[item]) for item in ranked[chosen].tolist()]
+        bridge_rows[chosen] = bridges.rows
+        bridges.owners = np.repeat(np.arange(count), np.diff(ranked_bounds))[chosen].tolist()
+        bridges.weights = (config.bridge_weight * ranked_scores[chosen]).tolist()
+        bridges.items = table.items  # the rows' names, for the explanations
+        offsets, all_items, all_votes = table.arrays()
+        keys, final_scores, bridge_keys, bridge_weighted, bridge_voter = second_hop(
+            count,
+            candidates,
+            scores,
+            bounds,
+            ranked,
+            ranked_scores,
+            ranked_bounds,
+            bridge_rows,
+            config.bridge_items,
+            config.bridge_keep,
+            config.bridge_weight,
+            offsets,
+            all_items,
+            all_votes,
+            len(self.item_names),
+        )
+        owners = keys >> 32
         return BatchCandidates(
             sessions=owners,
-            items=keys % KEY_SPACE,
-            scores=scores,
+            items=keys & (KEY_SPACE - 1),
+            scores=final_scores,
             bounds=np.searchsorted(owners, np.arange(count + 1)),
             session_items=sessions,
             bridges=bridges,
             bridge_bounds=np.searchsorted(bridges.owners, np.arange(count + 1)),
-            voters=(rule_votes, visitor_votes, bridge_votes),
+            voters=(
+                rule_votes,
+                visitor_votes,
+                _Voters(bridge_keys, bridge_weighted, bridge_voter, table.items),
+            ),
         )
-
-    def _second_hop_many(
-        self,
-        keys: npt.NDArray[np.int64],
-        scores: npt.NDArray[np.float64],
-        met: npt.NDArray[np.int64],
-        table: _GatherTable,
-        bridges: _Requests,
-        count: int,
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], _Voters]:
-        """``_second_hop`` for every session of ``candidates_many`` at once; fills
-        ``bridges`` (owner, table row, weight) and returns their gathered votes too."""
-        config = self.config
-        owners = keys // KEY_SPACE
-        # best first per session; ties as ``largest`` breaks them: the first met
-        order = lexsort((met, -scores, owners))
-        ranked_owners = owners[order]
-        rank = rank_in_runs(ranked_owners)
-        chosen = order[rank < config.bridge_items]
-        head = order[rank < config.bridge_keep]
-        names, row = self.item_names, table.row
-        bridges.owners = owners[chosen].tolist()
-        bridges.rows = [row(names[item]) for item in (keys[chosen] % KEY_SPACE).tolist()]
-        bridges.weights = (config.bridge_weight * scores[chosen]).tolist()
-        gathered = table.gather(bridges)
-        final_keys, final_scores, _ = _sum_by_key(
-            np.concatenate([keys, gathered.keys]), np.concatenate([scores, gathered.votes])
-        )
-        if config.bridge_keep > 0:
-            final_owners = final_keys // KEY_SPACE
-            lift = _peak_per_session(final_owners, final_scores, count, 0.0)
-            at = np.searchsorted(final_keys, keys[head])
-            final_scores[at] = lift[final_owners[at]] + scores[head]
-        bridges.items = table.items  # the rows' names, for the explanations
-        return final_keys, final_scores, gathered
 
     def intern(self, item: str) -> int:
         """The item's position in ``item_index``, added when new (an index of names only: it
@@ -850,52 +857,14 @@ class _GatherTable:
             self._size = size + d
         return at
 
-    def gather(self, requests: _Requests) -> _Voters:
-        """Every requested vote as a (session, candidate) key, its weighted vote and the
-        voting row, in request order."""
-        if not requests.rows:
-            return _Voters.none()
+    def arrays(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Every row's vote bounds (rows x 4: rule, visitor and bridge votes' starts and the
+        end) in the table's candidates and votes, back to back (the kernels' input)."""
         if self._joined < len(self._indexes):
             self._all_indexes = np.concatenate([self._all_indexes, *self._indexes[self._joined :]])
             self._all_votes = np.concatenate([self._all_votes, *self._votes[self._joined :]])
             self._joined = len(self._indexes)
-        rows = np.array(requests.rows, np.int64)
-        offsets = np.array(self._offsets, dtype=np.int64)[rows]
-        starts = offsets[:, requests.kind]
-        lengths = offsets[:, requests.kind + 1] - starts
-        ends = np.cumsum(lengths)
-        if not len(ends) or ends[-1] == 0:
-            return _Voters.none()
-        at = np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)
-        owners = np.repeat(np.array(requests.owners, dtype=np.int64), lengths)
-        weights = np.repeat(np.array(requests.weights, dtype=np.float64), lengths)
-        return _Voters(
-            owners * KEY_SPACE + self._all_indexes[at],
-            self._all_votes[at] * weights,
-            np.repeat(rows, lengths),
-            self.items,
-        )
-
-
-def _sum_by_key(
-    keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """The distinct keys (sorted), the sum of each one's values added in input order from
-    0.0 (as a dict accumulates them), and where each key first occurs
-    (``slate_kernel.sum_by_key``, compiled).
-
-    >>> keys = np.array([2 * KEY_SPACE + 5, 7, 2 * KEY_SPACE + 5, 3], dtype=np.int64)
-    >>> distinct, sums, first = _sum_by_key(keys, np.array([0.5, 1.0, 0.25, 2.0]))
-    >>> distinct.tolist() == [3, 7, 2 * KEY_SPACE + 5], sums.tolist(), first.tolist()
-    (True, [2.0, 1.0, 0.75], [3, 1, 0])
-    """
-    distinct, sums, first = sum_by_key(keys, values)
-    return distinct, sums, first
-
-
-def _peak_per_session(
-    owners: npt.NDArray[np.int64], values: npt.NDArray[np.float64], count: int, empty: float
-) -> npt.NDArray[np.float64]:
-    """Each session's largest value (``empty`` for a session without one)."""
-    peak: npt.NDArray[np.float64] = peak_per_session(owners, values, count, empty)
-    return peak
+        offsets = np.array(self._offsets, dtype=np.int64).reshape(-1, 4)
+        return offsets, self._all_indexes, self._all_votes

@@ -424,67 +424,6 @@ def strongest_voters(
 
 
 @_compiled
-def sum_by_key(keys: Any, values: Any) -> tuple[Any, Any, Any]:
-    """The distinct (session, item) keys (sorted), the sum of each one's values added in
-    input order from 0.0 (as a dict accumulates them), and where each key first occurs.
-
-    The keys are bucketed by session (a counting sort, stable), then each session's items
-    summed in a dense array over the items and its distinct items sorted (most of the time
-    here, ~3 µs per session of ~100).
-
-    >>> import numpy as np
-    >>> keys = np.array([2 * KEY_SPACE + 5, 7, 2 * KEY_SPACE + 5, 3], dtype=np.int64)
-    >>> distinct, sums, first = sum_by_key(keys, np.array([0.5, 1.0, 0.25, 2.0]))
-    >>> distinct.tolist() == [3, 7, 2 * KEY_SPACE + 5], sums.tolist(), first.tolist()
-    (True, [2.0, 1.0, 0.75], [3, 1, 0])
-    """
-    count = len(keys)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64)
-    low, high, width = keys[0] >> 32, keys[0] >> 32, 0
-    for at in range(count):
-        session, item = keys[at] >> 32, keys[at] & (KEY_SPACE - 1)
-        low, high, width = min(low, session), max(high, session), max(width, item + 1)
-    starts = np.zeros(high - low + 2, dtype=np.int64)
-    for at in range(count):
-        starts[(keys[at] >> 32) - low + 1] += 1
-    for session in range(1, len(starts)):
-        starts[session] += starts[session - 1]
-    order = np.empty(count, dtype=np.int64)
-    filled = starts[:-1].copy()
-    for at in range(count):
-        session = (keys[at] >> 32) - low
-        order[filled[session]] = at
-        filled[session] += 1
-    sums = np.zeros(width)
-    first = np.full(width, -1, dtype=np.int64)
-    touched = np.empty(count, dtype=np.int64)
-    out_keys = np.empty(count, dtype=np.int64)
-    out_sums = np.empty(count)
-    out_first = np.empty(count, dtype=np.int64)
-    written = 0
-    for session in range(len(starts) - 1):
-        distinct = 0
-        for position in range(starts[session], starts[session + 1]):
-            at = order[position]
-            item = keys[at] & (KEY_SPACE - 1)
-            if first[item] < 0:
-                first[item] = at
-                sums[item] = 0.0
-                touched[distinct] = item
-                distinct += 1
-            sums[item] += values[at]
-        touched[:distinct].sort()
-        for item in touched[:distinct]:
-            out_keys[written] = (session + low) * KEY_SPACE + item
-            out_sums[written] = sums[item]
-            out_first[written] = first[item]
-            first[item] = -1
-            written += 1
-    return out_keys[:written], out_sums[:written], out_first[:written]
-
-
-@_compiled
 def peak_per_session(owners: Any, values: Any, count: int, empty: float) -> Any:
     """Each session's largest value (``empty`` for a session without one): ``np.maximum.at``
     in one pass (numpy's ``ufunc.at`` took ~50 ns per value on some of the slate path's
@@ -502,3 +441,233 @@ def peak_per_session(owners: Any, values: Any, count: int, empty: float) -> Any:
         if peak[session] == -np.inf:
             peak[session] = empty
     return peak
+
+
+@_compiled
+def first_hop(
+    count: int,
+    rule_owner: Any,
+    rule_row: Any,
+    rule_weight: Any,
+    visitor_owner: Any,
+    visitor_row: Any,
+    visitor_weight: Any,
+    offsets: Any,
+    all_items: Any,
+    all_votes: Any,
+    item_count: int,
+    knn_weight: float,
+    ranked_size: int,
+) -> tuple[Any, ...]:
+    """``CooccurrenceModel.candidates_many``'s first hop, a session at a time: each session's
+    rule votes (its requests' rows' rule lists, times the request's weight) summed per
+    candidate, plus its neighbour-visitor votes scaled by ``knn_weight`` x the rule peak /
+    the visitor peak (each 1.0 when there is none), in the order a dict meets them; and its
+    ``ranked_size`` best candidates (ties: the first met). Requests run by session
+    (ascending); ``offsets[row]`` are a row's rule, visitor and bridge votes' bounds in
+    ``all_items``/``all_votes``.
+
+    Returns the rule and visitor votes as gathered (key, weighted vote, voting row), each
+    session's candidates (items, scores, bounds; in the order met) and its ranked ones
+    (items, scores, bounds)."""
+    rule_total, visitor_total = 0, 0
+    for at in range(len(rule_row)):
+        rule_total += offsets[rule_row[at], 1] - offsets[rule_row[at], 0]
+    for at in range(len(visitor_row)):
+        visitor_total += offsets[visitor_row[at], 2] - offsets[visitor_row[at], 1]
+    rule_keys = np.empty(rule_total, dtype=np.int64)
+    rule_votes = np.empty(rule_total)
+    rule_voter = np.empty(rule_total, dtype=np.int64)
+    visitor_keys = np.empty(visitor_total, dtype=np.int64)
+    visitor_votes = np.empty(visitor_total)
+    visitor_voter = np.empty(visitor_total, dtype=np.int64)
+    rule_sum = np.zeros(item_count)
+    visitor_sum = np.zeros(item_count)
+    seen_rule = np.zeros(item_count, dtype=np.bool_)
+    seen_visitor = np.zeros(item_count, dtype=np.bool_)
+    rule_met = np.empty(rule_total, dtype=np.int64)
+    visitor_met = np.empty(visitor_total, dtype=np.int64)
+    candidates = np.empty(rule_total + visitor_total, dtype=np.int64)
+    scores = np.empty(rule_total + visitor_total)
+    bounds = np.zeros(count + 1, dtype=np.int64)
+    ranked = np.empty(count * ranked_size, dtype=np.int64)
+    ranked_scores = np.empty(count * ranked_size)
+    ranked_bounds = np.zeros(count + 1, dtype=np.int64)
+    r_at, v_at, r_vote, v_vote, written, ranked_written = 0, 0, 0, 0, 0, 0
+    for session in range(count):
+        # rule votes, in request order
+        rules_met = 0
+        while r_at < len(rule_owner) and rule_owner[r_at] == session:
+            row, weight = rule_row[r_at], rule_weight[r_at]
+            for at in range(offsets[row, 0], offsets[row, 1]):
+                item, vote = all_items[at], all_votes[at] * weight
+                rule_keys[r_vote], rule_votes[r_vote], rule_voter[r_vote] = (
+                    session * KEY_SPACE + item,
+                    vote,
+                    row,
+                )
+                r_vote += 1
+                if not seen_rule[item]:
+                    seen_rule[item] = True
+                    rule_sum[item] = 0.0
+                    rule_met[rules_met] = item
+                    rules_met += 1
+                rule_sum[item] += vote
+            r_at += 1
+        visitors_met = 0
+        while v_at < len(visitor_owner) and visitor_owner[v_at] == session:
+            row, weight = visitor_row[v_at], visitor_weight[v_at]
+            for at in range(offsets[row, 1], offsets[row, 2]):
+                item, vote = all_items[at], all_votes[at] * weight
+                visitor_keys[v_vote], visitor_votes[v_vote], visitor_voter[v_vote] = (
+                    session * KEY_SPACE + item,
+                    vote,
+                    row,
+                )
+                v_vote += 1
+                if not seen_visitor[item]:
+                    seen_visitor[item] = True
+                    visitor_sum[item] = 0.0
+                    visitor_met[visitors_met] = item
+                    visitors_met += 1
+                visitor_sum[item] += vote
+            v_at += 1
+        rule_peak, visitor_peak = 1.0, 1.0
+        if rules_met:
+            rule_peak = -np.inf
+            for at in range(rules_met):
+                rule_peak = max(rule_peak, rule_sum[rule_met[at]])
+        if visitors_met:
+            visitor_peak = -np.inf
+            for at in range(visitors_met):
+                visitor_peak = max(visitor_peak, visitor_sum[visitor_met[at]])
+        scale = knn_weight * rule_peak / visitor_peak
+        start = written
+        for at in range(rules_met):  # as a dict meets them: rule candidates first
+            item = rule_met[at]
+            score = 0.0 + rule_sum[item]
+            if seen_visitor[item]:
+                score += visitor_sum[item] * scale
+            candidates[written], scores[written] = item, score
+            written += 1
+        for at in range(visitors_met):
+            item = visitor_met[at]
+            if not seen_rule[item]:
+                candidates[written], scores[written] = item, 0.0 + visitor_sum[item] * scale
+                written += 1
+        for at in range(rules_met):
+            seen_rule[rule_met[at]] = False
+        for at in range(visitors_met):
+            seen_visitor[visitor_met[at]] = False
+        bounds[session + 1] = written
+        # the best ``ranked_size``, best first; a later candidate never displaces an equal
+        first = ranked_written
+        for at in range(start, written if ranked_size > 0 else start):
+            score = scores[at]
+            held = ranked_written - first
+            if held == ranked_size and not score > ranked_scores[ranked_written - 1]:
+                continue
+            place = ranked_written if held < ranked_size else ranked_written - 1
+            while place > first and score > ranked_scores[place - 1]:
+                ranked[place], ranked_scores[place] = ranked[place - 1], ranked_scores[place - 1]
+                place -= 1
+            ranked[place], ranked_scores[place] = candidates[at], score
+            if held < ranked_size:
+                ranked_written += 1
+        ranked_bounds[session + 1] = ranked_written
+    return (
+        rule_keys,
+        rule_votes,
+        rule_voter,
+        visitor_keys,
+        visitor_votes,
+        visitor_voter,
+        candidates[:written],
+        scores[:written],
+        bounds,
+        ranked[:ranked_written],
+        ranked_scores[:ranked_written],
+        ranked_bounds,
+    )
+
+
+@_compiled
+def second_hop(
+    count: int,
+    candidates: Any,
+    scores: Any,
+    bounds: Any,
+    ranked: Any,
+    ranked_scores: Any,
+    ranked_bounds: Any,
+    bridge_rows: Any,
+    bridge_items: int,
+    bridge_keep: int,
+    bridge_weight: float,
+    offsets: Any,
+    all_items: Any,
+    all_votes: Any,
+    item_count: int,
+) -> tuple[Any, ...]:
+    """``candidates_many``'s second hop and its result, a session at a time: the first
+    ``bridge_items`` of the session's ranked candidates pass on their bridge votes (rows
+    ``bridge_rows``, one per ranked candidate, -1 past them) times ``bridge_weight`` x their
+    score, added to the candidates' scores in that order; the first ``bridge_keep`` are then
+    lifted above every score, in their order. ``bridge_weight`` 0: no second hop.
+
+    Returns every session's candidates as sorted (session, item) keys and their scores, and
+    the bridges' gathered votes (key, weighted vote, voting row)."""
+    total = 0
+    for session in range(count if bridge_weight > 0.0 else 0):
+        for at in range(
+            ranked_bounds[session],
+            min(ranked_bounds[session + 1], ranked_bounds[session] + bridge_items),
+        ):
+            row = bridge_rows[at]
+            total += offsets[row, 3] - offsets[row, 2]
+    bridge_keys = np.empty(total, dtype=np.int64)
+    bridge_votes = np.empty(total)
+    bridge_voter = np.empty(total, dtype=np.int64)
+    keys = np.empty(len(candidates) + total, dtype=np.int64)
+    out_scores = np.empty(len(candidates) + total)
+    summed = np.zeros(item_count)
+    seen = np.zeros(item_count, dtype=np.bool_)
+    touched = np.empty(len(candidates) + total, dtype=np.int64)
+    gathered, written = 0, 0
+    for session in range(count):
+        distinct = 0
+        for at in range(bounds[session], bounds[session + 1]):
+            item = candidates[at]
+            seen[item] = True
+            summed[item] = 0.0 + scores[at]
+            touched[distinct] = item
+            distinct += 1
+        if bridge_weight > 0.0 and distinct:
+            low, high = ranked_bounds[session], ranked_bounds[session + 1]
+            for at in range(low, min(high, low + bridge_items)):
+                row, weight = bridge_rows[at], bridge_weight * ranked_scores[at]
+                for vote_at in range(offsets[row, 2], offsets[row, 3]):
+                    item, vote = all_items[vote_at], all_votes[vote_at] * weight
+                    bridge_keys[gathered] = session * KEY_SPACE + item
+                    bridge_votes[gathered], bridge_voter[gathered] = vote, row
+                    gathered += 1
+                    if not seen[item]:
+                        seen[item] = True
+                        summed[item] = 0.0
+                        touched[distinct] = item
+                        distinct += 1
+                    summed[item] += vote
+            if bridge_keep > 0:
+                lift = -np.inf
+                for at in range(distinct):
+                    lift = max(lift, summed[touched[at]])
+                for at in range(low, min(high, low + bridge_keep)):
+                    summed[ranked[at]] = lift + ranked_scores[at]
+        session_items = touched[:distinct]
+        session_items.sort()
+        for item in session_items:
+            keys[written] = session * KEY_SPACE + item
+            out_scores[written] = summed[item]
+            seen[item] = False
+            written += 1
+    return keys[:written], out_scores[:written], bridge_keys, bridge_votes, bridge_voter

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import cooccurrence
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.evaluation import evaluate_next_click
 
@@ -333,26 +331,3 @@ def test_the_item_index_is_rebuilt_past_its_cap_and_the_scores_stay() -> None:
     after = model.candidates_many([["a", "b"]])
     assert len(model.item_names) < 100
     assert after.scores_of(0, model.item_names) == before == model.candidates(["a", "b"])
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, 5), st.integers(0, 40), st.floats(0.0, 10.0)),
-        max_size=60,
-    ),
-)
-def test_votes_are_summed_per_session_and_item_as_a_dict_adds_them(
-    votes: list[tuple[int, int, float]],
-) -> None:
-    keys = np.array([s * cooccurrence.KEY_SPACE + i for s, i, _ in votes], dtype=np.int64)
-    values = np.array([v for _, _, v in votes], dtype=np.float64)
-    sums: dict[int, float] = {}
-    first: dict[int, int] = {}
-    for at, key in enumerate(keys.tolist()):
-        sums[key] = sums.get(key, 0.0) + float(values[at])
-        first.setdefault(key, at)
-    distinct, summed, met = cooccurrence._sum_by_key(keys, values)
-    assert distinct.tolist() == sorted(sums)
-    assert summed.tolist() == [sums[key] for key in sorted(sums)]  # exact, not approximate
-    assert met.tolist() == [first[key] for key in sorted(sums)]
