@@ -48,7 +48,9 @@ Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=32_503_680_000_000)]  # year 3000
 
 
-class EventBase(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, tag_field="type"):
+class EventBase(
+    msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, tag_field="type", gc=False
+):
     """Fields shared by every event type. ``type`` is the tag that selects the subtype."""
 
     event_id: Annotated[

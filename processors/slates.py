@@ -59,7 +59,7 @@ def round_scores(scores: Sequence[float] | np.ndarray) -> list[float]:
     return out
 
 
-class SlateItem(msgspec.Struct, frozen=True, omit_defaults=True):
+class SlateItem(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     id: str
     score: float
     reason: str
@@ -68,7 +68,7 @@ class SlateItem(msgspec.Struct, frozen=True, omit_defaults=True):
     remaining_today: int | None = None  # banners: impressions left under the daily cap
 
 
-class Slate(msgspec.Struct, frozen=True, kw_only=True):
+class Slate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the ad server reads: ranked ids with scores and reasons, plus freshness data."""
 
     items: list[SlateItem]

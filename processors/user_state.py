@@ -55,7 +55,7 @@ class UserStateConfig:
 DAY_MS = 86_400_000
 
 
-class RecentItem(msgspec.Struct, array_like=True, frozen=True):
+class RecentItem(msgspec.Struct, array_like=True, frozen=True, gc=False):
     item_id: str
     item_type: str
     category: str | None
