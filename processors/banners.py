@@ -44,8 +44,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -191,21 +192,25 @@ class CtrStats:
         return len(self._windows)
 
 
-@dataclass(frozen=True, slots=True)
-class UserContext:
-    interests: Mapping[str, float] = field(default_factory=dict)  # category -> 0..1
+class UserContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What banner ranking knows of one user (one per touched user and batch: a struct,
+    ~10x cheaper to make than a frozen dataclass, and not tracked by the collector)."""
+
+    interests: Mapping[str, float] = msgspec.field(default_factory=dict)  # category -> 0..1
     tags: frozenset[str] = frozenset()
     location: str | None = None
     segment: str = "all"
     slate_items: Sequence[str] = ()  # the user's current recipe slate, best first
     day: int = 0  # the day impressions_today / clicked_today count for
-    impressions_today: Mapping[str, int] = field(default_factory=dict)  # banner -> count
+    impressions_today: Mapping[str, int] = msgspec.field(default_factory=dict)  # banner -> count
     clicked_today: frozenset[str] = frozenset()
     win_back: bool = False  # a returning user the loyalty model expects not to come back
 
 
-@dataclass(frozen=True, slots=True)
-class RankedBanner:
+class RankedBanner(msgspec.Struct, frozen=True, gc=False):
+    """One ranked banner of a user's slate (a few per touched user and batch: see
+    ``UserContext``)."""
+
     banner_id: str
     score: float
     content: float
