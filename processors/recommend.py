@@ -32,7 +32,7 @@ import numpy.typing as npt
 from processors import slate_kernel
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
-from processors.ranking import NameOrder, lexsort
+from processors.ranking import NameOrder
 from processors.slates import Slate, SlateItem, round_scores
 from processors.user_state import RecentItem, UserState
 
@@ -313,18 +313,6 @@ class _Rows:
         )
 
 
-#: The largest exclusion grid (users x indexed items, a byte each) a chunk builds.
-_EXCLUDED_GRID_CELLS = 1 << 22
-
-
-def _member(values: Ints, keys: Ints) -> npt.NDArray[np.bool_]:
-    """Whether each value is one of ``keys`` (sorted): ``np.isin`` without sorting ``values``."""
-    if not len(keys):
-        return np.zeros(len(values), dtype=bool)
-    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
-    return np.asarray(keys[at] == values)
-
-
 class _SlateTail:
     """The slates of a chunk of users, built as arrays over all their (user, item type)
     groups at once: next-click candidates scaled to each user's peak, popular candidates from
@@ -363,16 +351,21 @@ class _SlateTail:
         remap = np.full(len(catalog.type_ids) + 1, -1, dtype=np.int64)
         for item_type, code in catalog.type_ids.items():
             remap[code] = code_of.get(item_type, -1)
-        codes = remap[self.item_types[batch.items]]
         self.keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
-        allowed = (codes >= 0) & ~self._excluded_for(owners, batch.items)
         # each (user, type) group's next-click candidates, best first
-        typed = np.flatnonzero(allowed)
-        group = owners[typed] * width + codes[typed]
-        order = typed[lexsort((-self.scaled[typed], group))]
-        self.group_of = owners[order] * width + codes[order]
-        self.order = order
-        self.group_starts = np.searchsorted(self.group_of, np.arange(count * width + 1))
+        self.group_starts, self.candidate_items, self.candidate_scores = (
+            slate_kernel.group_candidates(
+                count,
+                width,
+                batch.bounds,
+                batch.items,
+                self.scaled,
+                self.item_types,
+                remap,
+                self.excluded_keys,
+                2 * config.size,
+            )
+        )
 
     def _index_items(self) -> None:
         """The catalog's type and category of every item of the model's index, each slate
@@ -399,42 +392,6 @@ class _SlateTail:
             if item in index
         ]
         self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
-        # and as a (user position, item) grid when small: a lookup is one read, not a search
-        # (these lookups run over every candidate row several times per chunk)
-        width = len(model.item_names)
-        self.excluded_grid: npt.NDArray[np.bool_] | None = None
-        if len(self.requests) * width <= _EXCLUDED_GRID_CELLS:
-            self.excluded_grid = np.zeros(len(self.requests) * width, dtype=bool)
-            keys = self.excluded_keys
-            self.excluded_grid[(keys >> 32) * width + (keys & (KEY_SPACE - 1))] = True
-
-    def _excluded(self, group: Ints, item: Ints) -> npt.NDArray[np.bool_]:
-        return self._excluded_for(group // self.width, item)
-
-    def _excluded_for(self, position: Ints, item: Ints) -> npt.NDArray[np.bool_]:
-        """Whether each (user position, item index) pair is excluded from the user's slates."""
-        grid, width = self.excluded_grid, self.indexed
-        if grid is not None and (not len(item) or int(item.max()) < width):
-            return np.asarray(grid[position * width + item])
-        return _member(position * KEY_SPACE + item, self.excluded_keys)
-
-    def _name_ranks(self, items: Ints) -> Ints:
-        """Each item's rank by id among ``items``: ties are broken by id. (The distinct items
-        are found with a mask over the index, not by sorting the rows: few items, many rows.)"""
-        names = self.model.item_names
-        if 8 * len(items) < len(names):  # few rows (a small batch): sort them instead
-            distinct, inverse = np.unique(items, return_inverse=True)
-            labels = [names[item] for item in distinct.tolist()]
-            ranks = np.empty(len(labels), dtype=np.int64)
-            ranks[sorted(range(len(labels)), key=labels.__getitem__)] = np.arange(len(labels))
-            return np.asarray(ranks[inverse.reshape(-1)])
-        seen = np.zeros(len(names), dtype=bool)
-        seen[items] = True
-        distinct = np.flatnonzero(seen)
-        labels = [names[item] for item in distinct.tolist()]
-        ranks = np.zeros(len(names), dtype=np.int64)
-        ranks[distinct[sorted(range(len(labels)), key=labels.__getitem__)]] = np.arange(len(labels))
-        return ranks[items]
 
     def _category_segments(self, lists: PopularLists) -> None:
         """Each group's popular lists, one per top category of the user with a positive
@@ -552,8 +509,8 @@ class _SlateTail:
             np.concatenate(trend_pops),
             peaks,
             self.group_starts,
-            self.batch.items[self.order],
-            self.scaled[self.order],
+            self.candidate_items,
+            self.candidate_scores,
             self.batch.bounds,
             self.keys,
             self.scaled,

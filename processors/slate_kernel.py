@@ -97,6 +97,40 @@ def sort_rows(order: Any, score: Any, rank: Any, scratch: Any) -> None:
 
 
 @_compiled
+def top_rows(order: Any, score: Any, rank: Any, count: int, scratch: Any) -> None:
+    """Move the best ``count`` rows of ``order`` to its front, sorted as ``sort_rows`` sorts;
+    the rest follow in no particular order. One pass past the first ``count``: a row enters
+    only if it beats the current last, by insertion.
+
+    >>> import numpy as np
+    >>> rows = np.array([0, 1, 2, 3, 4]); score = np.array([0.1, 0.9, 0.5, 0.7, 0.9])
+    >>> top_rows(rows, score, np.arange(5), 3, np.empty(5, dtype=np.int64))
+    >>> rows[:3].tolist(), sorted(rows[3:].tolist())
+    ([1, 4, 3], [0, 2])
+    """
+    total = len(order)
+    if total <= count:
+        sort_rows(order, score, rank, scratch)
+        return
+    sort_rows(order[:count], score, rank, scratch)
+    if count == 0:
+        return
+    for at in range(count, total):
+        row = order[at]
+        last = order[count - 1]
+        if not _first(rank[row], score[row], rank[last], score[last]):
+            continue
+        place = count - 1
+        while place > 0 and _first(
+            rank[row], score[row], rank[order[place - 1]], score[order[place - 1]]
+        ):
+            order[place] = order[place - 1]
+            place -= 1
+        order[place] = row
+        order[at] = last
+
+
+@_compiled
 def _find(keys: Any, low: int, high: int, key: int) -> int:
     """The position of ``key`` in the sorted ``keys[low:high]`` (as a position in ``keys``),
     or -1."""
@@ -235,7 +269,7 @@ def merge_rows(
     its popular candidates (``popular_rows``, ``popular_size`` of them, filled up to that
     from its type's trending list, below every category match), each with its next-click
     score when it has one, blended with its ``2 * size`` best next-click candidates that are
-    not popular ones; rows that cannot be
+    not popular ones (``group_candidates`` puts them first); rows that cannot be
     placed (neither the slate's type in the catalog nor brought by a list) or are excluded
     skipped, at most ``max_per_category`` of a category, the first ``size``. When the slate
     is not full above the head's last next-click score, an unranked candidate could belong
@@ -671,3 +705,60 @@ def second_hop(
             seen[item] = False
             written += 1
     return keys[:written], out_scores[:written], bridge_keys, bridge_votes, bridge_voter
+
+
+@_compiled
+def group_candidates(
+    count: int,
+    width: int,
+    bounds: Any,
+    items: Any,
+    scores: Any,
+    item_types: Any,
+    type_position: Any,
+    excluded: Any,
+    head: int,
+) -> tuple[Any, Any, Any]:
+    """Each (user, slate type) group's next-click candidates, its ``head`` best first (ties
+    by item index; the rest after them, unordered: ``merge_rows`` reads past the head only
+    to blend all of them, sorted there): user u's candidates are
+    ``items[bounds[u]:bounds[u + 1]]`` with ``scores``; an item's group is its catalog
+    type's position (``type_position[item_types[item]]``, the last entry for an item the
+    catalog does not know); items of no requested type, and excluded ones (``excluded``:
+    sorted (user, item) keys), are left out.
+
+    Returns the groups' bounds (``count * width + 1``), items and scores."""
+    starts = np.zeros(count * width + 1, dtype=np.int64)
+    position = np.empty(len(items), dtype=np.int64)
+    size = len(item_types)
+    for at in range(len(items)):
+        size = max(size, items[at] + 1)
+    for at in range(len(excluded)):
+        size = max(size, (excluded[at] & (KEY_SPACE - 1)) + 1)
+    blocked = np.full(size, -1, dtype=np.int64)
+    unknown = len(type_position) - 1
+    for user in range(count):
+        _mark_excluded(excluded, user, blocked)
+        for at in range(bounds[user], bounds[user + 1]):
+            item = items[at]
+            code = item_types[item] if item < len(item_types) else -1
+            slot = type_position[code] if code >= 0 else type_position[unknown]
+            if slot < 0 or blocked[item] == user:
+                position[at] = -1
+                continue
+            position[at] = slot
+            starts[user * width + slot + 1] += 1
+    for group in range(count * width):
+        starts[group + 1] += starts[group]
+    order = np.empty(starts[-1], dtype=np.int64)
+    filled = starts[:-1].copy()
+    for user in range(count):
+        for at in range(bounds[user], bounds[user + 1]):
+            if position[at] >= 0:
+                group = user * width + position[at]
+                order[filled[group]] = at
+                filled[group] += 1
+    scratch = np.empty(len(order), dtype=np.int64)
+    for group in range(count * width):
+        top_rows(order[starts[group] : starts[group + 1]], scores, items, head, scratch)
+    return starts, items[order], scores[order]

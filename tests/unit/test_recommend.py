@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -278,7 +277,6 @@ def reference_slate(
     st.booleans(),
     st.sampled_from([0, 1000]),
     st.floats(0.0, 1.0),
-    st.booleans(),
 )
 def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     clicks: list[tuple[str, str, str]],
@@ -287,7 +285,6 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
     exclude_seen: bool,
     step: int,
     first_share: float,
-    dense: bool,
 ) -> None:
     # Small slates and tight category caps make the ranked head run out (the fallback);
     # clicks at one instant (step 0) make equal scores, so ties are broken by id. Two
@@ -299,10 +296,8 @@ def test_batched_slates_equal_one_user_at_a_time_with_full_sorting(
         for i, (user, item, category) in enumerate(clicks)
     ]
     split = int(first_share * len(events))
-    # Exclusions looked up in a (user, item) grid, or (many items) by a search.
-    with patch.object(recommend, "_EXCLUDED_GRID_CELLS", 1 << 22 if dense else 0):
-        states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
-        result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
+    states = processor.process_batch([(0, e) for e in events[:split]], {}, 10**7).touched
+    result = processor.process_batch([(0, e) for e in events[split:]], states, 10**7)
     ranked = processor.popularity.snapshot(2 * size + SliceConfig().user.history_size)
     for user_id, state in result.touched.items():
         for field, slate in result.slates[user_id].items():

@@ -66,3 +66,20 @@ def test_a_gap_used_up_rebuilds_the_keys() -> None:
         names.append("y" * (step + 1))
         keys = order.keys(names, generation=0)
     assert list(np.argsort(keys)) == sorted(range(len(names)), key=names.__getitem__)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]), max_size=120),  # ties are common
+    st.integers(0, 50),
+)
+def test_the_top_rows_are_the_first_of_a_full_sort(scores: list[float], count: int) -> None:
+    score = np.array(scores, dtype=np.float64)
+    rank = np.random.default_rng(len(scores)).permutation(len(scores)).astype(np.int64)
+    full = np.arange(len(scores), dtype=np.int64)
+    slate_kernel.sort_rows(full, score, rank, np.empty(len(scores), dtype=np.int64))
+    assert full.tolist() == sorted(range(len(scores)), key=lambda r: (-score[r], rank[r]))
+    top = np.arange(len(scores), dtype=np.int64)[::-1].copy()
+    slate_kernel.top_rows(top, score, rank, count, np.empty(len(scores), dtype=np.int64))
+    assert top[:count].tolist() == full[:count].tolist()
+    assert sorted(top.tolist()) == list(range(len(scores)))  # the rest kept, none lost
