@@ -165,8 +165,9 @@ class _Voters:
 
 @dataclass(frozen=True, slots=True)
 class BatchCandidates:
-    """Many sessions' scored next items at once (``candidates_many``), as arrays sorted by
-    session, then item index: session ``s``'s candidates are ``bounds[s]:bounds[s + 1]``."""
+    """Many sessions' scored next items at once (``candidates_many``), as arrays by session
+    (a session's items in the order met, not sorted): session ``s``'s candidates are
+    ``bounds[s]:bounds[s + 1]``."""
 
     sessions: npt.NDArray[np.int64]  # the session (its position in the request) of each candidate
     items: npt.NDArray[np.int64]  # the candidate's index (``CooccurrenceModel.item_name``)

@@ -351,7 +351,6 @@ class _SlateTail:
         remap = np.full(len(catalog.type_ids) + 1, -1, dtype=np.int64)
         for item_type, code in catalog.type_ids.items():
             remap[code] = code_of.get(item_type, -1)
-        self.keys = owners * KEY_SPACE + batch.items  # sorted, as the batch's
         # each (user, type) group's next-click candidates, best first
         self.group_starts, self.candidate_items, self.candidate_scores = (
             slate_kernel.group_candidates(
@@ -512,7 +511,7 @@ class _SlateTail:
             self.candidate_items,
             self.candidate_scores,
             self.batch.bounds,
-            self.keys,
+            self.batch.items,
             self.scaled,
             self.excluded_keys,
             self.item_types,

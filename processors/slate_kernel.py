@@ -131,21 +131,6 @@ def top_rows(order: Any, score: Any, rank: Any, count: int, scratch: Any) -> Non
 
 
 @_compiled
-def _find(keys: Any, low: int, high: int, key: int) -> int:
-    """The position of ``key`` in the sorted ``keys[low:high]`` (as a position in ``keys``),
-    or -1."""
-    while low < high:
-        mid = (low + high) >> 1
-        if keys[mid] < key:
-            low = mid + 1
-        else:
-            high = mid
-    if low < len(keys) and keys[low] == key:
-        return low
-    return -1
-
-
-@_compiled
 def _mark_excluded(excluded: Any, user: int, blocked: Any) -> None:
     """``blocked[item] = user`` for each of the user's excluded items (sorted keys)."""
     at = np.searchsorted(excluded, user * KEY_SPACE)
@@ -255,7 +240,7 @@ def merge_rows(
     candidate_item: Any,
     candidate_score: Any,
     user_bounds: Any,
-    keys: Any,
+    user_items: Any,
     scaled: Any,
     excluded: Any,
     item_types: Any,
@@ -305,6 +290,12 @@ def merge_rows(
     known_types = len(item_types)
     blocked = np.full(len(slot), -1, dtype=np.int64)  # item -> the user it is excluded for
     marked = -1
+    items_known = len(slot)
+    for at in range(len(user_items)):
+        items_known = max(items_known, user_items[at] + 1)
+    candidate_user = np.full(items_known, -1, dtype=np.int64)  # item -> the user marked for
+    candidate_at = np.empty(items_known, dtype=np.int64)  # and its position in user_items
+    marked_candidates = -1
     for group in range(group_count):
         if not requested[group]:
             continue
@@ -312,7 +303,10 @@ def merge_rows(
         if user != marked:
             _mark_excluded(excluded, user, blocked)
             marked = user
-        low, high = user_bounds[user], user_bounds[user + 1]
+        if user != marked_candidates:  # where each of the user's candidates is
+            for at in range(user_bounds[user], user_bounds[user + 1]):
+                candidate_user[user_items[at]], candidate_at[user_items[at]] = user, at
+            marked_candidates = user
         # the group's popular rows, trending ones filling it up to ``size``
         count = pop_count[group]
         base = group * popular_size
@@ -338,7 +332,8 @@ def merge_rows(
                     break
         for at in range(count):
             share = popularity_weight * p_total[at]
-            voted = _find(keys, low, high, user * KEY_SPACE + p_item[at])
+            item = p_item[at]
+            voted = candidate_at[item] if candidate_user[item] == user else -1
             p_share[at] = share
             p_voted[at] = voted >= 0
             p_total[at] = (scaled[voted] if voted >= 0 else 0.0) + share
@@ -649,8 +644,9 @@ def second_hop(
     score, added to the candidates' scores in that order; the first ``bridge_keep`` are then
     lifted above every score, in their order. ``bridge_weight`` 0: no second hop.
 
-    Returns every session's candidates as sorted (session, item) keys and their scores, and
-    the bridges' gathered votes (key, weighted vote, voting row)."""
+    Returns every session's candidates as (session, item) keys (by session; a session's
+    items in the order met) and their scores, and the bridges' gathered votes (key,
+    weighted vote, voting row)."""
     total = 0
     for session in range(count if bridge_weight > 0.0 else 0):
         for at in range(
@@ -697,9 +693,7 @@ def second_hop(
                     lift = max(lift, summed[touched[at]])
                 for at in range(low, min(high, low + bridge_keep)):
                     summed[ranked[at]] = lift + ranked_scores[at]
-        session_items = touched[:distinct]
-        session_items.sort()
-        for item in session_items:
+        for item in touched[:distinct]:
             keys[written] = session * KEY_SPACE + item
             out_scores[written] = summed[item]
             seen[item] = False

@@ -273,8 +273,11 @@ def test_the_second_hop_keeps_the_first_hops_head_in_order(
         return sorted(scores, key=lambda item: (-scores[item], item))[:n]
 
     head = best(first, keep)
-    # the same first-hop scores in the same order (which of two tied items is kept is free)
-    assert [first.get(item) for item in best(second, len(head))] == [first[i] for i in head]
+    # the same first-hop scores in the same order (which of two tied items is kept is free;
+    # two scores an ulp apart can tie once lifted: lift + score rounds them together)
+    assert [first.get(item) for item in best(second, len(head))] == pytest.approx(
+        [first[i] for i in head], rel=1e-12, abs=0.0
+    )
 
 
 visited = st.lists(
