@@ -245,6 +245,17 @@ _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 KEY_SPACE = 1 << 32
 
 
+def _bump(table: dict[str, dict[str, float]], a: str, b: str, amount: float, keep: int) -> None:
+    """``table[a][b] += amount``; a row past ``2 * keep`` entries keeps its ``keep`` largest
+    (a function, not a method: it runs ~12 times per event)."""
+    row = table.get(a)
+    if row is None:
+        row = table[a] = {}
+    row[b] = row.get(b, 0.0) + amount
+    if len(row) > 2 * keep:
+        table[a] = dict(largest(row.items(), keep))
+
+
 def click_evidence(session_before: Sequence[str], item: str, steps: int) -> list[Evidence]:
     """The row updates one click makes (before time decay): what ``learn_one`` applies and
     what an item-keyed deployment would ship to each row's owner.
@@ -335,9 +346,15 @@ class CooccurrenceModel:
         self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
         self.total += weight
         self._popular = None
-        tables = {"rules": self.rules, "pairs": self.pairs}
-        for table, row, column, amount in click_evidence(session_before, item, config.steps):
-            self._bump(tables[table], row, column, amount * weight)
+        # ``click_evidence``'s updates, in its order, without its list of tuples (per click)
+        rules, pairs, keep = self.rules, self.pairs, config.max_neighbours
+        window = session_before[-config.steps :] if config.steps > 0 else []
+        for distance, previous in enumerate(reversed(window), start=1):
+            _bump(rules, previous, item, 1.0 / distance * weight, keep)
+            if previous == item:
+                continue
+            _bump(pairs, previous, item, weight, keep)
+            _bump(pairs, item, previous, weight, keep)
         if len(self.item_counts) > 2 * config.max_items:
             self._drop_rare_items()
 
@@ -358,11 +375,11 @@ class CooccurrenceModel:
             sessions[visitor] = items
             return
         item = sys.intern(item)
-        covisits, bump = self.covisits, self._bump
+        covisits, keep = self.covisits, self.config.max_neighbours
         for earlier in items:
-            bump(covisits, earlier, item, weight)
-            bump(covisits, item, earlier, weight)
-        bump(covisits, item, item, weight)
+            _bump(covisits, earlier, item, weight, keep)
+            _bump(covisits, item, earlier, weight, keep)
+        _bump(covisits, item, item, weight, keep)
         items += (item,)
         if len(items) > self.config.max_visitor_items:
             items = items[1:]
@@ -433,14 +450,6 @@ class CooccurrenceModel:
         for table in (self.rules, self.pairs, self.covisits, self._vote_lists):
             for item in [i for i in table if i not in keep]:
                 del table[item]
-
-    def _bump(self, table: dict[str, dict[str, float]], a: str, b: str, amount: float) -> None:
-        row = table.get(a)
-        if row is None:
-            row = table[a] = {}
-        row[b] = row.get(b, 0.0) + amount
-        if len(row) > 2 * self.config.max_neighbours:
-            table[a] = dict(largest(row.items(), self.config.max_neighbours))
 
     # --- similarity -------------------------------------------------------------------
     def similarity(self, a: str, b: str, kind: Similarity | None = None) -> float:
