@@ -103,6 +103,13 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
         timeout=120,
         what="every user's slate at its version",
     )
+    # The counters trail the last batch's Redis writes by its bookkeeping (persisting the
+    # states, releasing memory): wait for them, then they must count every event once.
+    worker.wait_for(
+        lambda: worker.metric("appetence_events_consumed_total") >= EVENTS,
+        timeout=30,
+        what="the last batch's bookkeeping",
+    )
     assert worker.metric("appetence_events_consumed_total") == EVENTS
     # Each record's event->Redis splits into its wait before the batch and the batch's handling.
     records = worker.metric("appetence_event_to_redis_seconds_count")
