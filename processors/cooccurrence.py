@@ -673,6 +673,7 @@ class CooccurrenceModel:
         count = len(sessions)
         offsets, all_items, all_votes = table.arrays()
         ranked_size = max(config.bridge_items, config.bridge_keep)
+        # hop: each session's candidates (items, scores, bounds), its ranked ones (the same)
         (
             rule_keys,
             rule_weighted,
@@ -680,12 +681,7 @@ class CooccurrenceModel:
             visitor_keys,
             visitor_weighted,
             visitor_voter,
-            candidates,
-            scores,
-            bounds,
-            ranked,
-            ranked_scores,
-            ranked_bounds,
+            *hop,
         ) = first_hop(
             count,
             np.array(rules.owners, dtype=np.int64),
@@ -701,6 +697,7 @@ class CooccurrenceModel:
             config.session_knn_weight,
             ranked_size if config.bridge_weight > 0.0 else 0,
         )
+        ranked, ranked_scores, ranked_bounds = hop[3:]
         rule_votes = _Voters(rule_keys, rule_weighted, rule_voter, table.items)
         visitor_votes = _Voters(visitor_keys, visitor_weighted, visitor_voter, table.items)
         # the bridges: each session's first ``bridge_items`` ranked candidates (their rows
@@ -718,12 +715,7 @@ class CooccurrenceModel:
         offsets, all_items, all_votes = table.arrays()
         keys, final_scores, bridge_keys, bridge_weighted, bridge_voter = second_hop(
             count,
-            candidates,
-            scores,
-            bounds,
-            ranked,
-            ranked_scores,
-            ranked_bounds,
+            *hop,
             bridge_rows,
             config.bridge_items,
             config.bridge_keep,

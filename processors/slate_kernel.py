@@ -473,6 +473,47 @@ def peak_per_session(owners: Any, values: Any, count: int, empty: float) -> Any:
 
 
 @_compiled
+def _gather_votes(
+    session: int,
+    owner: Any,
+    rows: Any,
+    weights: Any,
+    at: int,
+    kind: int,
+    offsets: Any,
+    all_items: Any,
+    all_votes: Any,
+    keys: Any,
+    votes: Any,
+    voter: Any,
+    written: int,
+    seen: Any,
+    sums: Any,
+    met: Any,
+) -> tuple[int, int, int]:
+    """One kind of a session's votes (``kind``: 0 rule, 1 neighbour-visitor lists): from its
+    requests at ``at`` on (while ``owner`` is the session), each row's votes times the
+    request's weight, written at ``written`` on (key, vote, voting row) and summed per
+    candidate into ``sums`` (``seen`` marks the candidates met, listed in ``met`` in the
+    order met). Returns the next request, the next vote slot and the candidates met."""
+    count = 0
+    while at < len(owner) and owner[at] == session:
+        row, weight = rows[at], weights[at]
+        for position in range(offsets[row, kind], offsets[row, kind + 1]):
+            item, vote = all_items[position], all_votes[position] * weight
+            keys[written], votes[written], voter[written] = session * KEY_SPACE + item, vote, row
+            written += 1
+            if not seen[item]:
+                seen[item] = True
+                sums[item] = 0.0
+                met[count] = item
+                count += 1
+            sums[item] += vote
+        at += 1
+    return at, written, count
+
+
+@_compiled
 def first_hop(
     count: int,
     rule_owner: Any,
@@ -524,43 +565,16 @@ def first_hop(
     ranked_bounds = np.zeros(count + 1, dtype=np.int64)
     r_at, v_at, r_vote, v_vote, written, ranked_written = 0, 0, 0, 0, 0, 0
     for session in range(count):
-        # rule votes, in request order
-        rules_met = 0
-        while r_at < len(rule_owner) and rule_owner[r_at] == session:
-            row, weight = rule_row[r_at], rule_weight[r_at]
-            for at in range(offsets[row, 0], offsets[row, 1]):
-                item, vote = all_items[at], all_votes[at] * weight
-                rule_keys[r_vote], rule_votes[r_vote], rule_voter[r_vote] = (
-                    session * KEY_SPACE + item,
-                    vote,
-                    row,
-                )
-                r_vote += 1
-                if not seen_rule[item]:
-                    seen_rule[item] = True
-                    rule_sum[item] = 0.0
-                    rule_met[rules_met] = item
-                    rules_met += 1
-                rule_sum[item] += vote
-            r_at += 1
-        visitors_met = 0
-        while v_at < len(visitor_owner) and visitor_owner[v_at] == session:
-            row, weight = visitor_row[v_at], visitor_weight[v_at]
-            for at in range(offsets[row, 1], offsets[row, 2]):
-                item, vote = all_items[at], all_votes[at] * weight
-                visitor_keys[v_vote], visitor_votes[v_vote], visitor_voter[v_vote] = (
-                    session * KEY_SPACE + item,
-                    vote,
-                    row,
-                )
-                v_vote += 1
-                if not seen_visitor[item]:
-                    seen_visitor[item] = True
-                    visitor_sum[item] = 0.0
-                    visitor_met[visitors_met] = item
-                    visitors_met += 1
-                visitor_sum[item] += vote
-            v_at += 1
+        # rule votes, in request order, then neighbour-visitor votes
+        r_at, r_vote, rules_met = _gather_votes(
+            session, rule_owner, rule_row, rule_weight, r_at, 0, offsets, all_items,
+            all_votes, rule_keys, rule_votes, rule_voter, r_vote, seen_rule, rule_sum, rule_met,
+        )  # fmt: skip
+        v_at, v_vote, visitors_met = _gather_votes(
+            session, visitor_owner, visitor_row, visitor_weight, v_at, 1, offsets, all_items,
+            all_votes, visitor_keys, visitor_votes, visitor_voter, v_vote, seen_visitor,
+            visitor_sum, visitor_met,
+        )  # fmt: skip
         rule_peak, visitor_peak = 1.0, 1.0
         if rules_met:
             rule_peak = -np.inf
