@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The slate path's numba kernels, compiled into numba's on-disk cache once per change of
+# their module (else the first worker would compile them at start, ~10 s, before it joins).
+KERNELS := $(VENV)/.kernels
 
 .PHONY: run test test-faults test-unit test-integration lint typecheck bench schemas clean system-deps
 
@@ -10,29 +13,33 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/python -c 'from processors.pipeline import compile_kernels; compile_kernels()'
 	touch $(STAMP)
 
+$(KERNELS): $(STAMP) processors/slate_kernel.py
+	@echo "compiling the slate kernels (numba; once per change of processors/slate_kernel.py, ~10 s)"
+	$(BIN)/python -c 'from processors.pipeline import compile_kernels; compile_kernels()'
+	touch $(KERNELS)
+
 ## Start broker + Redis + worker + simulator on 127.0.0.1 with a live view.
-run: $(STAMP)
+run: $(KERNELS)
 	$(BIN)/appetence up --demo
 
 ## Lint, type-check, then unit + integration tests (real broker and Redis started by fixtures).
-test: $(STAMP)
+test: $(KERNELS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 ## The fault suite at full intensity (10 SIGKILLs, 60 s Redis outage, 3 workers); results
 ## appended to out/faults.jsonl for docs/reliability.md. `make test` runs it at low intensity.
-test-faults: $(STAMP)
+test-faults: $(KERNELS)
 	mkdir -p out
 	FAULT_INTENSITY=full FAULT_RESULTS=out/faults.jsonl $(BIN)/pytest -m faults -s tests/integration
 
-test-unit: $(STAMP)
+test-unit: $(KERNELS)
 	$(BIN)/pytest tests/unit processors
 
-test-integration: $(STAMP)
+test-integration: $(KERNELS)
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)
@@ -42,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(KERNELS)
 	$(BIN)/appetence bench
 
 schemas: $(STAMP)

@@ -76,7 +76,14 @@ def worker() -> None:
 
     settings = _settings()
     _tune_gc(settings)
+    started = time.monotonic()
     compile_kernels()  # loaded from numba's cache: not in the middle of the first batch
+    took = time.monotonic() - started
+    typer.echo(
+        f"appetence: slate kernels ready in {took:.1f} s"
+        + (" (compiled: not in numba's cache; `make` compiles them ahead)" if took > 3.0 else ""),
+        err=True,
+    )
     built = create_app(settings)
     faust.Worker(
         built.app, loglevel=settings.log_level, redirect_stdouts=False
