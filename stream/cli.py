@@ -77,11 +77,10 @@ def worker() -> None:
     settings = _settings()
     _tune_gc(settings)
     started = time.monotonic()
-    compile_kernels()  # loaded from numba's cache: not in the middle of the first batch
-    took = time.monotonic() - started
+    compiled = compile_kernels()  # from numba's cache: not in the middle of the first batch
     typer.echo(
-        f"appetence: slate kernels ready in {took:.1f} s"
-        + (" (compiled: not in numba's cache; `make` compiles them ahead)" if took > 3.0 else ""),
+        f"appetence: slate kernels ready in {time.monotonic() - started:.1f} s"
+        + (f" ({compiled} compiled: not in numba's cache)" if compiled else ""),
         err=True,
     )
     built = create_app(settings)
