@@ -706,20 +706,19 @@ class CooccurrenceModel:
         rank = np.arange(len(ranked)) - np.repeat(ranked_bounds[:-1], np.diff(ranked_bounds))
         chosen = np.flatnonzero(rank < config.bridge_items)
         names, row = self.item_names, table.row
-        bridge_rows = np.full(len(ranked), -1, dtype=np.int64)
         bridges.rows = [row(names[item]) for item in ranked[chosen].tolist()]
-        bridge_rows[chosen] = bridges.rows
-        bridges.owners = np.repeat(np.arange(count), np.diff(ranked_bounds))[chosen].tolist()
-        bridges.weights = (config.bridge_weight * ranked_scores[chosen]).tolist()
+        bridge_owners = np.repeat(np.arange(count), np.diff(ranked_bounds))[chosen]
+        weights = config.bridge_weight * ranked_scores[chosen]
+        bridges.owners, bridges.weights = bridge_owners.tolist(), weights.tolist()
         bridges.items = table.items  # the rows' names, for the explanations
         offsets, all_items, all_votes = table.arrays()
         keys, final_scores, bridge_keys, bridge_weighted, bridge_voter = second_hop(
             count,
             *hop,
-            bridge_rows,
-            config.bridge_items,
-            config.bridge_keep,
-            config.bridge_weight,
+            bridge_owners,
+            np.array(bridges.rows, dtype=np.int64),
+            weights,
+            config.bridge_keep if config.bridge_weight > 0.0 else 0,
             offsets,
             all_items,
             all_votes,

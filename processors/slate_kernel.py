@@ -220,6 +220,23 @@ def popular_rows(
 
 
 @_compiled
+def _row_buffers(size: int) -> tuple[Any, ...]:
+    """``merge_rows``' per-group row buffers: item, total, share, listed, category, voted,
+    and the sort's order, ranks and scratch."""
+    return (
+        np.empty(size, dtype=np.int64),
+        np.empty(size),
+        np.empty(size),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.bool_),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+        np.empty(size, dtype=np.int64),
+    )
+
+
+@_compiled
 def merge_rows(
     group_count: int,
     width: int,
@@ -276,16 +293,9 @@ def merge_rows(
     p_share = np.empty(popular_size)
     p_listed = np.empty(popular_size, dtype=np.int64)
     p_voted = np.empty(popular_size, dtype=np.bool_)
-    capacity_rows = head + popular_size
-    r_item = np.empty(capacity_rows, dtype=np.int64)
-    r_total = np.empty(capacity_rows)
-    r_share = np.empty(capacity_rows)
-    r_listed = np.empty(capacity_rows, dtype=np.int64)
-    r_category = np.empty(capacity_rows, dtype=np.int64)
-    r_voted = np.empty(capacity_rows, dtype=np.bool_)
-    order = np.empty(capacity_rows, dtype=np.int64)
-    ranks = np.empty(capacity_rows, dtype=np.int64)
-    scratch = np.empty(capacity_rows, dtype=np.int64)
+    r_item, r_total, r_share, r_listed, r_category, r_voted, order, ranks, scratch = _row_buffers(
+        head + popular_size
+    )
     counts = np.zeros(category_count + 1, dtype=np.int64)
     known_types = len(item_types)
     blocked = np.full(len(slot), -1, dtype=np.int64)  # item -> the user it is excluded for
@@ -342,16 +352,10 @@ def merge_rows(
         while True:
             rows = 0
             needed = (stop - start) + count
-            if needed > len(r_item):
-                r_item = np.empty(needed, dtype=np.int64)
-                r_total = np.empty(needed)
-                r_share = np.empty(needed)
-                r_listed = np.empty(needed, dtype=np.int64)
-                r_category = np.empty(needed, dtype=np.int64)
-                r_voted = np.empty(needed, dtype=np.bool_)
-                order = np.empty(needed, dtype=np.int64)
-                ranks = np.empty(needed, dtype=np.int64)
-                scratch = np.empty(needed, dtype=np.int64)
+            if needed > len(r_item):  # a full blend of many candidates
+                r_item, r_total, r_share, r_listed, r_category, r_voted, order, ranks, scratch = (
+                    _row_buffers(needed)
+                )
             for at in range(start, stop):
                 item = candidate_item[at]
                 if slot[item] >= 0:
@@ -473,6 +477,12 @@ def peak_per_session(owners: Any, values: Any, count: int, empty: float) -> Any:
 
 
 @_compiled
+def _vote_buffers(size: int) -> tuple[Any, Any, Any]:
+    """Gathered votes: each one's (session, item) key, weighted vote and voting row."""
+    return np.empty(size, dtype=np.int64), np.empty(size), np.empty(size, dtype=np.int64)
+
+
+@_compiled
 def _gather_votes(
     session: int,
     owner: Any,
@@ -545,12 +555,8 @@ def first_hop(
         rule_total += offsets[rule_row[at], 1] - offsets[rule_row[at], 0]
     for at in range(len(visitor_row)):
         visitor_total += offsets[visitor_row[at], 2] - offsets[visitor_row[at], 1]
-    rule_keys = np.empty(rule_total, dtype=np.int64)
-    rule_votes = np.empty(rule_total)
-    rule_voter = np.empty(rule_total, dtype=np.int64)
-    visitor_keys = np.empty(visitor_total, dtype=np.int64)
-    visitor_votes = np.empty(visitor_total)
-    visitor_voter = np.empty(visitor_total, dtype=np.int64)
+    rule_keys, rule_votes, rule_voter = _vote_buffers(rule_total)
+    visitor_keys, visitor_votes, visitor_voter = _vote_buffers(visitor_total)
     rule_sum = np.zeros(item_count)
     visitor_sum = np.zeros(item_count)
     seen_rule = np.zeros(item_count, dtype=np.bool_)
@@ -643,41 +649,35 @@ def second_hop(
     ranked: Any,
     ranked_scores: Any,
     ranked_bounds: Any,
-    bridge_rows: Any,
-    bridge_items: int,
+    bridge_owner: Any,
+    bridge_row: Any,
+    bridge_weight: Any,
     bridge_keep: int,
-    bridge_weight: float,
     offsets: Any,
     all_items: Any,
     all_votes: Any,
     item_count: int,
 ) -> tuple[Any, ...]:
-    """``candidates_many``'s second hop and its result, a session at a time: the first
-    ``bridge_items`` of the session's ranked candidates pass on their bridge votes (rows
-    ``bridge_rows``, one per ranked candidate, -1 past them) times ``bridge_weight`` x their
-    score, added to the candidates' scores in that order; the first ``bridge_keep`` are then
-    lifted above every score, in their order. ``bridge_weight`` 0: no second hop.
+    """``candidates_many``'s second hop and its result, a session at a time: the session's
+    bridges (``bridge_owner``, by session; their rows and weights: the bridge weight x their
+    first-hop score) pass on their bridge votes times their weight, added to the candidates'
+    scores in that order; then the session's first ``bridge_keep`` ranked candidates are
+    lifted above every score, in their order. No bridges and ``bridge_keep`` 0: the first
+    hop as it is.
 
     Returns every session's candidates as (session, item) keys (by session; a session's
     items in the order met) and their scores, and the bridges' gathered votes (key,
     weighted vote, voting row)."""
     total = 0
-    for session in range(count if bridge_weight > 0.0 else 0):
-        for at in range(
-            ranked_bounds[session],
-            min(ranked_bounds[session + 1], ranked_bounds[session] + bridge_items),
-        ):
-            row = bridge_rows[at]
-            total += offsets[row, 3] - offsets[row, 2]
-    bridge_keys = np.empty(total, dtype=np.int64)
-    bridge_votes = np.empty(total)
-    bridge_voter = np.empty(total, dtype=np.int64)
+    for at in range(len(bridge_row)):
+        total += offsets[bridge_row[at], 3] - offsets[bridge_row[at], 2]
+    bridge_keys, bridge_votes, bridge_voter = _vote_buffers(total)
     keys = np.empty(len(candidates) + total, dtype=np.int64)
     out_scores = np.empty(len(candidates) + total)
     summed = np.zeros(item_count)
     seen = np.zeros(item_count, dtype=np.bool_)
     touched = np.empty(len(candidates) + total, dtype=np.int64)
-    gathered, written = 0, 0
+    b_at, gathered, written = 0, 0, 0
     for session in range(count):
         distinct = 0
         for at in range(bounds[session], bounds[session + 1]):
@@ -686,22 +686,15 @@ def second_hop(
             summed[item] = 0.0 + scores[at]
             touched[distinct] = item
             distinct += 1
-        if bridge_weight > 0.0 and distinct:
+        if distinct:
+            b_at, gathered, added = _gather_votes(
+                session, bridge_owner, bridge_row, bridge_weight, b_at, 2, offsets, all_items,
+                all_votes, bridge_keys, bridge_votes, bridge_voter, gathered, seen, summed,
+                touched[distinct:],
+            )  # fmt: skip
+            distinct += added
             low, high = ranked_bounds[session], ranked_bounds[session + 1]
-            for at in range(low, min(high, low + bridge_items)):
-                row, weight = bridge_rows[at], bridge_weight * ranked_scores[at]
-                for vote_at in range(offsets[row, 2], offsets[row, 3]):
-                    item, vote = all_items[vote_at], all_votes[vote_at] * weight
-                    bridge_keys[gathered] = session * KEY_SPACE + item
-                    bridge_votes[gathered], bridge_voter[gathered] = vote, row
-                    gathered += 1
-                    if not seen[item]:
-                        seen[item] = True
-                        summed[item] = 0.0
-                        touched[distinct] = item
-                        distinct += 1
-                    summed[item] += vote
-            if bridge_keep > 0:
+            if bridge_keep > 0 and high > low:
                 lift = -np.inf
                 for at in range(distinct):
                     lift = max(lift, summed[touched[at]])
