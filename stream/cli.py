@@ -299,21 +299,26 @@ def up(
     live: Annotated[bool, typer.Option(help="Show the live view")] = True,
 ) -> None:
     """Start broker + Redis + worker (+ simulator) on 127.0.0.1, with a live view."""
+    from stream.embedded import EmbeddedStackError
     from stream.supervisor import run_stack
 
     _settings()  # fail fast on bad env before starting anything
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="appetence-up-"))
-    summary = run_stack(
-        demo=demo,
-        duration=duration,
-        rate=rate,
-        malformed_rate=malformed_rate,
-        broker_port=broker_port,
-        redis_port=redis_port,
-        web_port=web_port,
-        log_dir=log_dir,
-        live=live and sys.stdout.isatty(),
-    )
+    try:
+        summary = run_stack(
+            demo=demo,
+            duration=duration,
+            rate=rate,
+            malformed_rate=malformed_rate,
+            broker_port=broker_port,
+            redis_port=redis_port,
+            web_port=web_port,
+            log_dir=log_dir,
+            live=live and sys.stdout.isatty(),
+        )
+    except EmbeddedStackError as error:
+        typer.echo(f"appetence: {error} (logs in {log_dir})", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(summary, indent=2))
 
 

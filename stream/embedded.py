@@ -38,15 +38,40 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def ensure_free(port: int, name: str) -> None:
+    """Fail fast when another process already listens on the port a server of ours is to
+    take: else the server exits (bind: address in use) while the port looks up, and our
+    clients talk to whatever holds it."""
+    if listening(port):
+        raise EmbeddedStackError(
+            f"{name}: {LOOPBACK}:{port} is already in use by another process; "
+            "choose another port (or none, for a free one)"
+        )
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the port accepts connections, and ``proc`` is still running then (a server
+    that failed to bind exits within milliseconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise EmbeddedStackError(f"process exited with {proc.returncode} before listening")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex((LOOPBACK, port)) == 0:
-                return
+        if listening(port):
+            if proc is not None:
+                time.sleep(0.1)
+                if proc.poll() is not None:
+                    raise EmbeddedStackError(
+                        f"process exited with {proc.returncode} though {LOOPBACK}:{port} is up "
+                        "(held by another process?)"
+                    )
+            return
         time.sleep(0.05)
     raise EmbeddedStackError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
 
@@ -129,6 +154,7 @@ def start_broker(
     port: int | None = None, log_path: Path | None = None
 ) -> tuple[ManagedProcess, int]:
     port = port or free_port()
+    ensure_free(port, "broker")
     url = f"tcp://{LOOPBACK}:{port}"
     proc = spawn(
         "broker",
@@ -157,6 +183,7 @@ def start_redis(
     port: int | None = None, log_path: Path | None = None
 ) -> tuple[ManagedProcess, int]:
     port = port or free_port()
+    ensure_free(port, "redis")
     proc = spawn(
         "redis",
         [

@@ -130,3 +130,25 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
     assert summary["children_exit_codes"]["worker"] == 0
     assert not listening(int(summary["collector"].rsplit(":", 1)[1]))
     assert not listening(broker_port) and not listening(redis_port) and not listening(web_port)
+
+
+def test_up_refuses_a_redis_port_another_process_holds(tmp_path: Path) -> None:
+    # Before: Redis exited (bind: address in use) while the port looked up, and the worker
+    # timed out talking to whatever held it (seen once in CI, where a free port was taken
+    # between being chosen and bound). Now `up` stops at once and says why.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        up = [sys.executable, "-m", "stream.cli", "up", "--no-live", "--duration", "5"]
+        done = subprocess.run(
+            [*up, "--redis-port", str(port), "--log-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"127.0.0.1:{port} is already in use" in done.stderr
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in done.stderr
