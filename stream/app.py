@@ -21,7 +21,7 @@ from processors.events import EventDecoder
 from processors.forget import ForgottenUsers
 from processors.pipeline import SliceProcessor
 from state.changelog_io import AIOKafkaPartitionReader, FaustTopicWriter
-from state.redis_writer import UserHashWriter
+from state.redis_writer import UserHashWriter, pack_with_hiredis
 from state.tables import UserStateStore
 from stream.audience_api import audience_members_request
 from stream.audience_service import SNAPSHOT_KEY as AUDIENCE_SNAPSHOT_KEY
@@ -83,7 +83,7 @@ def make_redis(settings: Settings) -> aioredis.Redis:
     options: dict[str, Any] = {}
     if settings.redis_url.startswith("rediss://") and settings.redis_ssl_ca_file:
         options["ssl_ca_certs"] = settings.redis_ssl_ca_file
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         settings.redis_url,
         username=settings.redis_username,
         password=password,
@@ -92,6 +92,7 @@ def make_redis(settings: Settings) -> aioredis.Redis:
         socket_connect_timeout=5.0,
         health_check_interval=30,
     )
+    return pack_with_hiredis(client)
 
 
 def _limit_fetch_wait(fetch_max_wait_ms: int) -> None:
@@ -223,6 +224,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         settings.redis_ttl_seconds,
         settings.redis_max_retries,
         on_failed_attempt=metrics.redis_writes.labels(result="error").inc,
+        users_per_call=settings.redis_users_per_call,
     )
     writer = UserHashWriter(
         redis,
@@ -230,6 +232,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         settings.redis_ttl_seconds,
         max_retries=settings.redis_max_retries,
         on_failed_attempt=metrics.redis_writes.labels(result="error").inc,
+        users_per_call=settings.redis_users_per_call,
     )
     forget = ForgetService(
         ForgottenUsers(FORGOTTEN_USERS_MAX, settings.max_event_age_seconds * 1000),

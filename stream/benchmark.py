@@ -28,7 +28,7 @@ from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
 from processors.user_state import UserState
 from state.records import pack_user_state
-from state.redis_writer import FieldWrite, UserHashWriter
+from state.redis_writer import FieldWrite, UserHashWriter, pack_with_hiredis
 from stream.catalog_load import publish_catalog
 from stream.config import Settings, load_settings
 from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
@@ -247,7 +247,7 @@ def measure_amplification(
 
 
 async def _bench_redis(url: str, users: int) -> dict[str, float]:
-    client = aioredis.Redis.from_url(url)
+    client = pack_with_hiredis(aioredis.Redis.from_url(url))  # as the worker's
     writer = UserHashWriter(client, "bench:v1", 3600)
     payload = b"x" * 1200  # a 20-item slate is about this size
     started = time.perf_counter()

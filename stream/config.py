@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field("appetence:v1", pattern=r"^[A-Za-z0-9:._-]{1,64}$")
     redis_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     redis_max_retries: int = Field(8, ge=0, le=100)
+    #: Users per CAS script call (one call and one reply per chunk); 1 on Redis Cluster,
+    #: where one script's keys must share a slot.
+    redis_users_per_call: int = Field(32, ge=1, le=1024)
 
     # --- Input validation ------------------------------------------------------------
     max_event_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)

@@ -11,7 +11,13 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from state.redis_writer import FieldWrite, RedisUnavailable, SegmentWrite, UserHashWriter
+from state.redis_writer import (
+    FieldWrite,
+    RedisUnavailable,
+    SegmentWrite,
+    UserHashWriter,
+    pack_with_hiredis,
+)
 from stream.embedded import EmbeddedStack, free_port
 
 pytestmark = pytest.mark.integration
@@ -139,3 +145,52 @@ def test_a_stale_segment_write_moves_no_one_back(
     assert run(write_segments(stack.redis_url, prefix, [(1, None, 3), (2, 1, 2)])) == 0
     assert deciles() == [1, 0, 0]
     assert 0 < redis_client.pttl(f"{prefix}:audience:a:decile:1") <= 600_000
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=6),  # user
+            st.sampled_from(["recipes", "banners", "profile"]),
+            st.integers(min_value=0, max_value=9),  # version
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(min_value=2, max_value=9),
+)
+def test_chunked_script_calls_write_what_one_call_per_user_writes(
+    stack: EmbeddedStack, writes: list[tuple[int, str, int]], users_per_call: int
+) -> None:
+    """Several users per script call (the hiredis-packing client the worker uses) leave
+    every hash, version and TTL as one call per user does, with the same counts; flushed
+    twice (the second a replay of half), so stale writes are met mid-chunk too."""
+    prefixes = [f"c{uuid.uuid4().hex[:6]}", f"c{uuid.uuid4().hex[:6]}"]
+
+    async def deliver(prefix: str, per_call: int) -> list[tuple[int, int]]:
+        client = pack_with_hiredis(aioredis.Redis.from_url(stack.redis_url))
+        writer = UserHashWriter(client, prefix, 600, users_per_call=per_call)
+        counts = []
+        for part in (writes, writes[::2]):
+            for user, field, version in part:
+                writer.stage(f"u{user}", FieldWrite(field, version, f"{field}{version}".encode()))
+            result = await writer.flush()
+            counts.append((result.written, result.stale))
+        await client.aclose()
+        return counts
+
+    one_each = run(deliver(prefixes[0], 1))
+    chunked = run(deliver(prefixes[1], users_per_call))
+    assert chunked == one_each
+    client = redis.Redis.from_url(stack.redis_url)
+    for user in {user for user, _, _ in writes}:
+        hashes = [client.hgetall(f"{prefix}:user:u{user}") for prefix in prefixes]
+        assert hashes[0] == hashes[1] and hashes[0]
+        assert all(0 < client.pttl(f"{prefix}:user:u{user}") <= 600_000 for prefix in prefixes)
+    client.close()
+
+
+def test_a_writer_refuses_an_empty_chunk() -> None:
+    with pytest.raises(ValueError, match="users_per_call"):
+        UserHashWriter(aioredis.Redis(), "x", 60, users_per_call=0)
