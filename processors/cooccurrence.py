@@ -298,12 +298,12 @@ class CooccurrenceModel:
         self._vote_lists: dict[str, _VoteLists] = {}
         self._popular: list[tuple[str, float]] | None = None
         # For candidates_many: an index of the items met there (bounded: rebuilt when it
-        # outgrows 4 * max_items) and each materialised item's lists as arrays over it, valid
-        # while its _vote_lists entry is the one they were made from.
+        # outgrows 4 * max_items) and the materialised lists it has read as arrays over it,
+        # kept across batches (_VoteArena; None: to be made afresh).
         self.item_index: dict[str, int] = {}
         self.item_names: list[str] = []
         self.index_generation = 0  # bumped when the index is rebuilt (positions change)
-        self._vote_arrays: dict[str, tuple[_VoteLists, _VoteArrays]] = {}
+        self._arena: _VoteArena | None = None
 
     # --- learning ---------------------------------------------------------------------
     def _weight(self, ts_ms: float | None) -> float:
@@ -318,6 +318,7 @@ class CooccurrenceModel:
             factor = 2.0**-exponent
             self._latest_weight *= factor
             self._vote_lists.clear()
+            self._arena = None
             for table in (self.rules, self.pairs, self.covisits):
                 for row in table.values():
                     for key in row:
@@ -343,9 +344,15 @@ class CooccurrenceModel:
         weight = self._weight(ts_ms)
         if session_id is not None and config.session_knn_weight > 0.0:
             self._remember_visit(session_id, item, weight)
-        self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
+        count = self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
         self.total += weight
         self._popular = None
+        arena = self._arena
+        if arena is not None and item in arena.rows:
+            # its arrays stay valid while _materialised would return the lists they came from
+            cached = self._vote_lists.get(item)
+            if cached is None or count > cached[0] * (1.0 + config.vote_refresh):
+                arena.drop(item)
         # ``click_evidence``'s updates, in its order, without its list of tuples (per click)
         rules, pairs, keep = self.rules, self.pairs, config.max_neighbours
         window = session_before[-config.steps :] if config.steps > 0 else []
@@ -447,6 +454,7 @@ class CooccurrenceModel:
     def _drop_rare_items(self) -> None:
         keep = dict(largest(self.item_counts.items(), self.config.max_items))
         self.item_counts = keep
+        self._arena = None
         for table in (self.rules, self.pairs, self.covisits, self._vote_lists):
             for item in [i for i in table if i not in keep]:
                 del table[item]
@@ -655,8 +663,11 @@ class CooccurrenceModel:
             self.item_index.clear()
             self.item_names.clear()
             self.index_generation += 1
-            self._vote_arrays.clear()
-        table = _GatherTable(self)
+            self._arena = None
+        table = self._arena
+        if table is None:
+            table = self._arena = _VoteArena(self)
+        table.start_batch()
         row = table.row
         rules = _Requests(_RULES)
         visitors = _Requests(_VISITORS)
@@ -749,13 +760,9 @@ class CooccurrenceModel:
             self.item_names.append(item)
         return at
 
-    def item_arrays(self, item: str) -> _VoteArrays:
-        """The item's materialised vote lists (``_materialised``) as arrays over
+    def vote_arrays(self, lists: _VoteLists) -> _VoteArrays:
+        """An item's materialised vote lists (``_materialised``) as arrays over
         ``item_index``: rule, visitor and bridge votes back to back, and their offsets."""
-        lists = self._materialised(item)
-        cached = self._vote_arrays.get(item)
-        if cached is not None and cached[0] is lists:
-            return cached[1]
         index, names = self.item_index, self.item_names
         indexes: list[int] = []
         offsets = [0]
@@ -767,14 +774,11 @@ class CooccurrenceModel:
                     names.append(candidate)
                 indexes.append(at)
             offsets.append(len(indexes))
-        arrays = (
+        return (
             np.array(indexes, dtype=np.int64),
             np.array([*lists[1].values(), *lists[2].values(), *lists[3].values()], np.float64),
             (offsets[0], offsets[1], offsets[2], offsets[3]),
         )
-        if self._vote_lists.get(item) is lists:  # cached lists only (see _materialised)
-            self._vote_arrays[item] = (lists, arrays)
-        return arrays
 
     def predict_one(
         self, session: Sequence[str], k: int = 20, session_id: str | None = None
@@ -829,43 +833,103 @@ class _Requests:
         self.items: list[str] = []  # each row's item (filled for the bridges)
 
 
-class _GatherTable:
-    """The arrays of the items one ``candidates_many`` call reads, back to back, a row each."""
+class _VoteArena:
+    """The materialised vote lists ``candidates_many`` has read, as arrays over the model's
+    ``item_index``, back to back, a row per item: what the kernels gather from.
+
+    Kept across batches (the model drops it when its lists are cleared or its index
+    rebuilt): an item's row stays valid while ``_materialised`` would return the lists it
+    was made from, which changes only when the item's click count outgrows them
+    (``learn_one`` then drops the row) or for lists not cached (items never clicked: their
+    rows last one batch). A batch reads a row with one dict lookup instead of checking and
+    converting the item's lists and joining every row it needs into new arrays.
+    """
+
+    #: Compacted when dropped rows hold more entries than this and than the live ones.
+    compact_after_entries = 1 << 16
 
     def __init__(self, model: CooccurrenceModel) -> None:
         self._model = model
-        self._rows: dict[str, int] = {}
-        self.items: list[str] = []
-        self._offsets: list[tuple[int, int, int, int]] = []  # absolute, per kind
-        self._indexes: list[npt.NDArray[np.int64]] = []
-        self._votes: list[npt.NDArray[np.float64]] = []
-        self._size = 0
-        self._joined = 0  # rows already concatenated into the arrays below
-        self._all_indexes: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._all_votes: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
+        self.rows: dict[str, int] = {}  # item -> its row (valid rows only)
+        self.items: list[str] = []  # each row's item, dropped rows too (a new list when compacted)
+        self._bounds = np.zeros((256, 4), dtype=np.int64)  # rule, visitor, bridge starts; end
+        self._candidates = np.zeros(1 << 14, dtype=np.int64)
+        self._votes = np.zeros(1 << 14, dtype=np.float64)
+        self._size = 0  # entries in use, dropped rows' included
+        self._garbage = 0  # entries of dropped rows
+        self._transient: list[str] = []  # rows of lists _materialised did not cache
 
     def row(self, item: str) -> int:
         """The item's row (its arrays are added on first use)."""
-        at = self._rows.get(item)
+        at = self.rows.get(item)
         if at is None:
-            indexes, votes, (a, b, c, d) = self._model.item_arrays(item)
-            at = self._rows[item] = len(self.items)
-            self.items.append(item)
-            size = self._size
-            self._offsets.append((size + a, size + b, size + c, size + d))
-            self._indexes.append(indexes)
-            self._votes.append(votes)
-            self._size = size + d
+            at = self._add(item)
         return at
+
+    def _add(self, item: str) -> int:
+        model = self._model
+        lists = model._materialised(item)
+        candidates, votes, (a, b, c, d) = model.vote_arrays(lists)
+        at, size = len(self.items), self._size
+        end = size + d
+        if at == len(self._bounds):
+            self._bounds = np.concatenate([self._bounds, np.zeros_like(self._bounds)])
+        if end > len(self._candidates):
+            capacity = max(2 * len(self._candidates), end)
+            self._candidates = np.concatenate(
+                [self._candidates[:size], np.zeros(capacity - size, np.int64)]
+            )
+            self._votes = np.concatenate([self._votes[:size], np.zeros(capacity - size)])
+        self._candidates[size:end] = candidates
+        self._votes[size:end] = votes
+        self._bounds[at] = (size + a, size + b, size + c, end)
+        self._size = end
+        self.items.append(item)
+        self.rows[item] = at
+        if model._vote_lists.get(item) is not lists:
+            self._transient.append(item)
+        return at
+
+    def drop(self, item: str) -> None:
+        """Forget the item's row (its lists are outgrown); it is made again when read."""
+        at = self.rows.pop(item, None)
+        if at is not None:
+            self._garbage += int(self._bounds[at, 3] - self._bounds[at, 0])
+
+    def start_batch(self) -> None:
+        """Drop the rows of uncached lists, and compact when dropped rows take over half."""
+        for item in self._transient:
+            self.drop(item)
+        self._transient.clear()
+        garbage, limit = self._garbage, self.compact_after_entries
+        if garbage > max(self._size // 2, limit) or len(self.items) > 2 * len(self.rows) + limit:
+            self._compact()
+
+    def _compact(self) -> None:
+        live = sorted(self.rows.items(), key=lambda row: row[1])
+        bounds = self._bounds[[at for _, at in live]].reshape(-1, 4)
+        lengths = bounds[:, 3] - bounds[:, 0]
+        total = int(lengths.sum())
+        starts = np.cumsum(lengths) - lengths
+        shift = bounds[:, 0] - starts
+        taken = np.repeat(shift, lengths) + np.arange(total)
+        capacity = max(2 * total, 1 << 14)
+        candidates, votes = self._candidates[taken], self._votes[taken]
+        self._candidates = np.zeros(capacity, dtype=np.int64)
+        self._votes = np.zeros(capacity, dtype=np.float64)
+        self._candidates[:total] = candidates
+        self._votes[:total] = votes
+        self._bounds = np.zeros((max(2 * len(live), 256), 4), dtype=np.int64)
+        self._bounds[: len(live)] = bounds - shift[:, None]
+        self.items = [item for item, _ in live]
+        self.rows = {item: at for at, (item, _) in enumerate(live)}
+        self._size, self._garbage = total, 0
 
     def arrays(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         """Every row's vote bounds (rows x 4: rule, visitor and bridge votes' starts and the
-        end) in the table's candidates and votes, back to back (the kernels' input)."""
-        if self._joined < len(self._indexes):
-            self._all_indexes = np.concatenate([self._all_indexes, *self._indexes[self._joined :]])
-            self._all_votes = np.concatenate([self._all_votes, *self._votes[self._joined :]])
-            self._joined = len(self._indexes)
-        offsets = np.array(self._offsets, dtype=np.int64).reshape(-1, 4)
-        return offsets, self._all_indexes, self._all_votes
+        end) in the candidates and votes, back to back (the kernels' input; views, valid
+        until a row is added)."""
+        size = self._size
+        return self._bounds[: len(self.items)], self._candidates[:size], self._votes[:size]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel, _VoteArena
 from processors.evaluation import evaluate_next_click
 
 sessions = st.lists(
@@ -322,6 +322,53 @@ def test_candidates_many_equals_candidates_one_session_at_a_time(
         assert many.scores_of(position, model.item_names) == model.candidates(session, sources)
         bridges = many.with_bridges(position, model).bridges
         assert [(b, w) for b, w, _ in bridges] == [(b, w) for b, w, _ in sources.bridges]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            visited,
+            st.lists(st.lists(st.sampled_from("abcdefghz"), max_size=6), min_size=1, max_size=5),
+        ),
+        min_size=2,
+        max_size=6,
+    ),
+    st.sampled_from([0.0, 0.1, 1.0]),
+    st.sampled_from([0, 1 << 16]),
+    st.sampled_from([None, 3]),
+)
+def test_the_vote_arena_kept_across_batches_serves_what_candidates_reads(
+    batches: list[tuple[list[tuple[str, list[str]]], list[list[str]]]],
+    vote_refresh: float,
+    compact_after: int,
+    max_items: int | None,
+) -> None:
+    """Learning between batches outgrows some items' lists (their rows are dropped and made
+    again), items never clicked have rows for one batch only, dropped rows are compacted
+    away (``compact_after`` 0: every batch), rare items are dropped (``max_items``): each
+    batch's candidates still equal ``candidates`` bit for bit."""
+    model = CooccurrenceModel(
+        CooccurrenceConfig(
+            bridge_items=2,
+            bridge_keep=1,
+            session_knn_weight=1.0,
+            votes_per_item=3,
+            bridge_votes=2,
+            vote_refresh=vote_refresh,
+            max_items=max_items or 100_000,
+        )
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_VoteArena, "compact_after_entries", compact_after)
+        for data, batch in batches:
+            for visitor, session in data:
+                for position, item in enumerate(session):
+                    model.learn_one(session[:position], item, session_id=visitor)
+            many = model.candidates_many(batch)
+            for position, session in enumerate(batch):
+                expected = model.candidates(session)
+                assert many.scores_of(position, model.item_names) == expected
 
 
 def test_the_item_index_is_rebuilt_past_its_cap_and_the_scores_stay() -> None:
