@@ -58,3 +58,19 @@ def test_the_url_s_connection_kind_is_kept() -> None:
         assert issubclass(connection_class, kind)
         assert connection_class.__mro__.count(kind) == 1
         assert connection_class.__name__ == f"Hiredis{kind.__name__}"
+
+
+def test_the_worker_s_redis_client_packs_with_hiredis_and_the_chunk_is_configurable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stream.app import make_redis
+    from stream.config import ConfigError, load_settings
+
+    monkeypatch.setenv("APPETENCE_REDIS_USERS_PER_CALL", "1")
+    settings = load_settings()
+    assert settings.redis_users_per_call == 1
+    client = make_redis(settings)
+    assert client.connection_pool.connection_class.__name__ == "HiredisConnection"
+    monkeypatch.setenv("APPETENCE_REDIS_USERS_PER_CALL", "0")
+    with pytest.raises(ConfigError, match="REDIS_USERS_PER_CALL"):
+        load_settings()
