@@ -23,6 +23,13 @@ def learn(model: CooccurrenceModel, data: list[list[str]]) -> None:
             model.learn_one(session[:position], item)
 
 
+def learn_visits(model: CooccurrenceModel, data: list[tuple[str, list[str]]]) -> None:
+    """Each (visitor, session)'s clicks, learned with the visitor's id."""
+    for visitor, session in data:
+        for position, item in enumerate(session):
+            model.learn_one(session[:position], item, session_id=visitor)
+
+
 @settings(max_examples=150, deadline=None)
 @given(sessions)
 def test_symmetric_counts_stay_symmetric(data: list[list[str]]) -> None:
@@ -313,9 +320,7 @@ def test_candidates_many_equals_candidates_one_session_at_a_time(
             bridge_votes=2,
         )
     )
-    for visitor, session in data:
-        for position, item in enumerate(session):
-            model.learn_one(session[:position], item, session_id=visitor)
+    learn_visits(model, data)
     many = model.candidates_many(batch)
     for position, session in enumerate(batch):
         sources = model.vote_sources(session)
@@ -362,9 +367,7 @@ def test_the_vote_arena_kept_across_batches_serves_what_candidates_reads(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_VoteArena, "compact_after_entries", compact_after)
         for data, batch in batches:
-            for visitor, session in data:
-                for position, item in enumerate(session):
-                    model.learn_one(session[:position], item, session_id=visitor)
+            learn_visits(model, data)
             many = model.candidates_many(batch)
             for position, session in enumerate(batch):
                 expected = model.candidates(session)
