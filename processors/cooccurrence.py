@@ -220,7 +220,7 @@ class BatchCandidates:
             strongest_voters(bridges.keys, bridges.votes, bridges.voter, keys, items, bridge)
         if order is not None:
             source[order], bridge[order] = source.copy(), bridge.copy()
-        names = rules.names or visitors.names  # the rows of one gather table
+        names = rules.names or visitors.names  # the arena's rows' items
         sources = [None if at < 0 else names[at] for at in source.tolist()]
         via = [None if at < 0 else bridges.names[at] for at in bridge.tolist()]
         return sources, via
@@ -820,7 +820,7 @@ class CooccurrenceModel:
 
 
 class _Requests:
-    """Votes of one kind to gather: for each, the session, the gather table's row of the
+    """Votes of one kind to gather: for each, the session, the vote arena's row of the
     voting item, and the weight."""
 
     __slots__ = ("items", "kind", "owners", "rows", "weights")

@@ -61,6 +61,8 @@ class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "SCRIPT LOAD": the server wants the words apart
             args = (*args[0].encode().split(), *args[1:])
+        # hiredis takes str, int, float and bytes only (as redis-py's own hiredis packer does)
+        args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]
         except TypeError as error:

@@ -14,6 +14,8 @@ from state.redis_writer import pack_with_hiredis
 arguments = st.lists(
     st.one_of(
         st.binary(max_size=64),
+        st.binary(max_size=64).map(bytearray),
+        st.binary(max_size=64).map(memoryview),
         st.text(max_size=32),
         st.integers(min_value=-(2**63), max_value=2**63),
     ),
@@ -28,7 +30,7 @@ def _hiredis_connection() -> Connection:
 
 @given(st.sampled_from(["EVALSHA", "HGETALL", b"EVALSHA"]), arguments)
 def test_hiredis_packs_commands_as_redis_py_does(
-    name: str | bytes, args: list[bytes | str | int]
+    name: str | bytes, args: list[bytes | bytearray | memoryview | str | int]
 ) -> None:
     python = Connection()
     hiredis = _hiredis_connection()
