@@ -29,13 +29,14 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from processors.ranking import largest
-from processors.slate_kernel import first_hop, second_hop, strongest_voters
+from processors.slate_kernel import bridge_votes, first_hop, second_hop, strongest_voters
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -143,6 +144,10 @@ def _strongest(
     return None
 
 
+# An item's materialised lists as arrays: candidate indexes and votes of its rule, visitor and
+# bridge votes back to back, and where each kind starts (and the last ends).
+_VoteArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], tuple[int, int, int, int]]
+
 # (click count when built, rule votes, visitor votes, bridge votes): see vote_lists
 _VoteLists = tuple[float, dict[str, float], dict[str, float], dict[str, float]]
 
@@ -236,10 +241,6 @@ class BatchCandidates:
         }
 
 
-# An item's materialised lists as arrays: candidate indexes and votes of its rule, visitor and
-# bridge votes back to back, and where each kind starts (and the last ends).
-_VoteArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], tuple[int, int, int, int]]
-
 _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 #: (session, item) pairs of ``candidates_many`` are one int64 key: session * KEY_SPACE + item.
 KEY_SPACE = 1 << 32
@@ -304,6 +305,7 @@ class CooccurrenceModel:
         self.item_names: list[str] = []
         self.index_generation = 0  # bumped when the index is rebuilt (positions change)
         self._arena: _VoteArena | None = None
+        self._scratch = np.full(4096, -1, dtype=np.int64)  # bridge_votes' (by item index)
 
     # --- learning ---------------------------------------------------------------------
     def _weight(self, ts_ms: float | None) -> float:
@@ -532,25 +534,44 @@ class CooccurrenceModel:
         return self._materialised(item)[3]
 
     def _materialised(self, item: str) -> _VoteLists:
+        return self._lists_and_arrays(item)[0]
+
+    def _lists_and_arrays(self, item: str) -> tuple[_VoteLists, _VoteArrays | None]:
+        """The item's materialised lists, and when they were (re)built now, the same as
+        ``vote_arrays`` (None when they were cached: only the vote arena keeps arrays)."""
         count = self.item_counts.get(item, 0.0)
         config = self.config
         cached = self._vote_lists.get(item)
         if cached is not None and count <= cached[0] * (1.0 + config.vote_refresh):
-            return cached
+            return cached, None
         rule_votes = dict(self.votes(item, config.votes_per_item))
         visitor_votes = dict(self.visitor_votes(item)) if config.session_knn_weight > 0.0 else {}
+        # as arrays over ``item_index`` (``vote_arrays``: what candidates_many gathers from)
+        # while the lists are at hand; the bridge votes summed and ranked on them
+        keys = [*rule_votes, *visitor_votes]
+        found = list(map(self.item_index.get, keys, repeat(-1)))
+        if -1 in found:
+            found = [self.intern(key) for key in keys]
+        candidates = np.array(found, dtype=np.int64)
+        votes = np.array([*rule_votes.values(), *visitor_votes.values()], dtype=np.float64)
+        split = len(rule_votes)
         passed_on: dict[str, float] = {}
-        if config.bridge_weight > 0.0:
-            for votes in (rule_votes, visitor_votes):
-                if votes:
-                    peak = max(votes.values())
-                    for candidate, vote in votes.items():
-                        passed_on[candidate] = passed_on.get(candidate, 0.0) + vote / peak
-            passed_on = dict(largest(passed_on.items(), config.bridge_votes))
+        if config.bridge_weight > 0.0 and len(keys):
+            if len(self._scratch) < len(self.item_names):
+                self._scratch = np.full(2 * len(self.item_names), -1, dtype=np.int64)
+            bridges, passed = bridge_votes(
+                candidates, votes, split, config.bridge_votes, self._scratch
+            )
+            names = self.item_names
+            passed_on = dict(
+                zip(map(names.__getitem__, bridges.tolist()), passed.tolist(), strict=True)
+            )
+            candidates = np.concatenate((candidates, bridges))
+            votes = np.concatenate((votes, passed))
         lists = (count, rule_votes, visitor_votes, passed_on)
         if count > 0.0:  # an item never clicked (pruned, or only seen) is not remembered
             self._vote_lists[item] = lists
-        return lists
+        return lists, (candidates, votes, (0, split, len(keys), len(candidates)))
 
     def _rule_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
         """The session's last ``recent_items`` distinct items with their vote weights (most
@@ -760,24 +781,19 @@ class CooccurrenceModel:
             self.item_names.append(item)
         return at
 
-    def vote_arrays(self, lists: _VoteLists) -> _VoteArrays:
-        """An item's materialised vote lists (``_materialised``) as arrays over
+    def vote_arrays(self, item: str) -> tuple[_VoteLists, _VoteArrays]:
+        """The item's materialised vote lists (``_materialised``), and the same as arrays over
         ``item_index``: rule, visitor and bridge votes back to back, and their offsets."""
-        index, names = self.item_index, self.item_names
-        indexes: list[int] = []
-        offsets = [0]
-        for kind in lists[1:]:
-            for candidate in kind:  # inline, not ``intern``: this runs per vote
-                at = index.get(candidate)
-                if at is None:
-                    at = index[candidate] = len(names)
-                    names.append(candidate)
-                indexes.append(at)
-            offsets.append(len(indexes))
-        return (
-            np.array(indexes, dtype=np.int64),
-            np.array([*lists[1].values(), *lists[2].values(), *lists[3].values()], np.float64),
-            (offsets[0], offsets[1], offsets[2], offsets[3]),
+        lists, arrays = self._lists_and_arrays(item)
+        if arrays is not None:
+            return lists, arrays
+        keys = [*lists[1], *lists[2], *lists[3]]
+        votes = [*lists[1].values(), *lists[2].values(), *lists[3].values()]
+        a, b = len(lists[1]), len(lists[1]) + len(lists[2])
+        return lists, (
+            np.array([self.intern(key) for key in keys], dtype=np.int64),
+            np.array(votes, dtype=np.float64),
+            (0, a, b, len(keys)),
         )
 
     def predict_one(
@@ -868,8 +884,7 @@ class _VoteArena:
 
     def _add(self, item: str) -> int:
         model = self._model
-        lists = model._materialised(item)
-        candidates, votes, (a, b, c, d) = model.vote_arrays(lists)
+        lists, (candidates, votes, (a, b, c, d)) = model.vote_arrays(item)
         at, size = len(self.items), self._size
         end = size + d
         if at == len(self._bounds):

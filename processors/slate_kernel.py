@@ -5,7 +5,7 @@ user's slate of one item type) at a time.
 ``recommend._SlateTail`` prepares the arrays (items as indexes into the co-occurrence
 model's item index, names as ``NameOrder`` keys) and explains the rows these kernels
 return; ``cooccurrence.candidates_many`` sums its votes and finds the voters behind them
-here too. They are numba-compiled, cached on disk beside this file (``make`` compiles them
+here too, and an item's bridge votes are summed and ranked here when its lists are rebuilt. They are numba-compiled, cached on disk beside this file (``make`` compiles them
 at install, ~10 s; a worker loads them at start: ``pipeline.compile_kernels``). The
 property tests compare the slates they make with the specification's, one user at a time
 with plain dicts (``tests/unit/test_recommend.py``).
@@ -763,3 +763,41 @@ def group_candidates(
     for group in range(count * width):
         top_rows(order[starts[group] : starts[group + 1]], scores, items, head, scratch)
     return starts, items[order], scores[order]
+
+
+@_compiled
+def bridge_votes(items: Any, votes: Any, split: int, limit: int, scratch: Any) -> tuple[Any, Any]:
+    """What an item passes on as a bridge (``CooccurrenceModel._materialised``), from its
+    rule votes (``items``/``votes`` before ``split``) and visitor votes (from ``split``):
+    each list over its peak, summed per item (in the order met), the ``limit`` largest,
+    largest first, ties in the order met; bit for bit the dict version's sums and order.
+    ``scratch`` is -1 for every item and left so.
+
+    >>> import numpy as np
+    >>> items, votes = bridge_votes(np.array([1, 2, 0, 1]), np.array([2.0, 1.0, 4.0, 1.0]),
+    ...     2, 2, np.full(3, -1))
+    >>> items.tolist(), votes.tolist()
+    ([1, 0], [1.25, 1.0])
+    """
+    summed_items = np.empty(len(items), dtype=np.int64)
+    sums = np.empty(len(items))
+    count = 0
+    for start, end in ((0, split), (split, len(items))):
+        if start == end:
+            continue
+        peak = votes[start:end].max()
+        for at in range(start, end):
+            item = items[at]
+            share = votes[at] / peak
+            where = scratch[item]
+            if where < 0:
+                scratch[item] = count
+                summed_items[count] = item
+                sums[count] = 0.0 + share
+                count += 1
+            else:
+                sums[where] = sums[where] + share
+    for at in range(count):
+        scratch[summed_items[at]] = -1
+    order = np.argsort(-sums[:count], kind="mergesort")[: max(limit, 0)]
+    return summed_items[order], sums[order]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel, _VoteArena
 from processors.evaluation import evaluate_next_click
+from processors.ranking import largest
+from processors.slate_kernel import bridge_votes
 
 sessions = st.lists(
     st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=12), min_size=1, max_size=20
@@ -384,3 +387,68 @@ def test_the_item_index_is_rebuilt_past_its_cap_and_the_scores_stay() -> None:
     after = model.candidates_many([["a", "b"]])
     assert len(model.item_names) < 100
     assert after.scores_of(0, model.item_names) == before == model.candidates(["a", "b"])
+
+
+def passed_on_by_definition(
+    lists: tuple[dict[str, float], ...], limit: int
+) -> list[tuple[str, float]]:
+    """What a bridge passes on (``CooccurrenceConfig.bridge_votes``), as a dict sum."""
+    summed: dict[str, float] = {}
+    for votes in lists:
+        if votes:
+            peak = max(votes.values())
+            for candidate, vote in votes.items():
+                summed[candidate] = summed.get(candidate, 0.0) + vote / peak
+    return largest(summed.items(), limit)
+
+
+# up to 60 distinct items with few distinct votes: many ties, past insertion-sort sizes
+vote_maps = st.dictionaries(
+    st.sampled_from([f"i{n}" for n in range(60)]),
+    st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0, 1e-3]),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(vote_maps, vote_maps, st.integers(0, 50))
+def test_the_bridge_kernel_sums_and_ranks_as_the_dicts_do(
+    rules: dict[str, float], visitors: dict[str, float], limit: int
+) -> None:
+    """Ties (the values repeat) keep the order met; an item in both lists sums its shares."""
+    names = sorted(set(rules) | set(visitors), key=lambda name: (name * 7)[::-1])
+    index = {name: at for at, name in enumerate(names)}
+    items = np.array([index[name] for name in [*rules, *visitors]], dtype=np.int64)
+    votes = np.array([*rules.values(), *visitors.values()], dtype=np.float64)
+    scratch = np.full(len(names) + 1, -1, dtype=np.int64)
+    chosen, shares = bridge_votes(items, votes, len(rules), limit, scratch)
+    got = list(zip([names[at] for at in chosen.tolist()], shares.tolist(), strict=True))
+    assert got == passed_on_by_definition((rules, visitors), limit)
+    assert (scratch == -1).all()  # left clean for the next call
+
+
+@settings(max_examples=100, deadline=None)
+@given(visited)
+def test_every_items_materialised_lists_and_arrays_agree(
+    data: list[tuple[str, list[str]]],
+) -> None:
+    """The bridge votes are the definition's over the item's rule and visitor votes, and the
+    arrays the vote arena copies hold the same three lists over the item index."""
+    model = CooccurrenceModel(
+        CooccurrenceConfig(votes_per_item=4, neighbour_votes_per_item=3, bridge_votes=3)
+    )
+    learn_visits(model, data)
+    for item in sorted(model.item_counts):
+        model._vote_lists.pop(item, None)  # built now, with its arrays
+        lists, (candidates, votes, (a, b, c, d)) = model.vote_arrays(item)
+        _, rules, visitors, bridges = lists
+        assert list(bridges.items()) == passed_on_by_definition((rules, visitors), 3)
+        names = [model.item_names[at] for at in candidates.tolist()]
+        for kind, start, end in ((rules, a, b), (visitors, b, c), (bridges, c, d)):
+            assert list(zip(names[start:end], votes[start:end].tolist(), strict=True)) == list(
+                kind.items()
+            )
+        cached = model.vote_arrays(item)  # from the cached lists: the same arrays
+        assert cached[0] is lists
+        assert cached[1][0].tolist() == candidates.tolist()
+        assert cached[1][1].tolist() == votes.tolist() and cached[1][2] == (a, b, c, d)
