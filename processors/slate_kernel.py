@@ -5,10 +5,11 @@ user's slate of one item type) at a time.
 ``recommend._SlateTail`` prepares the arrays (items as indexes into the co-occurrence
 model's item index, names as ``NameOrder`` keys) and explains the rows these kernels
 return; ``cooccurrence.candidates_many`` sums its votes and finds the voters behind them
-here too, and an item's bridge votes are summed and ranked here when its lists are rebuilt. They are numba-compiled, cached on disk beside this file (``make`` compiles them
-at install, ~10 s; a worker loads them at start: ``pipeline.compile_kernels``). The
-property tests compare the slates they make with the specification's, one user at a time
-with plain dicts (``tests/unit/test_recommend.py``).
+here too, and an item's bridge votes are summed and ranked here when its lists are rebuilt.
+They are numba-compiled, cached on disk beside this file (``make`` compiles them at install,
+~10 s; a worker loads them at start: ``pipeline.compile_kernels``). The property tests
+compare the slates they make with the specification's, one user at a time with plain dicts
+(``tests/unit/test_recommend.py``).
 
 Every group's work is a few dozen rows sorted in place: the numpy version sorted and
 searched all the rows of 256 users at once, ~40 array operations per chunk, at ~80 µs per
