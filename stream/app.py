@@ -198,6 +198,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         settings.user_state_changelog_topic,
         FaustTopicWriter(changelog_topic),
         AIOKafkaPartitionReader(aiokafka_client_options(settings)),
+        decoded_users=settings.user_states_decoded,
     )
     audiences_topic = raw_topic(settings.audiences_topic, 1)
     loyalty_examples_topic = raw_topic(settings.loyalty_examples_topic, 1)
@@ -362,6 +363,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def update_gauges() -> None:
         metrics.users_in_state.set(len(states))
         metrics.user_state_bytes.set(states.bytes_held)
+        metrics.user_states_decoded.set(states.decoded)
         metrics.popularity_entries.set(processor.popularity.size())
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         metrics.banner_ctr_entries.set(processor.ctr.size())

@@ -112,6 +112,11 @@ class Metrics:
             "Size of the user states this worker holds (encoded, as on the changelog)",
             registry=registry,
         )
+        self.user_states_decoded = Gauge(
+            "appetence_user_states_decoded",
+            "Recently persisted user states also kept decoded (bounded: user_states_decoded)",
+            registry=registry,
+        )
         self.popularity_entries = Gauge(
             "appetence_popularity_entries",
             "Entries in the decayed popularity index (bounded)",

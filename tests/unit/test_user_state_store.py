@@ -227,3 +227,62 @@ def test_a_held_users_place_packs_partition_and_idle_time_losslessly(
 def test_a_partition_beyond_the_packing_fails_loudly() -> None:
     with pytest.raises(ValueError, match="partition"):
         _where(PARTITION_SLOTS, 0)
+
+
+def _decoding_store(changelog: Changelog, keep: int) -> UserStateStore:
+    return UserStateStore(TOPIC, changelog, changelog, decoded_users=keep)
+
+
+def test_recently_persisted_states_are_read_back_without_decoding() -> None:
+    """The latest ``decoded_users`` persisted states are handed out as they were persisted
+    (equal to their records); older ones are decoded from their records."""
+    store = _decoding_store(Changelog(), keep=2)
+    states = {name: _state(name, 0, ("r1", 1_000 * n)) for n, name in enumerate("abc", 1)}
+    asyncio.run(store.persist(states))
+    assert store.decoded == 2
+    assert store.get("b") is states["b"] and store.get("c") is states["c"]
+    a = store.get("a")
+    assert a == states["a"] and a is not states["a"]  # the oldest: decoded from its record
+    assert store.decoded == 0  # handed out: kept again only once persisted
+    assert store.get("b") == states["b"] and store.get("b") is not states["b"]
+
+
+def test_a_state_handed_out_and_never_persisted_leaves_no_trace() -> None:
+    """A batch that mutates a state and fails before persisting it (dead-lettered, replayed
+    later): the next read is the persisted state, as when every read decoded."""
+    store = _decoding_store(Changelog(), keep=10)
+    alice = _state("alice", 0, ("r1", 1_000))
+    asyncio.run(store.persist({"alice": alice}))
+    handed = store.get("alice")
+    assert handed is alice
+    click = Click(event_id="alice-late", ts=2_000, user_id="alice", item_id="r2",
+                  item_type="recipe", category="soup")  # fmt: skip
+    assert apply_event(handed, click, UserStateConfig())  # the failed batch's change
+    again = store.get("alice")
+    assert again is not handed and again is not None
+    assert [item.item_id for item in again.recent] == ["r1"]
+    asyncio.run(store.persist({"alice": handed}))  # a later batch persists it: kept again
+    assert store.get("alice") is handed
+
+
+def test_every_change_of_a_held_record_drops_its_decoded_state() -> None:
+    """Forgotten, evicted, released and recovered users are never read from a stale
+    decoded state."""
+    changelog = Changelog()
+    store = _decoding_store(changelog, keep=10)
+    states = {name: _state(name, n % 2, ("r1", 1_000 * n)) for n, name in enumerate("abcd", 1)}
+    asyncio.run(store.persist(states))
+    assert store.forget("a", 1)
+    assert store.get("a") is None
+    assert store.evict_idle(older_than_ms=2_500, limit=10) == 1  # b (c, d are newer)
+    assert store.get("b") is None
+    store.release([1])  # c's partition
+    assert store.get("c") is None and store.decoded == 1  # d's only
+    newer = _state("d", 0, ("r1", 4_000), ("r9", 9_000))
+    changelog.send(b"d", pack_user_state(newer), 0)  # another worker's later write
+    second = _decoding_store(changelog, keep=10)
+    asyncio.run(second.ensure_recovered([0]))
+    assert second.get("d") == newer and second.decoded == 0
+    store.release([0])
+    asyncio.run(store.ensure_recovered([0]))  # back again: the changelog's record wins
+    assert store.decoded == 0 and store.get("d") == newer
