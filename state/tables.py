@@ -80,7 +80,7 @@ class UserStateStore:
     The ``decoded_users`` most recently persisted states are also kept decoded (the objects
     just encoded, equal to their records): at live batch sizes most touched users were
     touched a few batches before (~86% with 2,000 kept, at 300-event batches of the
-    simulator's traffic), and a read of a cold record cost ~30 µs. ``get`` hands such a state
+    simulator's traffic), and a read of a cold record cost ~35 µs. ``get`` hands such a state
     out and forgets it (``persist`` keeps it again), so a batch that fails before persisting
     leaves no trace, as with a state decoded afresh; every change of a held record drops it.
     """

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     memory_release_seconds: float = Field(1.0, ge=0.0)
     # The most recently persisted user states also kept decoded (~10 KB each, against ~0.55
     # KB encoded): at live batch sizes most touched users were touched a few batches before,
-    # and each saves a decode (~30 µs) per batch (state/tables.py). 0: every read decodes.
+    # and each saves a decode (~35 µs) per batch (state/tables.py). 0: every read decodes.
     user_states_decoded: int = Field(2_000, ge=0, le=1_000_000)
     history_size: int = Field(50, ge=1, le=10_000)
     interest_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)

@@ -286,3 +286,23 @@ def test_every_change_of_a_held_record_drops_its_decoded_state() -> None:
     store.release([0])
     asyncio.run(store.ensure_recovered([0]))  # back again: the changelog's record wins
     assert store.decoded == 0 and store.get("d") == newer
+
+
+def test_a_kept_state_equals_what_its_record_decodes_to() -> None:
+    """What makes keeping decoded states safe: a reader gets the same state either way. Over
+    the simulator's users after the whole slice (loyalty labels, banners, tags, dedup ids)."""
+    from processors.pipeline import SliceConfig, SliceProcessor
+    from processors.simulator import SimulationConfig, TrafficModel
+
+    model = TrafficModel(SimulationConfig(seed=5), start_ms=1_700_000_000_000)
+    processor = SliceProcessor(SliceConfig())
+    for record in model.catalog_records():
+        processor.apply_catalog(record)
+    stream = model.events()
+    states: dict[str, UserState] = {}
+    for _ in range(6):
+        batch = [(0, next(stream)) for _ in range(500)]
+        states.update(processor.process_batch(batch, states, now_ms=1_700_000_000_000).touched)
+    assert any(s.loyalty is not None and s.loyalty.pending for s in states.values())
+    for state in states.values():
+        assert unpack_user_state(pack_user_state(state)) == state
