@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The slate path's numba kernels, compiled into numba's on-disk cache once per change of
-# their module (else the first worker would compile them at start, ~10 s, before it joins).
+# The slice's numba kernels, compiled into numba's on-disk cache once per change of their
+# modules (else the first worker would compile them at start, ~40 s, before it joins).
 KERNELS := $(VENV)/.kernels
 
 .PHONY: run test test-faults test-unit test-integration lint typecheck bench schemas clean system-deps
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(KERNELS): $(STAMP) processors/slate_kernel.py
-	@echo "compiling the slate kernels (numba; once per change of processors/slate_kernel.py, ~10 s)"
+$(KERNELS): $(STAMP) processors/slate_kernel.py processors/row_kernel.py
+	@echo "compiling the numba kernels (once per change of processors/slate_kernel.py or row_kernel.py, ~30 s)"
 	$(BIN)/python -c 'from processors.pipeline import compile_kernels; compile_kernels()'
 	touch $(KERNELS)
 

@@ -27,16 +27,26 @@ from __future__ import annotations
 import heapq
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from processors.ranking import largest
-from processors.slate_kernel import bridge_votes, first_hop, second_hop, strongest_voters
+from processors.row_kernel import (
+    RowTable,
+    learn_clicks,
+    learn_visits,
+    lookup,
+    rule_votes,
+    space_for,
+    top,
+    vote_lists,
+)
+from processors.row_kernel import visitor_votes as visitor_kernel
+from processors.slate_kernel import first_hop, second_hop, strongest_voters
 
 Similarity = Literal["rules", "count", "jaccard", "cosine", "lift", "llr"]
 
@@ -152,6 +162,67 @@ _VoteArrays = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], tuple[int, i
 _VoteLists = tuple[float, dict[str, float], dict[str, float], dict[str, float]]
 
 
+class _Materialised:
+    """An item's materialised vote lists (see ``vote_refresh``): the click count they were
+    built at, and the rule, visitor and bridge votes as arrays over the item index, back to
+    back (``bounds``); as dicts by name only when asked (``lists``)."""
+
+    __slots__ = ("_lists", "bounds", "count", "items", "votes")
+
+    def __init__(
+        self,
+        count: float,
+        items: npt.NDArray[np.int64],
+        votes: npt.NDArray[np.float64],
+        bounds: tuple[int, int, int, int],
+    ) -> None:
+        self.count, self.items, self.votes, self.bounds = count, items, votes, bounds
+        self._lists: _VoteLists | None = None
+
+    def arrays(self) -> _VoteArrays:
+        return self.items, self.votes, self.bounds
+
+    def lists(self, names: list[str]) -> _VoteLists:
+        """(count, rule votes, visitor votes, bridge votes), the votes by item name."""
+        if self._lists is None:
+            keys = list(map(names.__getitem__, self.items.tolist()))
+            votes = self.votes.tolist()
+            _, a, b, c = self.bounds
+            self._lists = (
+                self.count,
+                dict(zip(keys[:a], votes[:a], strict=True)),
+                dict(zip(keys[a:b], votes[a:b], strict=True)),
+                dict(zip(keys[b:c], votes[b:c], strict=True)),
+            )
+        return self._lists
+
+
+class _TableView(Mapping[str, dict[str, float]]):
+    """A co-occurrence table read as the dict of dicts it was (``model.rules[a][b]``): each
+    row made into a dict when read. For tests and the rare lookups; the hot paths use the
+    arrays."""
+
+    def __init__(self, model: CooccurrenceModel, table: RowTable) -> None:
+        self._model, self._table = model, table
+
+    def __getitem__(self, item: str) -> dict[str, float]:
+        at = self._model.item_index.get(item)
+        if at is None:
+            raise KeyError(item)
+        cols, vals = self._table.row(at)
+        if not cols:
+            raise KeyError(item)
+        names = self._model.item_names
+        return dict(zip(map(names.__getitem__, cols), vals, strict=True))
+
+    def __iter__(self) -> Iterator[str]:
+        names = self._model.item_names
+        return iter([names[row] for row in self._table.rows()])
+
+    def __len__(self) -> int:
+        return len(self._table.rows())
+
+
 @dataclass(frozen=True, slots=True)
 class _Voters:
     """One kind of gathered votes of ``candidates_many`` (rule, visitor or bridge votes), in
@@ -246,17 +317,6 @@ _RULES, _VISITORS, _BRIDGES = 0, 1, 2
 KEY_SPACE = 1 << 32
 
 
-def _bump(table: dict[str, dict[str, float]], a: str, b: str, amount: float, keep: int) -> None:
-    """``table[a][b] += amount``; a row past ``2 * keep`` entries keeps its ``keep`` largest
-    (a function, not a method: it runs ~12 times per event)."""
-    row = table.get(a)
-    if row is None:
-        row = table[a] = {}
-    row[b] = row.get(b, 0.0) + amount
-    if len(row) > 2 * keep:
-        table[a] = dict(largest(row.items(), keep))
-
-
 def click_evidence(session_before: Sequence[str], item: str, steps: int) -> list[Evidence]:
     """The row updates one click makes (before time decay): what ``learn_one`` applies and
     what an item-keyed deployment would ship to each row's owner.
@@ -283,29 +343,52 @@ class CooccurrenceModel:
 
     def __init__(self, config: CooccurrenceConfig) -> None:
         self.config = config
-        self.rules: dict[str, dict[str, float]] = {}
-        self.pairs: dict[str, dict[str, float]] = {}
+        # The tables, by position in ``item_index`` (row_kernel): rules[a][b] (sequential
+        # rules), pairs[a][b] (symmetric co-occurrence), covisits[a][b] (visitors who viewed
+        # both a and b; covisits[a][a]: visitors of a). ``rules`` etc. read them as dicts.
+        self._rules, self._pairs, self._covisits = RowTable(), RowTable(), RowTable()
         self.item_counts: dict[str, float] = {}
+        self._counts = np.zeros(64)  # item_counts by position in item_index (0: none)
         self.total = 0.0
         self._landmark: float | None = None
         # visitor id -> its distinct items, the oldest first (see _remember_visit)
         self.sessions: dict[str, tuple[str, ...]] = {}
-        # co-visitation: covisits[a][b] = (decayed) visitors who viewed both a and b;
-        # covisits[a][a] = visitors of a
-        self.covisits: dict[str, dict[str, float]] = {}
         self._latest_weight = 1.0  # forward-decay weight of the latest evidence
-        # item -> (its click count when built, rule votes, visitor votes, bridge votes); see
-        # vote_refresh
-        self._vote_lists: dict[str, _VoteLists] = {}
+        # item -> its materialised vote lists (see vote_refresh)
+        self._vote_lists: dict[str, _Materialised] = {}
         self._popular: list[tuple[str, float]] | None = None
-        # For candidates_many: an index of the items met there (bounded: rebuilt when it
-        # outgrows 4 * max_items) and the materialised lists it has read as arrays over it,
+        # The index of every item learned or met (bounded: renumbered, keeping the items
+        # still referenced, when it outgrows _index_limit), the tables' and the vote arrays'
+        # positions; and the materialised lists candidates_many has read, as arrays over it,
         # kept across batches (_VoteArena; None: to be made afresh).
         self.item_index: dict[str, int] = {}
         self.item_names: list[str] = []
-        self.index_generation = 0  # bumped when the index is rebuilt (positions change)
+        self.index_generation = 0  # bumped when the index is renumbered (positions change)
+        self._index_limit = 4 * max(config.max_items, 1_000)
         self._arena: _VoteArena | None = None
-        self._scratch = np.full(4096, -1, dtype=np.int64)  # bridge_votes' (by item index)
+        self._scratch = np.full(64, -1, dtype=np.int64)  # the kernels' (by item index)
+        # Learned clicks and visits not yet in the tables: applied together (one kernel call
+        # for many, not one per click) before anything reads the tables (``_learn``).
+        self._clicks = _Pending()
+        self._visits = _Pending()
+
+    @property
+    def rules(self) -> Mapping[str, dict[str, float]]:
+        """rules[a][b]: ``b`` clicked after ``a`` (``1 / distance`` each, time-decayed)."""
+        self._learn()
+        return _TableView(self, self._rules)
+
+    @property
+    def pairs(self) -> Mapping[str, dict[str, float]]:
+        """pairs[a][b]: ``a`` and ``b`` clicked within ``steps`` of each other."""
+        self._learn()
+        return _TableView(self, self._pairs)
+
+    @property
+    def covisits(self) -> Mapping[str, dict[str, float]]:
+        """covisits[a][b]: (decayed) visitors who viewed both; covisits[a][a]: visitors of a."""
+        self._learn()
+        return _TableView(self, self._covisits)
 
     # --- learning ---------------------------------------------------------------------
     def _weight(self, ts_ms: float | None) -> float:
@@ -317,15 +400,15 @@ class CooccurrenceModel:
             self._landmark = ts_ms
         exponent = (ts_ms - self._landmark) / half_life
         if exponent > 200.0:  # rescale everything so weights stay finite
+            self._learn()  # what was learned before, at the old scale
             factor = 2.0**-exponent
             self._latest_weight *= factor
             self._vote_lists.clear()
             self._arena = None
-            for table in (self.rules, self.pairs, self.covisits):
-                for row in table.values():
-                    for key in row:
-                        row[key] *= factor
+            for table in (self._rules, self._pairs, self._covisits):
+                table.scale(factor)
             self.item_counts = {k: v * factor for k, v in self.item_counts.items()}
+            self._counts *= factor
             self.total *= factor
             self._landmark = ts_ms
             exponent = 0.0
@@ -347,25 +430,54 @@ class CooccurrenceModel:
         if session_id is not None and config.session_knn_weight > 0.0:
             self._remember_visit(session_id, item, weight)
         count = self.item_counts[item] = self.item_counts.get(item, 0.0) + weight
+        at = self.intern(item)
+        self._counts[at] = count
         self.total += weight
         self._popular = None
         arena = self._arena
         if arena is not None and item in arena.rows:
             # its arrays stay valid while _materialised would return the lists they came from
             cached = self._vote_lists.get(item)
-            if cached is None or count > cached[0] * (1.0 + config.vote_refresh):
+            if cached is None or count > cached.count * (1.0 + config.vote_refresh):
                 arena.drop(item)
-        # ``click_evidence``'s updates, in its order, without its list of tuples (per click)
-        rules, pairs, keep = self.rules, self.pairs, config.max_neighbours
+        # ``click_evidence``'s updates, in its order (row_kernel.learn_click)
         window = session_before[-config.steps :] if config.steps > 0 else []
-        for distance, previous in enumerate(reversed(window), start=1):
-            _bump(rules, previous, item, 1.0 / distance * weight, keep)
-            if previous == item:
-                continue
-            _bump(pairs, previous, item, weight, keep)
-            _bump(pairs, item, previous, weight, keep)
+        if window:
+            self._clicks.add([self.intern(previous) for previous in window], at, weight)
         if len(self.item_counts) > 2 * config.max_items:
             self._drop_rare_items()
+
+    def _learn(self) -> None:
+        """Apply the pending clicks and visits to the tables, in the order learned
+        (``row_kernel.learn_clicks`` and ``learn_visits``; the pools grown between calls)."""
+        keep = self.config.max_neighbours
+        clicks, visits = self._clicks, self._visits
+        if clicks.items:
+            windows, ends, items, weights = clicks.take()
+            steps = max(self.config.steps, 1)
+            done = 0
+            while done < len(items):
+                self._rules.ensure_space(space_for(64 * steps, keep))
+                self._pairs.ensure_space(space_for(128 * steps, keep))
+                done = learn_clicks(
+                    self._rules.arrays(),
+                    self._pairs.arrays(),
+                    windows,
+                    ends,
+                    items,
+                    weights,
+                    keep,
+                    done,
+                )
+        if visits.items:
+            earlier, ends, items, weights = visits.take()
+            most = int(np.diff(ends, prepend=0).max())
+            done = 0
+            while done < len(items):
+                self._covisits.ensure_space(space_for(16 * (2 * most + 1), keep))
+                done = learn_visits(
+                    self._covisits.arrays(), earlier, ends, items, weights, keep, done
+                )
 
     def _remember_visit(self, visitor: str, item: str, weight: float) -> None:
         """Add ``item`` to the visitor's items; a new one is co-visited with each earlier one.
@@ -384,11 +496,10 @@ class CooccurrenceModel:
             sessions[visitor] = items
             return
         item = sys.intern(item)
-        covisits, keep = self.covisits, self.config.max_neighbours
-        for earlier in items:
-            _bump(covisits, earlier, item, weight, keep)
-            _bump(covisits, item, earlier, weight, keep)
-        _bump(covisits, item, item, weight, keep)
+        earlier = list(map(self.item_index.get, items))
+        if None in earlier:  # an earlier item the index let go of (_renumber_index)
+            earlier = [self.intern(other) for other in items]
+        self._visits.add(earlier, self.intern(item), weight)  # type: ignore[arg-type]
         items += (item,)
         if len(items) > self.config.max_visitor_items:
             items = items[1:]
@@ -410,13 +521,25 @@ class CooccurrenceModel:
         in today's decayed units) who viewed that item too. The item itself is included
         (revisits).
         """
-        row = self.covisits.get(item)
-        if not row:
+        at = self.item_index.get(item)
+        if at is None:
             return []
-        visitors = row.get(item) or max(row.values())
-        factor = min(visitors / self._latest_weight, self.config.neighbour_cap) / visitors
-        top = largest(row.items(), self.config.neighbour_votes_per_item)
-        return [(candidate, count * factor) for candidate, count in top]
+        self._learn()
+        config = self.config
+        items, votes = visitor_kernel(
+            self._covisits.arrays(),
+            at,
+            self._latest_weight,
+            config.neighbour_cap,
+            config.neighbour_votes_per_item,
+        )
+        return self._named(items, votes)
+
+    def _named(
+        self, items: npt.NDArray[np.int64], votes: npt.NDArray[np.float64]
+    ) -> list[tuple[str, float]]:
+        names = self.item_names
+        return list(zip(map(names.__getitem__, items.tolist()), votes.tolist(), strict=True))
 
     def _knn_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
         """The session's last 3 distinct items with their neighbour weights (most recent
@@ -454,12 +577,21 @@ class CooccurrenceModel:
         return votes
 
     def _drop_rare_items(self) -> None:
+        self._learn()
         keep = dict(largest(self.item_counts.items(), self.config.max_items))
+        dropped = [item for item in self.item_counts if item not in keep]
         self.item_counts = keep
         self._arena = None
-        for table in (self.rules, self.pairs, self.covisits, self._vote_lists):
-            for item in [i for i in table if i not in keep]:
-                del table[item]
+        index = self.item_index
+        for item in dropped:
+            at = index[item]
+            self._counts[at] = 0.0
+        for table in (self._rules, self._pairs, self._covisits):
+            for row in table.rows():
+                if self.item_names[row] not in keep:
+                    table.drop(row)
+        for item in [i for i in self._vote_lists if i not in keep]:
+            del self._vote_lists[item]
 
     # --- similarity -------------------------------------------------------------------
     def similarity(self, a: str, b: str, kind: Similarity | None = None) -> float:
@@ -487,6 +619,18 @@ class CooccurrenceModel:
             return self.rules.get(item, {})
         return {b: self.similarity(item, b, kind) for b in self.pairs.get(item, {})}
 
+    def pair_values(
+        self, sources: Sequence[str | None], items: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """``pairs[source][item]`` for each source name and item (its ``item_index``
+        position), 0.0 where there is none (or the source is None)."""
+        self._learn()
+        index = self.item_index
+        rows = np.array(
+            [-1 if source is None else index.get(source, -1) for source in sources], np.int64
+        )
+        return lookup(self._pairs.arrays(), rows, items)  # type: ignore[no-any-return]
+
     def explain(self, source: str, target: str) -> tuple[str, float]:
         """Why ``target`` is recommended after ``source``: the reason and its evidence count."""
         return f"because you viewed {source}", self.pairs.get(source, {}).get(target, 0.0)
@@ -502,25 +646,23 @@ class CooccurrenceModel:
         strongest rule, plus ``symmetric_weight`` times its normalised cosine row; the top
         ``limit`` of them (all when None).
         """
-        out: dict[str, float] = {}
-        row = self.rules.get(item)
-        if row:
-            peak = max(row.values())
-            for candidate, value in row.items():
-                out[candidate] = value / peak
-        weight = self.config.symmetric_weight
-        pairs = self.pairs.get(item)
-        if weight > 0.0 and pairs:
-            # cosine = both / sqrt(count_a * count_b); the count_a factor cancels in the
-            # normalisation by the row's peak, so only count_b is needed here.
-            counts = self.item_counts
-            sims = {b: both / math.sqrt(counts.get(b, 0.0) or 1e-9) for b, both in pairs.items()}
-            peak = max(sims.values())
-            for candidate, value in sims.items():
-                out[candidate] = out.get(candidate, 0.0) + weight * value / peak
-        if limit is None:
-            return list(out.items())
-        return largest(out.items(), limit)
+        at = self.item_index.get(item)
+        if at is None:
+            return []
+        self._learn()
+        # cosine = both / sqrt(count_a * count_b); the count_a factor cancels in the
+        # normalisation by the row's peak, so only count_b is needed (row_kernel.rule_votes)
+        items, votes = rule_votes(
+            self._rules.arrays(),
+            self._pairs.arrays(),
+            at,
+            self._counts,
+            self.config.symmetric_weight,
+            self._scratch,
+        )
+        if limit is not None:
+            items, votes = top(items, votes, limit)
+        return self._named(items, votes)
 
     def vote_lists(self, item: str) -> tuple[dict[str, float], dict[str, float]]:
         """The item's materialised rule votes (top ``votes_per_item``) and visitor votes,
@@ -534,44 +676,37 @@ class CooccurrenceModel:
         return self._materialised(item)[3]
 
     def _materialised(self, item: str) -> _VoteLists:
-        return self._lists_and_arrays(item)[0]
+        return self._built(item).lists(self.item_names)
 
-    def _lists_and_arrays(self, item: str) -> tuple[_VoteLists, _VoteArrays | None]:
-        """The item's materialised lists, and when they were (re)built now, the same as
-        ``vote_arrays`` (None when they were cached: only the vote arena keeps arrays)."""
+    def _built(self, item: str) -> _Materialised:
+        """The item's materialised lists: cached, or (re)built now (``vote_refresh``) by
+        ``row_kernel.vote_lists`` from its rows."""
         count = self.item_counts.get(item, 0.0)
         config = self.config
         cached = self._vote_lists.get(item)
-        if cached is not None and count <= cached[0] * (1.0 + config.vote_refresh):
-            return cached, None
-        rule_votes = dict(self.votes(item, config.votes_per_item))
-        visitor_votes = dict(self.visitor_votes(item)) if config.session_knn_weight > 0.0 else {}
-        # as arrays over ``item_index`` (``vote_arrays``: what candidates_many gathers from)
-        # while the lists are at hand; the bridge votes summed and ranked on them
-        keys = [*rule_votes, *visitor_votes]
-        found = list(map(self.item_index.get, keys, repeat(-1)))
-        if -1 in found:
-            found = [self.intern(key) for key in keys]
-        candidates = np.array(found, dtype=np.int64)
-        votes = np.array([*rule_votes.values(), *visitor_votes.values()], dtype=np.float64)
-        split = len(rule_votes)
-        passed_on: dict[str, float] = {}
-        if config.bridge_weight > 0.0 and len(keys):
-            if len(self._scratch) < len(self.item_names):
-                self._scratch = np.full(2 * len(self.item_names), -1, dtype=np.int64)
-            bridges, passed = bridge_votes(
-                candidates, votes, split, config.bridge_votes, self._scratch
-            )
-            names = self.item_names
-            passed_on = dict(
-                zip(map(names.__getitem__, bridges.tolist()), passed.tolist(), strict=True)
-            )
-            candidates = np.concatenate((candidates, bridges))
-            votes = np.concatenate((votes, passed))
-        lists = (count, rule_votes, visitor_votes, passed_on)
+        if cached is not None and count <= cached.count * (1.0 + config.vote_refresh):
+            return cached
+        at = self.intern(item)
+        self._learn()
+        items, votes, split, both = vote_lists(
+            self._rules.arrays(),
+            self._pairs.arrays(),
+            self._covisits.arrays(),
+            at,
+            self._counts,
+            config.symmetric_weight,
+            config.votes_per_item,
+            config.session_knn_weight > 0.0,
+            self._latest_weight,
+            config.neighbour_cap,
+            config.neighbour_votes_per_item,
+            config.bridge_votes if config.bridge_weight > 0.0 else -1,
+            self._scratch,
+        )
+        built = _Materialised(count, items, votes, (0, split, both, len(items)))
         if count > 0.0:  # an item never clicked (pruned, or only seen) is not remembered
-            self._vote_lists[item] = lists
-        return lists, (candidates, votes, (0, split, len(keys), len(candidates)))
+            self._vote_lists[item] = built
+        return built
 
     def _rule_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
         """The session's last ``recent_items`` distinct items with their vote weights (most
@@ -680,11 +815,8 @@ class CooccurrenceModel:
         ({}, True)
         """
         config = self.config
-        if len(self.item_index) > 4 * max(config.max_items, 1_000):
-            self.item_index.clear()
-            self.item_names.clear()
-            self.index_generation += 1
-            self._arena = None
+        if len(self.item_index) > self._index_limit:
+            self._renumber_index()
         table = self._arena
         if table is None:
             table = self._arena = _VoteArena(self)
@@ -779,22 +911,55 @@ class CooccurrenceModel:
         if at is None:
             at = self.item_index[item] = len(self.item_names)
             self.item_names.append(item)
+            if at >= len(self._counts):
+                self._grow(2 * at)
         return at
 
-    def vote_arrays(self, item: str) -> tuple[_VoteLists, _VoteArrays]:
-        """The item's materialised vote lists (``_materialised``), and the same as arrays over
-        ``item_index``: rule, visitor and bridge votes back to back, and their offsets."""
-        lists, arrays = self._lists_and_arrays(item)
-        if arrays is not None:
-            return lists, arrays
-        keys = [*lists[1], *lists[2], *lists[3]]
-        votes = [*lists[1].values(), *lists[2].values(), *lists[3].values()]
-        a, b = len(lists[1]), len(lists[1]) + len(lists[2])
-        return lists, (
-            np.array([self.intern(key) for key in keys], dtype=np.int64),
-            np.array(votes, dtype=np.float64),
-            (0, a, b, len(keys)),
-        )
+    def _grow(self, size: int) -> None:
+        """Room for ``size`` positions in the arrays by item index."""
+        for table in (self._rules, self._pairs, self._covisits):
+            table.ensure_rows(size)
+        counts = np.zeros(size)
+        counts[: len(self._counts)] = self._counts
+        self._counts = counts
+        self._scratch = np.full(size, -1, dtype=np.int64)
+
+    def _renumber_index(self) -> None:
+        """Keep in the index only the items something still refers to (a row, a column, a
+        click count, a cached vote list), renumbered in their order; every array over the
+        index follows. Bounds the index when items come and go."""
+        self._learn()
+        names = self.item_names
+        index = self.item_index
+        referenced = [table.referenced() for table in (self._rules, self._pairs, self._covisits)]
+        referenced.append(np.array([index[item] for item in self.item_counts], dtype=np.int64))
+        referenced += [built.items for built in self._vote_lists.values()]
+        kept = np.unique(np.concatenate(referenced))
+        size = max(2 * len(kept), 64)
+        for table in (self._rules, self._pairs, self._covisits):
+            table.renumber(kept, size)
+        remap = np.full(len(names), -1, dtype=np.int64)
+        remap[kept] = np.arange(len(kept))
+        for built in self._vote_lists.values():
+            built.items = remap[built.items]
+        counts = np.zeros(size)
+        counts[: len(kept)] = self._counts[kept]
+        self._counts = counts
+        self._scratch = np.full(size, -1, dtype=np.int64)
+        kept_names = [names[at] for at in kept.tolist()]
+        names[:] = kept_names
+        index.clear()
+        index.update((item, at) for at, item in enumerate(kept_names))
+        self.index_generation += 1
+        self._arena = None
+        self._index_limit = max(4 * max(self.config.max_items, 1_000), 2 * len(kept))
+
+    def vote_arrays(self, item: str) -> tuple[_Materialised, _VoteArrays]:
+        """The item's materialised vote lists (``_materialised``; the object the cache holds),
+        as arrays over ``item_index``: rule, visitor and bridge votes back to back, and their
+        offsets."""
+        built = self._built(item)
+        return built, built.arrays()
 
     def predict_one(
         self, session: Sequence[str], k: int = 20, session_id: str | None = None
@@ -831,8 +996,43 @@ class CooccurrenceModel:
         max_sessions visitors of at most max_visitor_items items, each listed under at most
         2 * session_knn_sample visitors per item.
         """
-        rows = sum(len(r) for r in self.rules.values()) + sum(len(r) for r in self.pairs.values())
+        self._learn()
+        rows = self._rules.entries() + self._pairs.entries()
         return rows + sum(len(v) for v in self.sessions.values())
+
+
+class _Pending:
+    """Learned updates not yet applied: for each, the positions it pairs with (back to back),
+    the item's position and the evidence weight."""
+
+    __slots__ = ("ends", "items", "others", "weights")
+
+    def __init__(self) -> None:
+        self.others: list[int] = []
+        self.ends: list[int] = []
+        self.items: list[int] = []
+        self.weights: list[float] = []
+
+    def add(self, others: list[int], item: int, weight: float) -> None:
+        self.others += others
+        self.ends.append(len(self.others))
+        self.items.append(item)
+        self.weights.append(weight)
+
+    def take(
+        self,
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]
+    ]:
+        """Everything pending, as arrays; nothing is pending after."""
+        out = (
+            np.array(self.others, dtype=np.int64),
+            np.array(self.ends, dtype=np.int64),
+            np.array(self.items, dtype=np.int64),
+            np.array(self.weights, dtype=np.float64),
+        )
+        self.others, self.ends, self.items, self.weights = [], [], [], []
+        return out
 
 
 class _Requests:

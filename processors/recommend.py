@@ -545,7 +545,7 @@ class _SlateTail:
         sessions = rows.group[voted] // self.width
         for position, reason in zip(
             voted.tolist(),
-            self._because(sessions, [ids[at] for at in voted.tolist()], rows.item[voted]),
+            self._because(sessions, rows.item[voted]),
             strict=True,
         ):
             reasons[position] = reason
@@ -574,28 +574,27 @@ class _SlateTail:
             out.append(slates)
         return out
 
-    def _because(self, sessions: Ints, ids: list[str], items: Ints) -> list[str]:
-        """Why each next-click candidate (its session position, id and index) is recommended:
+    def _because(self, sessions: Ints, items: Ints) -> list[str]:
+        """Why each next-click candidate (its session position and index) is recommended:
         the session item behind its strongest vote, with the co-occurrence evidence when there
         is some; else the candidate whose own votes brought it (the second hop)."""
         sources, bridges = self.batch.explain(sessions * KEY_SPACE + items)
-        pairs = self.model.pairs
-        out = []
-        for session, item_id, source, bridge in zip(
-            sessions.tolist(), ids, sources, bridges, strict=True
+        session_items = self.batch.session_items
+        for at, (session, source, bridge) in enumerate(
+            zip(sessions.tolist(), sources, bridges, strict=True)
         ):
+            if source is None and bridge is None:  # the session's last item stands in
+                last = session_items[session]
+                sources[at] = last[-1] if last else ""
+        # pairs[source][item], looked up for all of them at once
+        together = self.model.pair_values(sources, items).tolist()
+        out = []
+        for source, bridge, evidence in zip(sources, bridges, together, strict=True):
             if source is None:
-                if bridge is not None:
-                    out.append(f"often viewed with {bridge}")
-                    continue
-                session_items = self.batch.session_items[session]
-                source = session_items[-1] if session_items else ""
-            evidence = pairs.get(source, _NO_PAIRS).get(item_id, 0.0)
+                out.append(f"often viewed with {bridge}")
+                continue
             if evidence >= 0.5:
                 out.append(f"because you viewed {source} ({evidence:.0f} times together)")
             else:  # voted by neighbour visitors only (no co-occurrence in one window)
                 out.append(f"visitors who viewed {source} also viewed it")
         return out
-
-
-_NO_PAIRS: dict[str, float] = {}

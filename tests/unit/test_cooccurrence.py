@@ -440,8 +440,8 @@ def test_every_items_materialised_lists_and_arrays_agree(
     learn_visits(model, data)
     for item in sorted(model.item_counts):
         model._vote_lists.pop(item, None)  # built now, with its arrays
-        lists, (candidates, votes, (a, b, c, d)) = model.vote_arrays(item)
-        _, rules, visitors, bridges = lists
+        built, (candidates, votes, (a, b, c, d)) = model.vote_arrays(item)
+        _, rules, visitors, bridges = built.lists(model.item_names)
         assert list(bridges.items()) == passed_on_by_definition((rules, visitors), 3)
         names = [model.item_names[at] for at in candidates.tolist()]
         for kind, start, end in ((rules, a, b), (visitors, b, c), (bridges, c, d)):
@@ -449,6 +449,6 @@ def test_every_items_materialised_lists_and_arrays_agree(
                 kind.items()
             )
         cached = model.vote_arrays(item)  # from the cached lists: the same arrays
-        assert cached[0] is lists
+        assert cached[0] is built
         assert cached[1][0].tolist() == candidates.tolist()
         assert cached[1][1].tolist() == votes.tolist() and cached[1][2] == (a, b, c, d)
