@@ -456,9 +456,9 @@ class CooccurrenceModel:
             windows, ends, items, weights = clicks.take()
             steps = max(self.config.steps, 1)
             done = 0
-            while done < len(items):
-                self._rules.ensure_space(space_for(64 * steps, keep))
-                self._pairs.ensure_space(space_for(128 * steps, keep))
+            while done < len(items):  # room for 8 clicks at worst (most need none)
+                self._rules.ensure_space(space_for(8 * steps, keep))
+                self._pairs.ensure_space(space_for(16 * steps, keep))
                 done = learn_clicks(
                     self._rules.arrays(),
                     self._pairs.arrays(),
@@ -474,7 +474,7 @@ class CooccurrenceModel:
             most = int(np.diff(ends, prepend=0).max())
             done = 0
             while done < len(items):
-                self._covisits.ensure_space(space_for(16 * (2 * most + 1), keep))
+                self._covisits.ensure_space(space_for(2 * (2 * most + 1), keep))
                 done = learn_visits(
                     self._covisits.arrays(), earlier, ends, items, weights, keep, done
                 )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from processors.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from processors.ranking import largest
-from processors.row_kernel import RowTable, bump
+from processors.row_kernel import RowTable, bump, learn_clicks, space_for
 
 Table = dict[str, dict[str, float]]
 
@@ -230,3 +230,37 @@ def test_a_long_row_is_cut_as_the_dict_was(bumps: list[tuple[int, float]]) -> No
         dict_bump(expected, "row", str(col), amount, 12)
     cols, vals = table.row(0)
     assert list(zip(map(str, cols), vals, strict=True)) == list(expected.get("row", {}).items())
+
+
+def test_learning_stops_where_the_pool_is_full_and_resumes_there() -> None:
+    """``learn_clicks`` learns no click it might not have room for; resumed after the pool
+    grew, the rows are those of learning everything in one go."""
+    windows = np.array([0, 1, 2, 1, 2, 3, 2, 3, 4] * 20, dtype=np.int64)
+    ends = np.arange(3, len(windows) + 1, 3, dtype=np.int64)
+    items = np.array([(5 + at) % 9 for at in range(len(ends))], dtype=np.int64)
+    weights = np.linspace(1.0, 2.0, len(ends))
+    keep = 50
+
+    def tables() -> tuple[RowTable, RowTable]:
+        rules, pairs = RowTable(), RowTable()
+        for table in (rules, pairs):
+            table.ensure_rows(9)
+            table.cols, table.vals = np.zeros(16, np.int64), np.zeros(16)  # a small pool
+        return rules, pairs
+
+    whole = tables()
+    whole[0].ensure_space(len(ends) * space_for(3, keep))
+    whole[1].ensure_space(len(ends) * space_for(6, keep))
+    args = (windows, ends, items, weights, keep)
+    assert learn_clicks(whole[0].arrays(), whole[1].arrays(), *args, 0) == len(ends)
+    parts = tables()
+    done, calls = 0, 0
+    while done < len(ends):
+        parts[0].ensure_space(space_for(3, keep))
+        parts[1].ensure_space(space_for(6, keep))
+        done = learn_clicks(parts[0].arrays(), parts[1].arrays(), *args, done)
+        calls += 1
+    assert calls > 1  # it stopped for room at least once
+    for row in range(9):
+        assert parts[0].row(row) == whole[0].row(row)
+        assert parts[1].row(row) == whole[1].row(row)
