@@ -79,7 +79,7 @@ def worker() -> None:
     started = time.monotonic()
     compiled = compile_kernels()  # from numba's cache: not in the middle of the first batch
     typer.echo(
-        f"appetence: slate kernels ready in {time.monotonic() - started:.1f} s"
+        f"appetence: slice kernels ready in {time.monotonic() - started:.1f} s"
         + (f" ({compiled} compiled: not in numba's cache)" if compiled else ""),
         err=True,
     )
