@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processors.slate_kernel import _compiled, bridge_votes
+from processors.slate_kernel import _compiled, add_vote, bridge_votes
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -270,16 +270,8 @@ def rule_votes(
             sims[at] = p_vals[first + at] / math.sqrt(seen if seen != 0.0 else 1e-9)
         peak = sims.max()
         for at in range(pair_count if peak > 0.0 else 0):
-            column = p_cols[first + at]
             share = symmetric_weight * sims[at] / peak
-            where = scratch[column]
-            if where < 0:
-                scratch[column] = count
-                items[count] = column
-                votes[count] = 0.0 + share
-                count += 1
-            else:
-                votes[where] = votes[where] + share
+            count = add_vote(scratch, items, votes, count, p_cols[first + at], share)
     for at in range(count):
         scratch[items[at]] = -1
     return items[:count], votes[:count]

@@ -767,6 +767,22 @@ def group_candidates(
 
 
 @_compiled
+def add_vote(scratch: Any, items: Any, votes: Any, count: int, item: int, share: float) -> int:
+    """Add ``share`` to ``item``'s sum among the ``count`` summed so far (``scratch[item]``:
+    its place, -1 before it has one: then it takes the next); returns how many are summed.
+    Each sum starts at 0.0 and adds in the order met, as the dict version's ``get(item, 0.0)
+    + share`` did."""
+    where = scratch[item]
+    if where < 0:
+        scratch[item] = count
+        items[count] = item
+        votes[count] = 0.0 + share
+        return count + 1
+    votes[where] = votes[where] + share
+    return count
+
+
+@_compiled
 def bridge_votes(items: Any, votes: Any, split: int, limit: int, scratch: Any) -> tuple[Any, Any]:
     """What an item passes on as a bridge (``CooccurrenceModel._materialised``), from its
     rule votes (``items``/``votes`` before ``split``) and visitor votes (from ``split``):
@@ -788,16 +804,7 @@ def bridge_votes(items: Any, votes: Any, split: int, limit: int, scratch: Any) -
             continue
         peak = votes[start:end].max()
         for at in range(start, end):
-            item = items[at]
-            share = votes[at] / peak
-            where = scratch[item]
-            if where < 0:
-                scratch[item] = count
-                summed_items[count] = item
-                sums[count] = 0.0 + share
-                count += 1
-            else:
-                sums[where] = sums[where] + share
+            count = add_vote(scratch, summed_items, sums, count, items[at], votes[at] / peak)
     for at in range(count):
         scratch[summed_items[at]] = -1
     order = np.argsort(-sums[:count], kind="mergesort")[: max(limit, 0)]
