@@ -81,6 +81,12 @@ class DictModel:
                 continue
             dict_bump(self.pairs, previous, item, weight, keep)
             dict_bump(self.pairs, item, previous, weight, keep)
+        if len(self.item_counts) > 2 * config.max_items:  # the rarest items' rows go
+            kept = dict(largest(self.item_counts.items(), config.max_items))
+            self.item_counts = kept
+            for table in (self.rules, self.pairs, self.covisits):
+                for gone in [row for row in table if row not in kept]:
+                    del table[gone]
 
     def votes(self, item: str, limit: int) -> list[tuple[str, float]]:
         out: dict[str, float] = {}
@@ -129,13 +135,18 @@ clicks = st.lists(
     st.sampled_from([1, 2, 3, 12, 100]),
     st.sampled_from([0.0, 0.1]),
     st.sampled_from([None, 72 * 3_600_000]),  # without decay, many values tie
+    st.sampled_from([3, 8, 100_000]),  # few: the rarest items' rows are dropped
 )
 def test_the_array_tables_learn_and_vote_as_the_dicts_did(
-    data: list[tuple[str, str, int, int]], keep: int, symmetric: float, half_life: int | None
+    data: list[tuple[str, str, int, int]],
+    keep: int,
+    symmetric: float,
+    half_life: int | None,
+    max_items: int,
 ) -> None:
-    """Rows (their order too: it decides ties), cut rows (past 16 entries with ties: an
-    unstable sort shows), rescaled time decay, rule votes, visitor votes and the
-    materialised lists, against the dict version, exactly."""
+    """Rows (their order too: it decides ties), cut rows, rows of dropped rare items,
+    rescaled time decay, rule votes, visitor votes and the materialised lists, against the
+    dict version, exactly."""
     config = CooccurrenceConfig(
         max_neighbours=keep,
         symmetric_weight=symmetric,
@@ -144,6 +155,7 @@ def test_the_array_tables_learn_and_vote_as_the_dicts_did(
         max_visitor_items=30,
         vote_refresh=0.0,
         half_life_ms=half_life,
+        max_items=max_items,
     )
     model, reference = CooccurrenceModel(config), DictModel(config)
     history: dict[str, list[str]] = {}
