@@ -42,6 +42,9 @@ class DictModel:
         self.landmark: float | None = None
 
     def weight(self, ts_ms: float | None) -> float:
+        """The model's forward decay, copied rather than called: the arrays must apply what
+        was learned before a rescale at the old scale, and only an independent copy of the
+        dict version's order (bump, then rescale everything) can show that they do."""
         half_life = self.config.half_life_ms
         if half_life is None or ts_ms is None:
             return 1.0
