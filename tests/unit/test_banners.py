@@ -123,29 +123,34 @@ def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
     assert after["fair"] > after["bad"]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["b1", "b2"]),
+            st.sampled_from(["b1", "b2", "b3"]),
             st.sampled_from(["s1", "s2"]),
             st.booleans(),
             st.integers(0, 3_600_000),
             st.booleans(),
         ),
         max_size=60,
-    )
+    ),
+    st.sampled_from([3, 5, 100]),
 )
 def test_cached_posteriors_always_equal_freshly_computed_ones(
-    steps: list[tuple[str, str, bool, int, bool]],
+    steps: list[tuple[str, str, bool, int, bool]], max_keys: int
 ) -> None:
-    stats = CtrStats(window_ms=600_000, buckets=6)
+    """Every (banner, segment) posterior served, after any banner learned (the others' kept)
+    and windows were evicted for room (``max_keys`` 3 and 5), is the one computed afresh."""
+    stats = CtrStats(window_ms=600_000, buckets=6, max_keys=max_keys)
     config = BannerConfig()
     for banner, segment, clicked, ts, learn in steps:
         if learn:
             stats.learn_one(banner, segment, clicked, ts)
-        got = stats.posterior(banner, segment, config, ts)
-        assert got == stats._posterior(banner, segment, config, ts)
+        for other_banner in ("b1", "b2", "b3"):
+            for other_segment in ("s1", "s2"):
+                got = stats.posterior(other_banner, other_segment, config, ts)
+                assert got == stats._posterior(other_banner, other_segment, config, ts)
     other = BannerConfig(segment_prior_strength=3.0)  # another config is never served stale
     assert stats.posterior("b1", "s1", other, 0) == stats._posterior("b1", "s1", other, 0)
 
