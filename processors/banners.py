@@ -125,6 +125,9 @@ class CtrStats:
         self._posteriors: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
         self._posteriors_held = 0  # entries in all of them
         self._posteriors_config: BannerConfig | None = None
+        # Each window's (clicks, impressions) at a bucket, until the window changes: a
+        # banner's posteriors in every segment read its one all-segment window.
+        self._window_counts: dict[str, tuple[int, float, float]] = {}
 
     @staticmethod
     def _key(banner_id: str, segment: str) -> str:
@@ -139,12 +142,16 @@ class CtrStats:
             self._posteriors_held -= len(held)
         bucket = ts_ms // self.bucket_ms
         windows = self._windows
+        counted = self._window_counts
         for key in (self._key(banner_id, segment), self._key(banner_id, ALL_SEGMENTS)):
+            counted.pop(key, None)
             window = windows.pop(key, None)  # re-inserted last: most recently updated
             if window is None:
                 window = {}
                 if len(windows) >= self.max_keys:
-                    del windows[next(iter(windows))]
+                    evicted = next(iter(windows))
+                    del windows[evicted]
+                    counted.pop(evicted, None)
                     self._drop_posteriors()  # another banner's window went
             windows[key] = window
             entry = window.get(bucket)
@@ -159,13 +166,19 @@ class CtrStats:
         window = self._windows.get(key)
         if not window:
             return 0.0, 0.0
-        oldest = now_ms // self.bucket_ms - self.buckets
+        now_bucket = now_ms // self.bucket_ms
+        held = self._window_counts.get(key)
+        if held is not None and held[0] == now_bucket:
+            return held[1], held[2]
+        oldest = now_bucket - self.buckets
         impressions = clicks = 0.0
         for bucket, (shown, clicked) in window.items():
             if bucket > oldest:
                 impressions += shown
                 clicks += clicked
-        return clicks, max(impressions, clicks)
+        impressions = max(impressions, clicks)
+        self._window_counts[key] = (now_bucket, clicks, impressions)
+        return clicks, impressions
 
     def counts(self, banner_id: str, segment: str, now_ms: int) -> tuple[float, float]:
         """(clicks, impressions) inside the window ending at ``now_ms``."""
@@ -432,10 +445,12 @@ def _rank_chunk(
         via.append(best)
     posteriors = np.array(
         [
-            [ctr.posterior(banner_id, segment, config, now_ms) for banner_id in table.ids]
+            value
             for segment in segments
+            for banner_id in table.ids
+            for value in ctr.posterior(banner_id, segment, config, now_ms)
         ]
-    )  # (segments, banners, 2)
+    ).reshape(len(segments), n, 2)  # (segments, banners, alpha and beta)
     samples = rng.beta(posteriors[segment_of, :, 0], posteriors[segment_of, :, 1])
     explore = rng.random(count) < config.exploration_share
     content = (

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.banners import (
+    ALL_SEGMENTS,
     Banner,
     BannerConfig,
     BannerTable,
@@ -140,17 +141,27 @@ def test_thompson_sampling_finds_the_best_banner_and_drops_a_dead_one() -> None:
 def test_cached_posteriors_always_equal_freshly_computed_ones(
     steps: list[tuple[str, str, bool, int, bool]], max_keys: int
 ) -> None:
-    """Every (banner, segment) posterior served, after any banner learned (the others' kept)
-    and windows were evicted for room (``max_keys`` 3 and 5), is the one computed afresh."""
+    """Every (banner, segment) posterior and window count served, after any banner learned
+    (the others' kept) and windows were evicted for room (``max_keys`` 3 and 5), is what a
+    new ``CtrStats`` taught the same impressions and clicks computes."""
     stats = CtrStats(window_ms=600_000, buckets=6, max_keys=max_keys)
     config = BannerConfig()
+    learned: list[tuple[str, str, bool, int]] = []
     for banner, segment, clicked, ts, learn in steps:
         if learn:
             stats.learn_one(banner, segment, clicked, ts)
+            learned.append((banner, segment, clicked, ts))
+        fresh = CtrStats(window_ms=600_000, buckets=6, max_keys=max_keys)
+        for step in learned:
+            fresh.learn_one(*step)
         for other_banner in ("b1", "b2", "b3"):
-            for other_segment in ("s1", "s2"):
+            for other_segment in ("s1", "s2", ALL_SEGMENTS):
                 got = stats.posterior(other_banner, other_segment, config, ts)
-                assert got == stats._posterior(other_banner, other_segment, config, ts)
+                assert got == fresh._posterior(other_banner, other_segment, config, ts)
+                assert stats.counts(other_banner, other_segment, ts) == fresh.counts(
+                    other_banner, other_segment, ts
+                )
+        assert len(stats._window_counts) <= max_keys  # bounded as the windows are
     other = BannerConfig(segment_prior_strength=3.0)  # another config is never served stale
     assert stats.posterior("b1", "s1", other, 0) == stats._posterior("b1", "s1", other, 0)
 
