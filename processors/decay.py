@@ -16,6 +16,7 @@ order-independent and never need a sweep. Values are rescaled when the exponent 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import msgspec
 
@@ -58,6 +59,20 @@ class DecayedCounter(msgspec.Struct, kw_only=True):
         scores[key] = scores.get(key, 0.0) + amount * weight
         if len(scores) > 2 * self.max_keys:
             self._prune()
+
+    def add_many(self, keys: Sequence[str], t_ms: int, amount: float = 1.0) -> None:
+        """``add(key, t_ms, amount)`` for each key in turn, the weight computed once (an
+        event's tags all count at its time)."""
+        if not keys:
+            return  # (no weight either: it would set the landmark)
+        weight = amount * self._weight(t_ms)  # a rescale, if due, happens here once
+        scores = self.scores
+        limit = 2 * self.max_keys
+        for key in keys:
+            scores[key] = scores.get(key, 0.0) + weight
+            if len(scores) > limit:
+                self._prune()
+                scores = self.scores
 
     def _prune(self) -> None:
         keep = largest(self.scores.items(), self.max_keys)

@@ -206,9 +206,8 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
             state.session_tags = DecayedCounter(
                 half_life_ms=config.session_interest_half_life_ms, max_keys=config.max_tags
             )
-        for tag in event.tags:
-            state.tag_interests.add(tag, event.ts, weight)
-            state.session_tags.add(tag, event.ts, weight)
+        state.tag_interests.add_many(event.tags, event.ts, weight)
+        state.session_tags.add_many(event.tags, event.ts, weight)
     return True
 
 

@@ -56,3 +56,30 @@ def test_rescaling_keeps_relative_order_over_long_spans() -> None:
     counter.add("new", 10**6)  # 1000 half-lives later: forces a rescale
     assert counter.top(1)[0][0] == "new"
     assert all(math.isfinite(v) for v in counter.scores.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from("abcdefgh"), max_size=6),
+            st.sampled_from([0, 1, 500, 10**6, 3 * 10**6]),
+            st.sampled_from([0.5, 1.0, 2.0]),
+        ),
+        max_size=30,
+    ),
+    st.integers(min_value=1, max_value=4),
+)
+def test_add_many_is_adding_each_key_in_turn(
+    events: list[tuple[list[str], int, float]], max_keys: int
+) -> None:
+    """The same scores, in the same order (what ties and prunes follow), through rescales
+    (10^6 ms is 1,000 half-lives) and prunes (``max_keys`` 1-4 for up to 8 keys)."""
+    one_by_one = DecayedCounter(half_life_ms=1000, max_keys=max_keys)
+    together = DecayedCounter(half_life_ms=1000, max_keys=max_keys)
+    for keys, t, amount in events:
+        for key in keys:
+            one_by_one.add(key, t, amount)
+        together.add_many(keys, t, amount)
+        assert list(together.scores.items()) == list(one_by_one.scores.items())
+        assert together.landmark_ms == one_by_one.landmark_ms
