@@ -201,20 +201,59 @@ class CtrStats:
             self._posteriors_held += 1
         return cached
 
+    def posteriors(
+        self, banner_ids: Sequence[str], segments: Sequence[str], config: BannerConfig, now_ms: int
+    ) -> npt.NDArray[np.float64]:
+        """``posterior`` of every (segment, banner) pair, as an array (segments x banners x
+        alpha and beta): what a batch's users are ranked with, read in one call."""
+        if self._posteriors_config is not config or self._posteriors_held > 100_000:
+            self._drop_posteriors()
+            self._posteriors_config = config
+        bucket = now_ms // self.bucket_ms
+        keys = [(segment, bucket) for segment in segments]
+        values: list[float] = []
+        posteriors = self._posteriors
+        for banner_id in banner_ids:  # banner by banner: its held posteriors looked up once
+            held = posteriors.get(banner_id)
+            if held is None:
+                held = posteriors[banner_id] = {}
+            overall = None  # the banner's all-segment estimate, once for its segments
+            for key in keys:
+                cached = held.get(key)
+                if cached is None:
+                    if overall is None:
+                        overall = self._overall(banner_id, config, now_ms)
+                    cached = self._posterior(banner_id, key[0], config, now_ms, overall)
+                    held[key] = cached
+                    self._posteriors_held += 1
+                values += cached
+        out = np.array(values, dtype=np.float64).reshape(len(banner_ids), len(segments), 2)
+        return out.transpose(1, 0, 2)
+
     def _drop_posteriors(self) -> None:
         self._posteriors.clear()
         self._posteriors_held = 0
 
     def _posterior(
-        self, banner_id: str, segment: str, config: BannerConfig, now_ms: int
+        self,
+        banner_id: str,
+        segment: str,
+        config: BannerConfig,
+        now_ms: int,
+        overall: float | None = None,
     ) -> tuple[float, float]:
-        clicks, impressions = self._counts(self._key(banner_id, ALL_SEGMENTS), now_ms)
-        overall = (config.prior_clicks + clicks) / (config.prior_impressions + impressions)
+        """``overall``: the banner's all-segment CTR estimate (``_overall``), when known."""
+        if overall is None:
+            overall = self._overall(banner_id, config, now_ms)
         clicks, impressions = self._counts(self._key(banner_id, segment), now_ms)
         strength = config.segment_prior_strength
         alpha = strength * overall + clicks
         beta = strength * (1.0 - overall) + impressions - clicks
         return alpha, max(beta, 1e-9)
+
+    def _overall(self, banner_id: str, config: BannerConfig, now_ms: int) -> float:
+        clicks, impressions = self._counts(self._key(banner_id, ALL_SEGMENTS), now_ms)
+        return (config.prior_clicks + clicks) / (config.prior_impressions + impressions)
 
     def size(self) -> int:
         return len(self._windows)
@@ -419,6 +458,7 @@ def _rank_chunk(
     segment_of = np.empty(count, np.intp)
     category_row, tag_row, location_row = table.categories.get, table.tags.get, table.locations.get
     column, linked_by_item = table.column.get, table.linked_by_item
+    is_linked = linked_by_item.__contains__
     for i, user in enumerate(users):
         for category, interest in user.interests.items():
             if (k := category_row(category)) is not None:
@@ -438,19 +478,15 @@ def _rank_chunk(
         segment_of[i] = segments.setdefault(user.segment, len(segments))
         best: dict[int, str] = {}  # banner column -> its best-ranked linked item in the slate
         if linked_by_item:
-            for item in dict.fromkeys(user.slate_items):  # distinct, in slate order
-                for j in linked_by_item.get(item, ()):
+            # distinct, in slate order; the few linked ones picked out in C (a slate holds
+            # ~30 distinct items, ~4 of them linked to a banner)
+            for item in filter(is_linked, dict.fromkeys(user.slate_items)):
+                for j in linked_by_item[item]:
                     hits[i, j] += 1.0
                     best.setdefault(j, item)
         via.append(best)
-    posteriors = np.array(
-        [
-            value
-            for segment in segments
-            for banner_id in table.ids
-            for value in ctr.posterior(banner_id, segment, config, now_ms)
-        ]
-    ).reshape(len(segments), n, 2)  # (segments, banners, alpha and beta)
+    # (segments, banners, alpha and beta)
+    posteriors = ctr.posteriors(table.ids, list(segments), config, now_ms)
     samples = rng.beta(posteriors[segment_of, :, 0], posteriors[segment_of, :, 1])
     explore = rng.random(count) < config.exploration_share
     content = (
@@ -469,20 +505,19 @@ def _rank_chunk(
     order = np.argsort(np.where(eligible, -score, np.inf), axis=1, kind="stable")
     ranked: list[list[RankedBanner]] = []
     ids = table.ids
-    for i in range(count):
+    # each user's first ``size`` columns and their values, as Python objects in one pass each
+    top = order[:, : config.size]
+    users_column = np.arange(count)[:, None]
+    picked = [
+        values[users_column, top].tolist()
+        for values in (eligible, score, content, overlap, samples)
+    ]
+    for i, (columns, *values) in enumerate(zip(top.tolist(), *picked, strict=True)):
+        user_via = via[i]
         row: list[RankedBanner] = []
-        for j in order[i, : config.size].tolist():
-            if not eligible[i, j]:
+        for j, ok, user_score, match, share, sample in zip(columns, *values, strict=True):
+            if not ok:
                 break
-            row.append(
-                RankedBanner(
-                    ids[j],
-                    float(score[i, j]),
-                    float(content[i, j]),
-                    float(overlap[i, j]),
-                    float(samples[i, j]),
-                    via[i].get(j),
-                )
-            )
+            row.append(RankedBanner(ids[j], user_score, match, share, sample, user_via.get(j)))
         ranked.append(row)
     return ranked

@@ -154,6 +154,13 @@ def test_cached_posteriors_always_equal_freshly_computed_ones(
         fresh = CtrStats(window_ms=600_000, buckets=6, max_keys=max_keys)
         for step in learned:
             fresh.learn_one(*step)
+        banners, segments = ["b3", "b1", "b2"], ["s2", ALL_SEGMENTS, "s1"]
+        table = stats.posteriors(banners, segments, config, ts)  # segments x banners x 2
+        assert table.shape == (3, 3, 2)
+        for row, other_segment in enumerate(segments):
+            for column, other_banner in enumerate(banners):
+                expected = fresh._posterior(other_banner, other_segment, config, ts)
+                assert tuple(table[row, column].tolist()) == expected
         for other_banner in ("b1", "b2", "b3"):
             for other_segment in ("s1", "s2", ALL_SEGMENTS):
                 got = stats.posterior(other_banner, other_segment, config, ts)
