@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
 from processors.pipeline import SliceProcessor
+from processors.profile import profile_of
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
 from processors.user_state import UserState
@@ -35,6 +37,8 @@ from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
 from stream.live import buckets, quantile, scrape, total
 from stream.supervisor import spawn_worker, worker_env
 from stream.topics import aiokafka_client_options, ensure_topics, make_producer, partition_for
+
+_json = msgspec.json.Encoder()
 
 
 def _events(n: int) -> list[Event]:
@@ -159,6 +163,93 @@ def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
         "cooccurrence_entries_per_user": round(
             processor.cooccurrence.size() / max(len(states), 1), 1
         ),
+    }
+
+
+#: Batch sizes the cost model is fitted over, from live-sized batches to the drain's.
+COST_MODEL_BATCHES = (20, 100, 500, 5_000)
+
+
+def fit_batch_cost(points: Sequence[tuple[int, float, float]]) -> dict[str, float]:
+    """Least squares of the cost per event at each batch size as a cost per event, per
+    touched user and per batch: ``µs per event = per_event + per_user × (touched users per
+    event) + per_batch / (events per batch)``, from ``(events per batch, µs per event,
+    touched users per event)`` points.
+
+    >>> def cost(size, users):
+    ...     return 20.0 + 200.0 * users + 1_000.0 / size
+    >>> points = [(size, cost(size, users), users) for size, users in ((10, 0.9), (100, 0.7),
+    ...                                                                 (5_000, 0.2))]
+    >>> fitted = fit_batch_cost(points)
+    >>> [round(fitted[name], 6) for name in sorted(fitted)]
+    [1.0, 20.0, 200.0]
+    """
+    design = np.array([[1.0, users, 1.0 / size] for size, _, users in points])
+    cost = np.array([per_event for _, per_event, _ in points])
+    (per_event, per_user, per_batch), *_ = np.linalg.lstsq(design, cost, rcond=None)
+    return {
+        "per_event_microseconds": float(per_event),
+        "per_touched_user_microseconds": float(per_user),
+        "per_batch_milliseconds": float(per_batch) / 1000.0,
+    }
+
+
+def bench_batch_cost(
+    events: list[Event],
+    sizes: Sequence[int] = COST_MODEL_BATCHES,
+    warm_up: int = 10_000,
+    measured: int = 5_000,
+) -> dict[str, Any]:
+    """What the worker's CPU per event is made of: the slice, the slates' and profiles' JSON
+    and the states' records (what a batch costs in the handler, Redis and the broker aside),
+    measured per batch size over the same events after the same warm-up (so the models and
+    states are those of a worker already running), then fitted (``fit_batch_cost``). Small
+    batches touch a new user with almost every event; a drain batch with one in five."""
+    warm_up = min(warm_up, len(events) // 2)
+    measured = min(measured, len(events) - warm_up)
+    if measured <= 0:
+        return {}
+    settings = load_settings()
+    win_back = settings.slice_config().loyalty.win_back_threshold
+    catalog = _model().catalog_records()
+    now = int(time.time() * 1000)
+    points = []
+    for size in sizes:
+        processor = SliceProcessor(settings.slice_config())
+        for record in catalog:
+            processor.apply_catalog(record)
+        states: dict[str, UserState] = {}
+        for start in range(0, warm_up, 5_000):
+            end = min(start + 5_000, warm_up)
+            batch = [(0, event) for event in events[start:end]]
+            states.update(processor.process_batch(batch, states, now).touched)
+        spent = 0.0
+        touched = 0
+        for start in range(warm_up, warm_up + measured, size):
+            end = min(start + size, warm_up + measured)
+            batch = [(0, event) for event in events[start:end]]
+            began = time.process_time()
+            result = processor.process_batch(batch, states, now)
+            for user_id, slates in result.slates.items():
+                for slate in slates.values():
+                    encode_slate(slate)
+                _json.encode(profile_of(result.touched[user_id], win_back_threshold=win_back))
+            for state in result.touched.values():
+                pack_user_state(state)
+            spent += time.process_time() - began
+            states.update(result.touched)
+            touched += len(result.touched)
+        points.append((size, spent / measured * 1e6, touched / measured))
+    return {
+        "batch_cost_points": [
+            {
+                "events_per_batch": size,
+                "microseconds_per_event": round(per_event, 1),
+                "touched_users_per_event": round(users, 3),
+            }
+            for size, per_event, users in points
+        ],
+        **{f"batch_cost_{name}": round(value, 3) for name, value in fit_batch_cost(points).items()},
     }
 
 
@@ -821,6 +912,7 @@ def run_benchmarks(
     }
     results.update(bench_decode(simulated))
     results.update(bench_slice(simulated))
+    results.update(bench_batch_cost(simulated))
     if profile:
         results["slice_profile"] = profile_slice(simulated[:20_000])
     click_sessions = sessions if sessions is not None else simulated_sessions(simulated)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import json
 
-from stream.benchmark import _envelopes, _events, added_population, bench_slice, profile_slice
+from stream.benchmark import (
+    _envelopes,
+    _events,
+    added_population,
+    bench_batch_cost,
+    bench_slice,
+    profile_slice,
+)
 from stream.topics import partition_for
 
 
@@ -21,6 +28,22 @@ def test_the_profile_names_processor_functions_with_shares_of_the_slice() -> Non
 def test_the_slice_stage_counts_users_and_their_state_size() -> None:
     result = bench_slice(_events(300), batch_size=100)
     assert result["users"] > 10 and result["user_state_bytes_per_user"] > 100
+
+
+def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
+    """Each size is timed over the same events after the same warm-up; larger batches
+    coalesce more of a user's events (fewer touched users per event), which is what the fit
+    separates from the per-event cost."""
+    result = bench_batch_cost(_events(900), sizes=(10, 300), warm_up=300, measured=600)
+    small, large = result["batch_cost_points"]
+    assert (small["events_per_batch"], large["events_per_batch"]) == (10, 300)
+    assert 0 < large["touched_users_per_event"] < small["touched_users_per_event"] <= 1
+    assert small["microseconds_per_event"] > 0 and large["microseconds_per_event"] > 0
+    assert set(result) >= {
+        "batch_cost_per_event_microseconds",
+        "batch_cost_per_touched_user_microseconds",
+        "batch_cost_per_batch_milliseconds",
+    }
 
 
 def test_envelopes_keep_each_users_events_on_their_partition_in_order() -> None:
