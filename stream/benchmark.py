@@ -259,6 +259,10 @@ def bench_batch_cost(
             touched += len(result.touched)
         points.append((size, spent / measured * 1e6, touched / measured))
     return {
+        # what the models and states had learned first (a short run's cost is an early
+        # worker's: fewer neighbours and interests per user than a worker that has run long)
+        "batch_cost_warm_up_events": warm_up,
+        "batch_cost_measured_events": measured,
         "batch_cost_points": [
             {
                 "events_per_batch": size,
