@@ -26,7 +26,7 @@ from state.tables import UserStateStore
 from stream.audience_api import audience_members_request
 from stream.audience_service import SNAPSHOT_KEY as AUDIENCE_SNAPSHOT_KEY
 from stream.audience_service import AudienceService
-from stream.batching import batch_window, take_batches
+from stream.batching import INITIAL_BATCH_BYTES, BatchBudget, batch_window, take_batches
 from stream.catalog_follower import CatalogFollower
 from stream.config import Settings
 from stream.follower import follow_topic
@@ -346,12 +346,29 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             metrics.batches_catching_up.inc()
         return window
 
+    budget = BatchBudget(
+        settings.batch_max_seconds,
+        settings.batch_max_bytes,
+        initial_bytes=INITIAL_BATCH_BYTES,
+    )
+
+    metrics.batch_max_bytes.set(budget.max_bytes)
+
+    def batch_max_bytes() -> int:
+        return budget.max_bytes
+
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
         async for batch in take_batches(
-            stream, settings.batch_max_records, settings.batch_max_bytes, next_window
+            stream, settings.batch_max_records, batch_max_bytes, next_window
         ):
+            started = time.process_time()
             await handler.handle(batch)
+            budget.observe(
+                sum(event.message.serialized_value_size or 0 for event in batch),
+                time.process_time() - started,
+            )
+            metrics.batch_max_bytes.set(budget.max_bytes)
 
     if settings.memory_release_seconds > 0:
 

@@ -64,12 +64,76 @@ def batch_window(
     return max(MIN_GATHER_SECONDS, within - since_taken)
 
 
+#: The input bound of a worker's first full batches, before it has measured its rate.
+INITIAL_BATCH_BYTES = 2 * 1024 * 1024
+
+
+class BatchBudget:
+    """How much input the next batch may hold, so that handling it takes about ``seconds``.
+
+    A worker handles a batch synchronously: while it runs nothing else on its event loop does
+    (consumer heartbeats, fetches, the metrics page). Larger batches coalesce more events per
+    user, so a worker that is behind catches up faster the larger its batches are (a 20,000-
+    event batch cost ~20% less CPU per event than a 5,000-event one, docs/benchmarks.md): a
+    fixed byte bound is either slow to catch up on a fast machine or blocks the loop for
+    seconds on a slow one. This bound follows the input bytes a batch handles per CPU second
+    (a wait for Redis or the broker is not handling), smoothed, from the batches that filled
+    at least half of the bound (a live batch of a few events, dear per event, says little of
+    what a full one costs); it stays within ``min_bytes`` and ``max_bytes`` (memory: a batch's
+    decoded events, touched states and slates are held until it is done). ``seconds`` 0: the
+    bound is ``max_bytes``.
+
+    >>> budget = BatchBudget(seconds=1.0, max_bytes=8 << 20, initial_bytes=2 << 20)
+    >>> budget.max_bytes
+    2097152
+    >>> budget.observe(input_bytes=2 << 20, cpu_seconds=0.5)  # 4 MiB a second
+    >>> budget.max_bytes  # a second's worth
+    4194304
+    >>> budget.observe(input_bytes=100_000, cpu_seconds=0.1)  # a small batch: not counted
+    >>> budget.max_bytes
+    4194304
+    >>> budget.observe(input_bytes=4 << 20, cpu_seconds=0.25)  # 16 MiB/s, smoothed: 10
+    >>> budget.max_bytes  # within max_bytes
+    8388608
+    """
+
+    #: Weight of the newest batch in the smoothed rate.
+    SMOOTHING = 0.5
+
+    def __init__(
+        self,
+        seconds: float,
+        max_bytes: int,
+        initial_bytes: int | None = None,
+        min_bytes: int = 256 * 1024,
+    ) -> None:
+        self.seconds = seconds
+        self.min_bytes = min(min_bytes, max_bytes)
+        self.limit = max_bytes
+        initial = initial_bytes if seconds > 0.0 and initial_bytes else max_bytes
+        self.max_bytes = max(self.min_bytes, min(initial, max_bytes))
+        self.bytes_per_second: float | None = None
+
+    def observe(self, input_bytes: int, cpu_seconds: float) -> None:
+        """A batch of ``input_bytes`` was handled in ``cpu_seconds`` of the worker's CPU."""
+        if self.seconds <= 0.0 or cpu_seconds <= 0.0 or 2 * input_bytes < self.max_bytes:
+            return
+        rate = input_bytes / cpu_seconds
+        if self.bytes_per_second is not None:
+            rate = self.SMOOTHING * rate + (1.0 - self.SMOOTHING) * self.bytes_per_second
+        self.bytes_per_second = rate
+        self.max_bytes = int(max(self.min_bytes, min(self.limit, self.seconds * rate)))
+
+
 async def take_batches(
-    stream: Any, max_records: int, max_bytes: int, window: Callable[[float], float]
+    stream: Any,
+    max_records: int,
+    max_bytes: Callable[[], int],
+    window: Callable[[float], float],
 ) -> AsyncIterator[list[Any]]:
-    """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes`` of
-    input (a record that crosses it ends the batch), each gathered for at most
-    ``window(seconds since the previous batch was taken)`` seconds (asked anew for every
+    """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes()``
+    of input (asked at every record; a record that crosses it ends the batch), each gathered
+    for at most ``window(seconds since the previous batch was taken)`` seconds (asked anew for every
     wait; after a wait that found nothing, counted from the end of that wait). Events are
     acked once the consumer of a batch asks for the next one, as in Faust's ``take_events``,
     and only then: a batch the consumer abandons (raising, or the worker stopping) is not
@@ -97,7 +161,7 @@ async def take_batches(
                 raise RuntimeError("take buffer found current_event is None")
             events.append(event)
             buffered_bytes += event.message.serialized_value_size or 0
-            if len(buffer) >= max_records or buffered_bytes >= max_bytes:
+            if len(buffer) >= max_records or buffered_bytes >= max_bytes():
                 buffer_full.set()
                 buffer_consumed.clear()  # never more than max_records per batch
                 await stream.wait(buffer_consumed)

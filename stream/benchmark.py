@@ -534,6 +534,8 @@ def _drain_breakdown(
         "redis_flush_share_of_drain": round(
             summed("appetence_redis_write_seconds_sum") / worker_seconds, 3
         ),
+        # the input bound the batch budget had reached (APPETENCE_BATCH_MAX_SECONDS), per worker
+        "batch_max_bytes_after_drain": round(summed("appetence_batch_max_bytes") / len(samples)),
     }
 
 

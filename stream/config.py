@@ -88,7 +88,12 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(500, ge=1, le=100_000)
     # A batch also ends once its records hold this many bytes of input: what a batch costs in
     # memory (the touched users' states and slates) grows with it (docs/benchmarks.md).
-    batch_max_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    batch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    # ...and once they hold what the worker handles in about this many seconds of CPU (the
+    # bytes per second of its recent full batches; stream/batching.py BatchBudget): a batch
+    # blocks the worker's event loop, consumer heartbeats included, while it runs. 0: bytes
+    # only.
+    batch_max_seconds: float = Field(1.0, ge=0.0, le=60.0)
     batch_within_seconds: float = Field(0.05, gt=0.0, le=10.0)
     # While the worker is behind (its last batch's oldest record had waited at least
     # batch_catch_up_after_seconds), a batch is gathered for up to batch_catch_up_seconds:
@@ -219,6 +224,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "APPETENCE_BANNER_CTR_PRIOR_CLICKS must be below "
                 "APPETENCE_BANNER_CTR_PRIOR_IMPRESSIONS (the prior CTR is their ratio)"
+            )
+        if self.batch_max_seconds * 4 > self.kafka_session_timeout_seconds:
+            raise ValueError(
+                "APPETENCE_BATCH_MAX_SECONDS must be at most a quarter of "
+                "APPETENCE_KAFKA_SESSION_TIMEOUT_SECONDS (a batch blocks heartbeats while it runs)"
             )
         if self.kafka_heartbeat_interval_seconds * 3 > self.kafka_session_timeout_seconds:
             raise ValueError(

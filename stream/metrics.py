@@ -12,7 +12,7 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
-BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 
 
 class Metrics:
@@ -75,6 +75,12 @@ class Metrics:
         self.batches_catching_up = Counter(
             "appetence_batch_catch_up_total",
             "Batches taken with the catch-up window (the consumer lagged; see batch_window)",
+            registry=registry,
+        )
+        self.batch_max_bytes = Gauge(
+            "appetence_batch_max_bytes",
+            "Input bytes the next batch may hold: what the worker handles in "
+            "APPETENCE_BATCH_MAX_SECONDS of CPU, at most APPETENCE_BATCH_MAX_BYTES",
             registry=registry,
         )
         self.batch_events = Histogram(

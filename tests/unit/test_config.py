@@ -36,6 +36,7 @@ def test_settings_are_frozen() -> None:
         ("APPETENCE_REDIS_URL", "http://x", "redis://"),
         ("APPETENCE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "APPETENCE_KAFKA_SASL_MECHANISM"),
         ("APPETENCE_NOT_A_SETTING", "1", "APPETENCE_NOT_A_SETTING"),
+        ("APPETENCE_BATCH_MAX_SECONDS", "3", "APPETENCE_BATCH_MAX_SECONDS"),  # session: 10 s
     ],
 )
 def test_misconfiguration_names_the_variable(

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from processors.events import DeadLetter, DecodeLimits, EventDecoder, PageView, encode_event
 from processors.pipeline import SliceConfig, SliceProcessor
-from stream.batching import MIN_GATHER_SECONDS, batch_window
+from stream.batching import MIN_GATHER_SECONDS, BatchBudget, batch_window
 from stream.handler import EventHandler
 from stream.metrics import Metrics
 
@@ -226,3 +226,42 @@ def test_a_changelog_producer_failure_is_retried_not_dead_lettered_unless_stoppi
             assert metric._value.get() == 2
             assert [sorted(persisted) for persisted in states.persisted] == [["u"], []]
         assert handler.dead_letters.sent == []
+
+
+batches = st.lists(
+    st.tuples(st.integers(0, 64 << 20), st.floats(0.0, 30.0)),  # input bytes, CPU seconds
+    max_size=40,
+)
+
+
+@given(batches, st.floats(0.0, 5.0), st.integers(1, 256 << 20), st.integers(0, 256 << 20))
+def test_a_batch_budget_stays_within_its_bounds(
+    observed: list[tuple[int, float]], seconds: float, max_bytes: int, initial: int
+) -> None:
+    budget = BatchBudget(seconds, max_bytes, initial_bytes=initial)
+    least = min(256 * 1024, max_bytes)
+    for input_bytes, cpu_seconds in observed:
+        budget.observe(input_bytes, cpu_seconds)
+        assert least <= budget.max_bytes <= max_bytes
+        if seconds == 0.0:
+            assert budget.max_bytes == max_bytes  # bytes only
+
+
+@given(st.floats(1e5, 1e8), st.floats(0.2, 3.0))
+def test_full_batches_at_a_steady_rate_set_the_bound_to_the_budgets_worth(
+    rate: float, seconds: float
+) -> None:
+    """Batches that fill the bound, handled at ``rate`` bytes per CPU second: the bound
+    becomes ``seconds * rate`` (within the bounds); a live batch far below it (slower per
+    byte) does not move it; a dearer full batch lowers it, smoothed."""
+    budget = BatchBudget(seconds, 64 << 20, initial_bytes=2 << 20)
+    for _ in range(60):
+        budget.observe(budget.max_bytes, budget.max_bytes / rate)
+    expected = min(64 << 20, max(256 * 1024, seconds * rate))
+    assert abs(budget.max_bytes - expected) <= 1e-6 * expected + 1
+    settled = budget.max_bytes
+    budget.observe(settled // 2 - 1, 10.0)  # under half the bound: not a full batch
+    assert budget.max_bytes == settled
+    budget.observe(settled, 4 * settled / rate)  # a full batch four times as dear: smoothed
+    slower = min(64 << 20, max(256 * 1024, seconds * (rate / 4 + rate) / 2))
+    assert abs(budget.max_bytes - slower) <= 1e-6 * slower + 1
