@@ -167,8 +167,9 @@ def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
     }
 
 
-#: Batch sizes the cost model is fitted over, from live-sized batches to the drain's.
-COST_MODEL_BATCHES = (20, 100, 500, 5_000)
+#: Batch sizes the cost model is fitted over, from live-sized batches to the catch-up
+#: batches a worker that is behind takes (~1 s of its CPU: 10,000-20,000 simulated events).
+COST_MODEL_BATCHES = (20, 100, 500, 5_000, 20_000)
 
 
 def fit_batch_cost(points: Sequence[tuple[int, float, float]]) -> dict[str, float]:
@@ -216,7 +217,7 @@ def bench_batch_cost(
     events: list[Event],
     sizes: Sequence[int] = COST_MODEL_BATCHES,
     warm_up: int = 10_000,
-    measured: int = 5_000,
+    measured: int = 20_000,
 ) -> dict[str, Any]:
     """What the worker's CPU per event is made of: the slice, the slates' and profiles' JSON
     and the states' records (what a batch costs in the handler, Redis and the broker aside),
