@@ -47,6 +47,13 @@ def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
     }
 
 
+def test_a_batch_size_above_the_events_measured_is_reported_as_what_was_timed() -> None:
+    """A short run measures fewer events than the largest size: that point is one batch of
+    all the measured events, labelled so, and sizes that come to the same are timed once."""
+    result = bench_batch_cost(_events(900), sizes=(10, 5_000, 20_000), warm_up=300, measured=600)
+    assert [point["events_per_batch"] for point in result["batch_cost_points"]] == [10, 600]
+
+
 def test_envelopes_keep_each_users_events_on_their_partition_in_order() -> None:
     events = _events(500)
     seen = []
