@@ -53,11 +53,12 @@ def _envelopes(events: list[Event], partitions: int, size: int = 100) -> list[tu
     by_partition: dict[int, list[Event]] = {}
     records = []
     for event in events:
-        batch = by_partition.setdefault(partition_for(event.user_id, partitions), [])
+        partition = partition_for(event.user_id, partitions)
+        batch = by_partition.setdefault(partition, [])
         batch.append(event)
         if len(batch) == size:
-            records.append((partition_for(event.user_id, partitions), encode_batch(batch)))
-            by_partition[partition_for(event.user_id, partitions)] = []
+            records.append((partition, encode_batch(batch)))
+            by_partition[partition] = []
     records += [(p, encode_batch(b)) for p, b in by_partition.items() if b]
     return records
 
