@@ -632,17 +632,22 @@ def _offer_live(
     settings: Settings,
     urls: list[str],
     handled: float,
+    worker_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Produce ``seconds`` of the simulator's next events live at ``offered`` events/s (as the
     collector and the simulator produce: one envelope per partition per 20 ms tick), wait until
     the workers have handled them, and report event->Redis latency (histogram upper bounds)
-    and the batches the workers took meanwhile."""
+    and the batches the workers took meanwhile. On this 2-core machine the load generator
+    (this process) shares the CPU with the workers, the broker and Redis: the CPU each took
+    while the traffic was offered is reported too."""
     before = _latency_window(urls)
     waited_before = dict(_latency_window(urls, WAIT_HISTOGRAM))
     first = [scrape(url) for url in urls]
     live = [e for _, e in zip(range(int(offered * seconds)), model.events(), strict=False)]
     tick = 0.02
     per_tick = max(1, int(offered * tick))
+    generator_cpu = time.process_time()  # (the events were generated above, before the offer)
+    worker_cpu = sum(_cpu_seconds(pid) for pid in worker_pids)
     started = time.monotonic()
     for index in range(0, len(live), per_tick):
         due = live[index : index + per_tick]
@@ -652,6 +657,9 @@ def _offer_live(
         if ahead > 0:
             time.sleep(ahead)
     producer.flush()
+    offer_seconds = time.monotonic() - started
+    generator_cpu = time.process_time() - generator_cpu
+    worker_cpu = sum(_cpu_seconds(pid) for pid in worker_pids) - worker_cpu
     deadline = time.monotonic() + 120
     while _handled_all(urls) < handled + len(live) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -680,6 +688,10 @@ def _offer_live(
         f"{prefix}_ms_per_batch": round(1000 * busy / batches, 1),
         # time inside batch handling over the time the traffic was offered, per worker
         f"{prefix}_busy_share": round(busy / (seconds * len(urls)), 3),
+        # CPU while the traffic was offered, in cores: the workers' (below the busy share
+        # when they waited for a core), and the load generator's (producing the envelopes)
+        f"{prefix}_worker_cpu_share": round(worker_cpu / offer_seconds / max(len(urls), 1), 3),
+        f"{prefix}_load_generator_cpu_share": round(generator_cpu / offer_seconds, 3),
     }
 
 
@@ -822,7 +834,15 @@ def bench_pipeline(
             for offered, prefix in offers:
                 results.update(
                     _offer_live(
-                        offered, prefix, latency_seconds, model, producer, settings, urls, handled
+                        offered,
+                        prefix,
+                        latency_seconds,
+                        model,
+                        producer,
+                        settings,
+                        urls,
+                        handled,
+                        [p.popen.pid for p in procs],
                     )
                 )
                 handled += results[f"{prefix}_events"]
