@@ -1,8 +1,8 @@
 # appetence — two commands on a fresh machine: `make run` and `make test`.
 # The interpreter the venv is made from: the distribution's CPython when it is 3.11 or newer
 # and can make a venv, else python3 on PATH. Distributions build CPython with PGO and LTO;
-# pyenv, for one, builds without unless asked: the worker drained 7-10% more events per
-# second, with ~9% less CPU per event, on Debian's 3.11 than on a plain pyenv 3.11
+# pyenv, for one, builds without unless asked: the worker drained 7-33% more events per
+# second, at 9-22% less CPU per event, on Debian's 3.11 than on a plain pyenv 3.11
 # (docs/benchmarks.md, twenty-first session).
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
 	$$p -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
