@@ -22,9 +22,12 @@ from processors.events import Event, encode_batch, encode_event
 from processors.simulator import SimulationConfig, TrafficModel, malformed_record
 from stream.catalog_load import publish_catalog
 from stream.config import Settings
-from stream.topics import make_producer, partition_for
+from stream.topics import KafkaError, make_producer, partition_for
 
 log = logging.getLogger(__name__)
+
+#: How long a simulator that is told to stop waits for its last records to be delivered.
+STOP_FLUSH_SECONDS = 10.0
 
 
 @dataclass
@@ -37,6 +40,7 @@ class SimulationReport:
     seconds: float = 0.0
     first_ts: int | None = None
     last_ts: int | None = None
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM before its events or duration
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -49,6 +53,7 @@ class SimulationReport:
             "events_per_second": round(self.events / self.seconds, 1) if self.seconds else None,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
+            "interrupted": self.interrupted,
         }
 
 
@@ -85,43 +90,54 @@ def run_simulation(
 
     started = time.monotonic()
     try:
-        for event in model.events():
-            elapsed = time.monotonic() - started
-            if (events is not None and report.events >= events) or (
-                duration is not None and elapsed >= duration
-            ):
-                break
-            # Pace: never faster than `rate`, never ahead of the wall clock.
-            ahead = report.events / rate - elapsed
-            if ahead > 0:
-                time.sleep(ahead)
-            wait_for_clock = event.ts / 1000 - time.time()
-            if wait_for_clock > 0:
-                for partition in list(buffers):
+        try:
+            for event in model.events():
+                elapsed = time.monotonic() - started
+                if (events is not None and report.events >= events) or (
+                    duration is not None and elapsed >= duration
+                ):
+                    break
+                # Pace: never faster than `rate`, never ahead of the wall clock.
+                ahead = report.events / rate - elapsed
+                if ahead > 0:
+                    time.sleep(ahead)
+                wait_for_clock = event.ts / 1000 - time.time()
+                if wait_for_clock > 0:
+                    for partition in list(buffers):
+                        flush(partition)
+                    time.sleep(min(wait_for_clock, 1.0))
+                if malformed_rate and noise.random() < malformed_rate:
+                    reason, raw = malformed_record(noise, int(time.time() * 1000), event.user_id)
+                    producer.send(topic, value=raw, key=event.user_id.encode())
+                    report.malformed += 1
+                    report.malformed_by_reason[reason] = (
+                        report.malformed_by_reason.get(reason, 0) + 1
+                    )
+                    report.records += 1
+                report.events += 1
+                report.first_ts = report.first_ts or event.ts
+                report.last_ts = event.ts
+                if dump:
+                    dump.write(encode_event(event) + b"\n")
+                if single:
+                    producer.send(topic, value=encode_event(event), key=event.user_id.encode())
+                    report.records += 1
+                    continue
+                partition = partition_for(event.user_id, partitions)
+                buffers[partition].append(event)
+                if len(buffers[partition]) >= batch_size:
                     flush(partition)
-                time.sleep(min(wait_for_clock, 1.0))
-            if malformed_rate and noise.random() < malformed_rate:
-                reason, raw = malformed_record(noise, int(time.time() * 1000), event.user_id)
-                producer.send(topic, value=raw, key=event.user_id.encode())
-                report.malformed += 1
-                report.malformed_by_reason[reason] = report.malformed_by_reason.get(reason, 0) + 1
-                report.records += 1
-            report.events += 1
-            report.first_ts = report.first_ts or event.ts
-            report.last_ts = event.ts
-            if dump:
-                dump.write(encode_event(event) + b"\n")
-            if single:
-                producer.send(topic, value=encode_event(event), key=event.user_id.encode())
-                report.records += 1
-                continue
-            partition = partition_for(event.user_id, partitions)
-            buffers[partition].append(event)
-            if len(buffers[partition]) >= batch_size:
-                flush(partition)
+        except KeyboardInterrupt:  # Ctrl-C, or `up` stopping it (SIGTERM): end cleanly
+            report.interrupted = True
         for partition in list(buffers):
             flush(partition)
-        producer.flush()
+        if not report.interrupted:
+            producer.flush()
+        else:  # stopping: a broker that is gone must not hold the exit for minutes
+            try:
+                producer.flush(timeout=STOP_FLUSH_SECONDS)
+            except KafkaError as error:
+                log.warning("stopped with records not delivered: %r", error)
     finally:
         producer.close()
         if dump:

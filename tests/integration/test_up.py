@@ -128,6 +128,8 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
     summary = json.loads(output[output.index("{\n") :])
     assert summary["events_consumed"] > 0
     assert summary["children_exit_codes"]["worker"] == 0
+    # the simulator, told to stop, delivers what it holds and ends cleanly (it exited 130)
+    assert summary["children_exit_codes"]["simulator"] == 0
     assert not listening(int(summary["collector"].rsplit(":", 1)[1]))
     assert not listening(broker_port) and not listening(redis_port) and not listening(web_port)
 
