@@ -33,6 +33,11 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # A process group of its own: Ctrl-C in a terminal signals the whole foreground group,
+    # and the broker and Redis stopping at once with everything else left the worker and
+    # the simulator waiting on them until killed (`up` took 30 s to stop). The parent
+    # stops its children itself, in order (stream/supervisor.py).
+    os.setpgid(0, 0)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -64,6 +64,7 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     try:
         client = redis.Redis(port=redis_port)
@@ -119,8 +120,13 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
         )
         assert urllib.request.urlopen(request).status == 202
         assert wait(lambda: client.hget("appetence:v1:user:http-user", "recipes"), 30)
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C: the terminal signals the whole foreground process group. The broker and
+        # Redis used to take it too and stop at once, leaving the worker and the simulator
+        # waiting on them until `up` killed each after 15 s (30 s to stop, exit codes -9).
+        stopping = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
+        stop_seconds = time.monotonic() - stopping
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -130,6 +136,7 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
     assert summary["children_exit_codes"]["worker"] == 0
     # the simulator, told to stop, delivers what it holds and ends cleanly (it exited 130)
     assert summary["children_exit_codes"]["simulator"] == 0
+    assert stop_seconds < 20, f"Ctrl-C took {stop_seconds:.0f} s to stop everything"
     assert not listening(int(summary["collector"].rsplit(":", 1)[1]))
     assert not listening(broker_port) and not listening(redis_port) and not listening(web_port)
 
