@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
-from processors.pipeline import SliceProcessor
+from processors.pipeline import SliceConfig, SliceProcessor, compile_kernels
 from processors.profile import profile_of
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
@@ -623,6 +624,80 @@ def _marginal_memory(
 HALF_AND_QUARTER = ((0.5, "latency"), (0.25, "latency_quarter"))
 
 
+#: The catalog sizes the item-level tables are measured at (``bench_item_tables``).
+ITEM_SCALE_CATALOGS = (2_500, 10_000)
+
+
+def item_tables_rss(items: int, events: int, seed: int = 1) -> dict[str, float]:
+    """In this process (a fresh one: ``bench_item_tables``), the RSS that stays after feeding
+    ``events`` simulated events over a catalog of ``items`` recipes and products (five recipes
+    to a product) through the slice in 2,000-event batches, every user's state dropped after
+    its batch: what the processor keeps, its item-level tables (next-click rows, popularity,
+    the catalog and item codes) and, alike for every catalog size, its per-visitor memory
+    and loyalty deadlines."""
+    import gc
+
+    from stream.memory import glibc_malloc_trim
+
+    compile_kernels()  # loaded before the baseline
+    trim = glibc_malloc_trim()
+
+    def settled_rss() -> int:
+        gc.collect()
+        if trim is not None:
+            trim()
+        return _rss_kib(os.getpid()) * 1024
+
+    config = SimulationConfig(seed=seed, recipes=items - items // 6, products=items // 6)
+    model = TrafficModel(config, start_ms=1_700_000_000_000)
+    stream = model.events()
+    baseline = settled_rss()
+    processor = SliceProcessor(SliceConfig())
+    for record in model.catalog_records():
+        processor.apply_catalog(record)
+    nobody: dict[str, UserState] = {}
+    for _ in range(0, events, 2_000):
+        batch = [(0, next(stream)) for _ in range(2_000)]
+        processor.process_batch(batch, nobody, batch[-1][1].ts)
+    return {
+        "rss_growth_bytes": settled_rss() - baseline,
+        "cooccurrence_entries": processor.cooccurrence.size(),
+        "popularity_entries": processor.popularity.size(),
+    }
+
+
+def bench_item_tables(events: int, catalogs: Sequence[int] = ITEM_SCALE_CATALOGS) -> dict[str, Any]:
+    """What the item-level tables cost per item: the same traffic (``events`` simulated
+    events) over a small and a large catalog, each in a fresh process
+    (``item_tables_rss``); the slope of the RSS that stays, per item, and per 10,000 items.
+    The users' share (visitor memory, loyalty deadlines) is alike in both and cancels."""
+    runs = []
+    for items in catalogs:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json; from stream.benchmark import item_tables_rss; "
+                f"print(json.dumps(item_tables_rss({int(items)}, {int(events)})))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    small, large = catalogs[0], catalogs[-1]
+    per_item = (runs[-1]["rss_growth_bytes"] - runs[0]["rss_growth_bytes"]) / (large - small)
+    return {
+        "item_scale_events": events,
+        "item_scale_catalog_items": list(catalogs),
+        "item_scale_rss_growth_bytes": [int(r["rss_growth_bytes"]) for r in runs],
+        "item_scale_cooccurrence_entries": [int(r["cooccurrence_entries"]) for r in runs],
+        "item_tables_bytes_per_item": round(per_item),
+        "item_tables_mib_per_10k_items": round(per_item * 10_000 / 2**20, 1),
+    }
+
+
 def _offer_live(
     offered: float,
     prefix: str,
@@ -945,9 +1020,12 @@ def run_benchmarks(
     profile: bool = False,
     live_rates: Sequence[float] = (),
     live_seconds: float = 20.0,
+    item_scale_events: int = 0,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
-    else the simulator's click sessions do.
+    else the simulator's click sessions do. ``item_scale_events`` > 0: also the item-level
+    tables' memory per 10,000 items (``bench_item_tables``) and, with the pipeline's memory
+    per added active user, the state of 100,000 active users over 10,000 items.
     """
     simulated = _events(events)
     results: dict[str, Any] = {
@@ -971,4 +1049,11 @@ def run_benchmarks(
     if e2e:
         log_dir = Path(tempfile.mkdtemp(prefix="appetence-bench-"))
         results.update(bench_pipeline(e2e_events, workers, log_dir, live_seconds, live_rates))
+    if item_scale_events > 0:
+        results.update(bench_item_tables(item_scale_events))
+        per_user = results.get("marginal_rss_bytes_per_active_user")
+        if per_user is not None:
+            results["state_mib_for_100k_users_10k_items"] = round(
+                (per_user * 100_000 + results["item_tables_bytes_per_item"] * 10_000) / 2**20, 1
+            )
     return results

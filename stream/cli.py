@@ -680,6 +680,13 @@ def bench(
     live_seconds: Annotated[
         float, typer.Option(help="Seconds of live traffic at each offered rate")
     ] = 20.0,
+    item_scale_events: Annotated[
+        int,
+        typer.Option(
+            help="Events fed over a 2,500- and a 10,000-item catalog to measure the item-level "
+            "tables' memory per 10,000 items (0: skip)"
+        ),
+    ] = 200_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Measure the hot path: decode, process, co-occurrence, and end to end (events/s)."""
@@ -705,6 +712,7 @@ def bench(
         profile=profile,
         live_rates=rates,
         live_seconds=live_seconds,
+        item_scale_events=item_scale_events,
     )
     if as_json:
         typer.echo(json.dumps(results))

@@ -76,3 +76,15 @@ def test_an_added_population_replays_the_sessions_under_new_users_and_event_ids(
             (e.type, e.item_id, e.ts) for e in template
         ]
     assert {e.user_id for e in first}.isdisjoint(e.user_id for e in second)
+
+
+def test_the_item_tables_are_measured_per_item_from_a_small_and_a_large_catalog() -> None:
+    from stream.benchmark import bench_item_tables
+
+    results = bench_item_tables(6_000, catalogs=(300, 1_200))
+    small, large = results["item_scale_rss_growth_bytes"]
+    assert small > 0 and large > 0  # each fresh process grew by what the slice keeps
+    assert all(entries > 0 for entries in results["item_scale_cooccurrence_entries"])
+    assert results["item_tables_bytes_per_item"] == round((large - small) / 900)
+    per_10k = results["item_tables_bytes_per_item"] * 10_000 / 2**20
+    assert abs(results["item_tables_mib_per_10k_items"] - per_10k) <= 0.1
