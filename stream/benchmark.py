@@ -656,8 +656,8 @@ def item_tables_rss(items: int, events: int, seed: int = 1) -> dict[str, float]:
     for record in model.catalog_records():
         processor.apply_catalog(record)
     nobody: dict[str, UserState] = {}
-    for _ in range(0, events, 2_000):
-        batch = [(0, next(stream)) for _ in range(2_000)]
+    for start in range(0, events, 2_000):  # exactly ``events``, the last batch shorter
+        batch = [(0, next(stream)) for _ in range(min(2_000, events - start))]
         processor.process_batch(batch, nobody, batch[-1][1].ts)
     return {
         "rss_growth_bytes": settled_rss() - baseline,
