@@ -222,7 +222,8 @@ def bench_batch_cost(
     measured: int = 20_000,
 ) -> dict[str, Any]:
     """What the worker's CPU per event is made of: the slice, the slates' and profiles' JSON
-    and the states' records (what a batch costs in the handler, Redis and the broker aside),
+    and the states' records (what a batch costs in the handler, Redis and the broker aside;
+    each point also splits it into the slice and that output),
     measured per batch size over the same events after the same warm-up (so the models and
     states are those of a worker already running), then fitted (``fit_batch_cost``). Small
     batches touch a new user with almost every event; a drain batch with one in five."""
@@ -237,6 +238,7 @@ def bench_batch_cost(
     catalog = _model().catalog_records()
     now = int(time.time() * 1000)
     points = []
+    shares: list[tuple[float, float]] = []  # (the slice, its output) µs per event, per size
     for size in sizes:
         processor = SliceProcessor(settings.slice_config())
         for record in catalog:
@@ -246,23 +248,26 @@ def bench_batch_cost(
             end = min(start + 5_000, warm_up)
             batch = [(0, event) for event in events[start:end]]
             states.update(processor.process_batch(batch, states, now).touched)
-        spent = 0.0
+        in_slice = in_output = 0.0
         touched = 0
         for start in range(warm_up, warm_up + measured, size):
             end = min(start + size, warm_up + measured)
             batch = [(0, event) for event in events[start:end]]
             began = time.process_time()
             result = processor.process_batch(batch, states, now)
+            sliced = time.process_time()
             for user_id, slates in result.slates.items():
                 for slate in slates.values():
                     encode_slate(slate)
                 _json.encode(profile_of(result.touched[user_id], win_back_threshold=win_back))
             for state in result.touched.values():
                 pack_user_state(state)
-            spent += time.process_time() - began
+            in_slice += sliced - began
+            in_output += time.process_time() - sliced
             states.update(result.touched)
             touched += len(result.touched)
-        points.append((size, spent / measured * 1e6, touched / measured))
+        points.append((size, (in_slice + in_output) / measured * 1e6, touched / measured))
+        shares.append((in_slice / measured * 1e6, in_output / measured * 1e6))
     return {
         # what the models and states had learned first (a short run's cost is an early
         # worker's: fewer neighbours and interests per user than a worker that has run long)
@@ -272,9 +277,13 @@ def bench_batch_cost(
             {
                 "events_per_batch": size,
                 "microseconds_per_event": round(per_event, 1),
+                # of which the processors (decode to state, learning, slates, banners,
+                # loyalty) and what their results are turned into (JSON, state records)
+                "slice_microseconds_per_event": round(in_slice, 1),
+                "output_microseconds_per_event": round(in_output, 1),
                 "touched_users_per_event": round(users, 3),
             }
-            for size, per_event, users in points
+            for (size, per_event, users), (in_slice, in_output) in zip(points, shares, strict=True)
         ],
         **{f"batch_cost_{name}": round(value, 3) for name, value in fit_batch_cost(points).items()},
     }

@@ -39,6 +39,10 @@ def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
     assert (small["events_per_batch"], large["events_per_batch"]) == (10, 300)
     assert 0 < large["touched_users_per_event"] < small["touched_users_per_event"] <= 1
     assert small["microseconds_per_event"] > 0 and large["microseconds_per_event"] > 0
+    for point in (small, large):  # the slice and its output make up the whole
+        parts = point["slice_microseconds_per_event"] + point["output_microseconds_per_event"]
+        assert point["slice_microseconds_per_event"] > 0 < point["output_microseconds_per_event"]
+        assert abs(parts - point["microseconds_per_event"]) <= 0.15
     assert (result["batch_cost_warm_up_events"], result["batch_cost_measured_events"]) == (300, 600)
     assert set(result) >= {
         "batch_cost_per_event_microseconds",
