@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -34,11 +34,16 @@ from processors.user_state import UserState
 from state.records import pack_user_state
 from state.redis_writer import FieldWrite, UserHashWriter, pack_with_hiredis
 from stream.catalog_load import publish_catalog
+from stream.compiled import MODULES as COMPILED_MODULES
+from stream.compiled import installed as compiled_installed
+from stream.compiled import status as compiled_status
 from stream.config import Settings, load_settings
 from stream.embedded import embedded_stack, free_port, spawn, wait_for_port
 from stream.live import buckets, quantile, scrape, total
 from stream.supervisor import spawn_worker, worker_env
 from stream.topics import aiokafka_client_options, ensure_topics, make_producer, partition_for
+
+_T = TypeVar("_T")
 
 _json = msgspec.json.Encoder()
 
@@ -102,9 +107,14 @@ def profile_slice(
     events: list[Event], batch_size: int = 500, top: int = 15
 ) -> list[dict[str, Any]]:
     """Where the slice's time goes: cProfile over the processors (functions by cumulative
-    time, as shares of the whole run). Profiling inflates the total ~3x; shares hold."""
+    time, as shares of the whole run). Profiling inflates the total ~3x; shares hold.
+    cProfile sees no function inside a compiled module (``stream.compiled``): when the slice
+    runs compiled here, it is profiled as plain Python in a child process."""
     import cProfile
     import pstats
+
+    if getattr(sys.modules[SliceProcessor.__module__], "__compiled__", None):
+        return _in_plain_python(profile_slice, events, batch_size, top)
 
     processor = SliceProcessor(load_settings().slice_config())
     for record in _model().catalog_records():
@@ -136,6 +146,31 @@ def profile_slice(
         if len(out) == top:
             break
     return out
+
+
+def _compiled_count() -> int:
+    state = compiled_status()
+    return len(state["compiled_modules_fresh"]) if compiled_installed() else 0
+
+
+def _in_plain_python(function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a child process whose modules are not compiled."""
+    import concurrent.futures
+    import multiprocessing
+
+    from stream.compiled import SWITCH
+
+    previous = os.environ.get(SWITCH)
+    os.environ[SWITCH] = "0"  # what the child starts with
+    try:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+            return pool.submit(function, *args).result()
+    finally:
+        if previous is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = previous
 
 
 def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
@@ -1043,6 +1078,9 @@ def run_benchmarks(
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
         },
+        # the slice's modules the workers run compiled (stream/compiled.py), of how many:
+        # those built from their current source, unless APPETENCE_COMPILED switches them off
+        "compiled_modules": f"{_compiled_count()}/{len(COMPILED_MODULES)}",
         "events": len(simulated),
     }
     results.update(bench_decode(simulated))
