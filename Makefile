@@ -35,7 +35,7 @@ COMPILED := $(VENV)/.compiled
 COMPILED_SOURCES := $(wildcard processors/*.py state/*.py)
 
 $(COMPILED): $(KERNELS) stream/compiled.py $(COMPILED_SOURCES)
-	@$(BIN)/python -m stream.compiled build || echo "compiled modules: not all built; those run as plain Python"
+	@$(BIN)/appetence compiled build || echo "compiled modules: not all built; those run as plain Python"
 	touch $(COMPILED)
 
 ## Start broker + Redis + worker + simulator on 127.0.0.1 with a live view.

@@ -24,6 +24,8 @@ topics_cli = typer.Typer(no_args_is_help=True, help="Kafka topics.")
 schemas_cli = typer.Typer(no_args_is_help=True, help="Event JSON Schemas.")
 cli.add_typer(topics_cli, name="topics")
 cli.add_typer(schemas_cli, name="schemas")
+compiled_cli = typer.Typer(no_args_is_help=True, help="The slice's modules compiled to C.")
+cli.add_typer(compiled_cli, name="compiled")
 
 
 #: Settings given as global CLI flags; they take precedence over APPETENCE_* variables.
@@ -143,6 +145,22 @@ def topics_create() -> None:
 
     created = ensure_topics(_settings())
     typer.echo(json.dumps({"created": created}))
+
+
+@compiled_cli.command("build")
+def compiled_build() -> None:
+    """Compile the modules changed since the last build (make runs this; stream/compiled.py)."""
+    from stream.compiled import main
+
+    raise typer.Exit(main(["build"]))
+
+
+@compiled_cli.command("status")
+def compiled_status() -> None:
+    """Which modules are built, fresh (built from the current source) and loaded here."""
+    from stream.compiled import main
+
+    raise typer.Exit(main(["status"]))
 
 
 @schemas_cli.command("export")

@@ -5,9 +5,9 @@ msgspec structs, spread over a dozen modules with no function above a tenth of i
 (docs/benchmarks.md). Cython compiles those modules *as they are* (pure Python mode: the
 ``.py`` files are the only source; their annotations type the locals) into extensions that
 run the same code without the interpreter's dispatch loop: 10-27% less CPU per event in the
-slice, in A/B runs on this machine (docs/benchmarks.md, twenty-seventh session).
+slice, in A/B runs on this machine (docs/benchmarks.md, twenty-third session).
 
-``python -m stream.compiled build`` (``make`` runs it) compiles each module of ``MODULES``
+``appetence compiled build`` (``make`` runs it) compiles each module of ``MODULES``
 into ``stream/compiled_modules/`` with a manifest of the source each was built from (its
 SHA-256), and writes a ``.pth`` file into the environment's site-packages that calls
 ``install()`` at interpreter start. ``install()`` puts ``CompiledFinder`` first on
@@ -39,15 +39,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-#: The modules compiled: the slice (processors) and the state store's record codec, i.e. all
-#: the Python the worker runs per event and per touched user. Not the numba kernels (numba
-#: compiles Python functions itself) nor I/O shells (their time is in the libraries).
+#: The modules compiled: the slice (processors), audience scoring and forget filtering, and
+#: the state store with its record codec, i.e. all the Python the worker runs per event and
+#: per touched user. Not the numba kernels (numba compiles Python functions itself), the
+#: evaluators and the simulator (offline), nor I/O shells (their time is in the libraries).
 MODULES = (
+    "processors.audiences",
     "processors.banners",
     "processors.catalog",
     "processors.cooccurrence",
     "processors.decay",
     "processors.events",
+    "processors.forget",
     "processors.loyalty",
     "processors.pipeline",
     "processors.popularity",
