@@ -34,7 +34,7 @@ $(KERNELS): $(STAMP) processors/slate_kernel.py processors/row_kernel.py
 COMPILED := $(VENV)/.compiled
 COMPILED_SOURCES := $(wildcard processors/*.py state/*.py)
 
-$(COMPILED): $(KERNELS) stream/compiled.py $(COMPILED_SOURCES)
+$(COMPILED): $(KERNELS) stream/compiled.py stream/compiled_hook.py $(COMPILED_SOURCES)
 	@$(BIN)/appetence compiled build || echo "compiled modules: not all built; those run as plain Python"
 	touch $(COMPILED)
 

@@ -9,14 +9,15 @@ slice, in A/B runs on this machine (docs/benchmarks.md, twenty-third session).
 
 ``appetence compiled build`` (``make`` runs it) compiles each module of ``MODULES``
 into ``stream/compiled_modules/`` with a manifest of the source each was built from (its
-SHA-256), and writes a ``.pth`` file into the environment's site-packages that calls
-``install()`` at interpreter start. ``install()`` puts ``CompiledFinder`` first on
-``sys.meta_path``: it loads a module's extension only while the module's source is exactly
-the one it was built from, so an edited module runs as plain Python until the next build
-(never a stale extension), and every process of the environment (workers, tests, the
-bench) runs the same code. ``APPETENCE_COMPILED=0`` turns it off for a process: profilers
-(py-spy, cProfile) see the Python functions only then. Without a C compiler or the Python
-headers nothing is built and everything runs as plain Python.
+SHA-256), and installs the import hook (``stream/compiled_hook.py``, copied into the
+environment's site-packages with a ``.pth`` file that imports it at interpreter start). The
+hook puts ``CompiledFinder`` first on ``sys.meta_path``: it loads a module's extension only
+while the module's source is exactly the one it was built from, so an edited module runs as
+plain Python until the next build (never a stale extension), and every process of the
+environment (workers, tests, the bench) runs the same code. ``APPETENCE_COMPILED=0`` turns
+it off for a process: profilers (py-spy, cProfile) see the Python functions only then.
+Without a C compiler or the Python headers nothing is built and everything runs as plain
+Python.
 
 A compiled module keeps its source's ``__file__`` (paths next to it, doctests and
 tracebacks' line numbers stay right); ``__compiled__`` names the extension.
@@ -25,9 +26,6 @@ tracebacks' line numbers stay right); ``__compiled__`` names the extension.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import subprocess
@@ -36,8 +34,19 @@ import sysconfig
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from stream.compiled_hook import (
+    SWITCH,
+    CompiledFinder,
+    abi,
+    installed,
+    read_manifest,
+    source_digest,
+    switched_off,
+)
+
+__all__ = ["MODULES", "SWITCH", "CompiledFinder", "build", "install", "installed", "status"]
 
 #: The modules compiled: the slice (processors), audience scoring and forget filtering, and
 #: the state store with its record codec, i.e. all the Python the worker runs per event and
@@ -65,119 +74,39 @@ MODULES = (
 
 BUILD_DIR = Path(__file__).with_name("compiled_modules")
 MANIFEST = BUILD_DIR / "manifest.json"
-SWITCH = "APPETENCE_COMPILED"  # false: plain Python in this process (Settings.compiled)
-_OFF = ("0", "false", "f", "no", "n", "off")  # what pydantic reads as false
+HOOK_SOURCE = Path(__file__).with_name("compiled_hook.py")
+HOOK_NAME = "_appetence_compiled_hook"  # the hook's copy in site-packages
 PTH_NAME = "appetence_compiled.pth"
-#: What the .pth file runs at interpreter start (a missing or broken project is skipped).
-PTH_LINE = (
-    'import sys; exec("try:\\n    import stream.compiled as _c\\nexcept ImportError:\\n'
-    '    pass\\nelse:\\n    _c.install()")\n'
-)
-
-
-def _abi() -> str:
-    """What an extension is built for: this interpreter's extension suffix."""
-    return str(sysconfig.get_config_var("EXT_SUFFIX"))
-
-
-def source_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+#: What the .pth file runs at interpreter start (a removed hook is skipped quietly).
+PTH_LINE = f'import sys; exec("try:\\n    import {HOOK_NAME}\\nexcept Exception:\\n    pass")\n'
 
 
 def _read_manifest(path: Path = MANIFEST) -> dict[str, Any] | None:
-    """The modules built for this interpreter (None: nothing usable was built)."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("abi") != _abi():
-        return None  # built by another interpreter (the venv was remade): not loadable
-    modules = manifest.get("modules")
-    return modules if isinstance(modules, dict) else None
+    return read_manifest(path)
 
 
-class _CompiledLoader(importlib.machinery.ExtensionFileLoader):
-    """An extension loaded under its source's ``__file__`` (set before the module body runs,
-    which may read paths next to it)."""
+def install(build_dir: Path = BUILD_DIR) -> CompiledFinder | None:
+    """The hook for ``build_dir`` in this process (the copy in site-packages does this at
+    interpreter start)."""
+    from stream.compiled_hook import install as install_hook
 
-    def __init__(self, name: str, path: str, source: str) -> None:
-        super().__init__(name, path)
-        self.source = source
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        module = super().create_module(spec)
-        module.__file__ = self.source
-        module.__compiled__ = self.path  # type: ignore[attr-defined]
-        return module
+    return install_hook(build_dir)
 
 
-class CompiledFinder(importlib.abc.MetaPathFinder):
-    """Finds the compiled extension of a module of the manifest, only while the module's
-    source (as the other finders locate it) is the one it was built from."""
-
-    def __init__(self, manifest: dict[str, Any], build_dir: Path = BUILD_DIR) -> None:
-        self.manifest = manifest
-        self.build_dir = build_dir
-        self.loaded: list[str] = []
-        self.stale: list[str] = []  # modules whose source changed since the build
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        entry = self.manifest.get(fullname)
-        if entry is None:
-            return None
-        source_spec = self._source_spec(fullname, path, target)
-        if source_spec is None or not source_spec.origin:
-            return None
-        try:
-            digest = source_digest(Path(source_spec.origin))
-        except OSError:
-            return None
-        extension = self.build_dir / str(entry.get("file", ""))
-        if digest != entry.get("source_sha256") or not extension.is_file():
-            self.stale.append(fullname)
-            return None
-        loader = _CompiledLoader(fullname, str(extension), source_spec.origin)
-        spec = importlib.machinery.ModuleSpec(fullname, loader, origin=str(extension))
-        spec.has_location = True
-        spec.submodule_search_locations = source_spec.submodule_search_locations
-        self.loaded.append(fullname)
-        return spec
-
-    def _source_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
-    ) -> importlib.machinery.ModuleSpec | None:
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                return spec
-        return None
-
-
-def installed() -> CompiledFinder | None:
-    return next((f for f in sys.meta_path if isinstance(f, CompiledFinder)), None)
-
-
-def install() -> CompiledFinder | None:
-    """Put the finder first on ``sys.meta_path`` (once), unless ``APPETENCE_COMPILED=0`` or
-    nothing was built for this interpreter. Modules imported before stay as they are."""
-    if os.environ.get(SWITCH, "1").strip().lower() in _OFF:
-        return None
-    finder = installed()
-    if finder is not None:
-        return finder
-    manifest = _read_manifest()
-    if not manifest:
-        return None
-    finder = CompiledFinder(manifest)
-    sys.meta_path.insert(0, finder)
-    return finder
+def _write_hook(build_dir: Path) -> None:
+    """The hook's copy in site-packages, installing itself for ``build_dir``, and the
+    ``.pth`` file that imports it (each rewritten only when it changed)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    hook = HOOK_SOURCE.read_text() + (
+        "\n\n# Written by `appetence compiled build` (stream/compiled.py).\n"
+        "try:\n"
+        f"    install(Path({str(build_dir)!r}))\n"
+        "except Exception:  # an interpreter must start whatever is wrong here\n"
+        "    pass\n"
+    )
+    for path, text in ((site / f"{HOOK_NAME}.py", hook), (site / PTH_NAME, PTH_LINE)):
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
 
 
 def status() -> dict[str, Any]:
@@ -197,7 +126,7 @@ def status() -> dict[str, Any]:
         "compiled_modules_fresh": sorted(fresh),
         "compiled_modules_loaded": sorted(finder.loaded) if finder else [],
         "compiled_modules_stale": sorted(set(finder.stale)) if finder else [],
-        "compiled_switch": os.environ.get(SWITCH, "1"),
+        "compiled_switch": "off" if switched_off() else "on",
     }
 
 
@@ -220,11 +149,11 @@ def _toolchain() -> tuple[list[str], list[str]]:
 
 
 def _compile_one(
-    module: str, source: Path, work: Path, abi: str, toolchain: tuple[list[str], list[str]]
+    module: str, source: Path, work: Path, suffix: str, toolchain: tuple[list[str], list[str]]
 ) -> tuple[str, str | None]:
     """Cython, then the C compiler: (module, None) or (module, the error)."""
     c_file = work / f"{module}.c"
-    extension = work / f"{module}{abi}"
+    extension = work / f"{module}{suffix}"
     cython, compiler = toolchain
     steps = [
         [*cython, str(source), "-o", str(c_file)],
@@ -249,7 +178,7 @@ def build(
 ) -> dict[str, Any]:
     """Compile the modules whose source changed since the last build (all the first time)
     into ``build_dir``, update its manifest, and (``hook``) write the ``.pth`` file that
-    installs the finder in every process of this environment. Returns what was built and
+    installs the hook in every process of this environment. Returns what was built and
     what failed."""
     build_dir.mkdir(exist_ok=True)
     manifest_path = build_dir / MANIFEST.name
@@ -265,26 +194,25 @@ def build(
     }
     todo = [module for module in wanted if module not in manifest]
     failed: dict[str, str] = {}
-    abi, toolchain = _abi(), _toolchain()
+    suffix, toolchain = abi(), _toolchain()
     with tempfile.TemporaryDirectory(prefix="appetence-cython-") as scratch:
         work = Path(scratch)
         with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
             results = list(
-                pool.map(lambda m: _compile_one(m, wanted[m], work, abi, toolchain), todo)
+                pool.map(lambda m: _compile_one(m, wanted[m], work, suffix, toolchain), todo)
             )
         for module, error in results:
             if error is not None:
                 failed[module] = error
                 continue
-            name = f"{module}{abi}"
+            name = f"{module}{suffix}"
             os.replace(work / name, build_dir / name)
             manifest[module] = {"file": name, "source_sha256": digests[module]}
     manifest_path.write_text(
-        json.dumps({"abi": abi, "modules": dict(sorted(manifest.items()))}, indent=1) + "\n"
+        json.dumps({"abi": suffix, "modules": dict(sorted(manifest.items()))}, indent=1) + "\n"
     )
-    pth = Path(sysconfig.get_paths()["purelib"]) / PTH_NAME
-    if hook and (not pth.exists() or pth.read_text() != PTH_LINE):
-        pth.write_text(PTH_LINE)
+    if hook:
+        _write_hook(build_dir)
     return {"built": sorted(set(todo) - set(failed)), "failed": failed, "held": len(manifest)}
 
 

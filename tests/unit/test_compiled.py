@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream import compiled
+from stream import compiled, compiled_hook
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_a_manifest_of_another_interpreter_or_the_switch_off_loads_nothing(
     entry = {"file": "x.so", "source_sha256": "0"}
     manifest.write_text(json.dumps({"abi": ".cpython-27.so", "modules": {"pkgc.mod": entry}}))
     assert compiled._read_manifest(manifest) is None
-    manifest.write_text(json.dumps({"abi": compiled._abi(), "modules": {"pkgc.mod": entry}}))
+    manifest.write_text(json.dumps({"abi": compiled_hook.abi(), "modules": {"pkgc.mod": entry}}))
     assert compiled._read_manifest(manifest) == {"pkgc.mod": entry}
     monkeypatch.setenv(compiled.SWITCH, "false")
     assert compiled.install() is None
@@ -107,6 +107,22 @@ def test_a_missing_extension_falls_back_to_the_source(package: Path) -> None:
     finder = compiled.CompiledFinder(manifest, package / "build")
     module = _import_fresh(finder, "pkgc.mod")
     assert not hasattr(module, "__compiled__") and module.total([2.0]) == 2.0  # type: ignore[attr-defined]
+
+
+def test_a_new_interpreter_has_the_hook_and_has_not_imported_the_project() -> None:
+    """The hook (a stdlib-only copy in site-packages) is in place before anything imports
+    the project, and imports none of it: ``python -m stream.cli`` from another checkout
+    sharing this environment runs that checkout's ``stream``."""
+    if not compiled.status()["compiled_modules_built"] or compiled_hook.switched_off():
+        pytest.skip("the compiled modules are not built here (`make` builds them), or off")
+    probe = (
+        "import sys; print(sorted(m for m in ('stream', 'processors', 'state') if m in "
+        "sys.modules), 'CompiledFinder' in [type(f).__name__ for f in sys.meta_path])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split("\n")[0] == "[] True"
 
 
 _DIGEST = """
