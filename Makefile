@@ -35,7 +35,7 @@ COMPILED := $(VENV)/.compiled
 COMPILED_SOURCES := $(wildcard processors/*.py state/*.py)
 
 $(COMPILED): $(KERNELS) stream/compiled.py stream/compiled_hook.py $(COMPILED_SOURCES)
-	@$(BIN)/appetence compiled build || echo "compiled modules: not all built; those run as plain Python"
+	@$(BIN)/appetence compiled build || echo "compiled modules: not all built; those run as plain Python (after installing a C compiler and python3-dev: .venv/bin/appetence compiled build)"
 	touch $(COMPILED)
 
 ## Start broker + Redis + worker + simulator on 127.0.0.1 with a live view.
@@ -74,7 +74,7 @@ schemas: $(STAMP)
 	$(BIN)/appetence schemas export schemas/
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache stream/compiled_modules
 
 ## Optional system packages some tests use (they skip cleanly without them): Debian's
 ## redis-server, prometheus (promtool), chromium + chromium-driver, docker-compose (config check),

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from stream import compiled, compiled_hook
 ROOT = Path(__file__).resolve().parents[2]
 
 needs_toolchain = pytest.mark.skipif(
-    importlib.util.find_spec("Cython") is None or shutil.which("cc") is None,
+    importlib.util.find_spec("Cython") is None
+    or shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]) is None,
     reason="Cython or a C compiler is missing (the modules run as plain Python)",
 )
 
