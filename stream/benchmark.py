@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -588,6 +588,30 @@ def _drain_breakdown(
     }
 
 
+def stage_cpu_per_event(
+    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    events: int,
+) -> dict[str, float]:
+    """The workers' batch-handling CPU between two scrapes, by stage
+    (``appetence_batch_stage_cpu_seconds_total``), in µs per event.
+
+    >>> name = "appetence_batch_stage_cpu_seconds_total"
+    >>> before = [{name: [({"stage": "slice"}, 1.0), ({"stage": "redis"}, 0.5)]}]
+    >>> after = [{name: [({"stage": "slice"}, 1.5), ({"stage": "redis"}, 0.6)]}]
+    >>> stage_cpu_per_event(before, after, 10_000)
+    {'slice': 50.0, 'redis': 10.0}
+    """
+    name = "appetence_batch_stage_cpu_seconds_total"
+    spent: dict[str, float] = {}
+    for samples, sign in ((after, 1.0), (before, -1.0)):
+        for scraped in samples:
+            for labels, value in scraped.get(name, []):
+                stage = labels.get("stage", "")
+                spent[stage] = spent.get(stage, 0.0) + sign * value
+    return {stage: round(seconds / max(events, 1) * 1e6, 1) for stage, seconds in spent.items()}
+
+
 def added_population(template: list[Event], number: int) -> list[Event]:
     """``template`` again as a new population of users: the same items, sessions and times
     under new user and event ids (``m<number>-`` prefixed)."""
@@ -766,7 +790,7 @@ def _offer_live(
     tick = 0.02
     per_tick = max(1, int(offered * tick))
     generator_cpu = time.process_time()  # (the events were generated above, before the offer)
-    worker_cpu = sum(_cpu_seconds(pid) for pid in worker_pids)
+    worker_cpu = cpu_at_start = sum(_cpu_seconds(pid) for pid in worker_pids)
     started = time.monotonic()
     for index in range(0, len(live), per_tick):
         due = live[index : index + per_tick]
@@ -788,6 +812,7 @@ def _offer_live(
         for bound, count in _latency_window(urls, WAIT_HISTOGRAM)
     ]
     last = [scrape(url) for url in urls]
+    cpu_handling = sum(_cpu_seconds(pid) for pid in worker_pids) - cpu_at_start
     window = [(bound, count - dict(before).get(bound, 0.0)) for bound, count in after]
 
     def grown(name: str) -> float:
@@ -811,6 +836,10 @@ def _offer_live(
         # when they waited for a core), and the load generator's (producing the envelopes)
         f"{prefix}_worker_cpu_share": round(worker_cpu / offer_seconds / max(len(urls), 1), 3),
         f"{prefix}_load_generator_cpu_share": round(generator_cpu / offer_seconds, 3),
+        # the workers' CPU per event until they had handled the traffic, and of it the batch
+        # loop's by stage of handling
+        f"{prefix}_worker_cpu_microseconds_per_event": round(cpu_handling / len(live) * 1e6, 1),
+        f"{prefix}_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(live)),
     }
 
 
@@ -935,6 +964,9 @@ def bench_pipeline(
                 # Where the drain's time went: batch sizes the workers took, and the share of the
                 # drain inside process-and-write (the rest: Faust, fetching, committing).
                 **_drain_breakdown(samples, drain_seconds * workers),
+                # the batch loop's CPU by stage of handling, µs per event (the rest of the
+                # workers' CPU: Faust, aiokafka, the consumer's thread)
+                drain_stage_cpu_microseconds_per_event=stage_cpu_per_event([], samples, events),
             )
             handled = float(events)
             # Memory per active user: more users with the same item sequences (the first

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from processors.events import REJECT_REASONS
 
@@ -12,6 +12,9 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+#: The stages of a batch's handling whose CPU time the worker counts
+#: (``appetence_batch_stage_cpu_seconds_total``, stream/handler.py).
+BATCH_STAGES = ("decode", "slice", "output", "audiences", "redis", "changelog", "other")
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 
 
@@ -20,6 +23,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: the whole worker's
+        # CPU, against which the batch stages' CPU below is read
+        ProcessCollector(registry=registry)
         self.events_consumed = Counter(
             "appetence_events_consumed_total",
             "Valid events applied to state, by event type",
@@ -53,6 +59,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.batch_stage_cpu_seconds = Counter(
+            "appetence_batch_stage_cpu_seconds",
+            "CPU time of the batch loop's thread, by stage of batch handling: decode, slice "
+            "(the processors), output (slates' and profiles' JSON), audiences, redis (the "
+            "client's side of the writes), changelog (state records and their sends), other",
+            ["stage"],
+            registry=registry,
+        )
+        for stage in BATCH_STAGES:
+            self.batch_stage_cpu_seconds.labels(stage=stage)
         self.event_to_redis_seconds = Histogram(
             "appetence_event_to_redis_seconds",
             "From the Kafka record timestamp to the Redis write that reflects it",

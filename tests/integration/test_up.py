@@ -82,6 +82,7 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
             "appetence_event_to_redis_seconds_bucket",
             "appetence_redis_writes_total",
             "appetence_batch_processing_seconds",
+            'appetence_batch_stage_cpu_seconds_total{stage="slice"}',
             "appetence_consumer_lag_messages",
         ):
             assert name in metrics

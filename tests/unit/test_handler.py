@@ -13,11 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from processors.events import DeadLetter, DecodeLimits, EventDecoder, PageView, encode_event
+from processors.events import (
+    Click,
+    DeadLetter,
+    DecodeLimits,
+    EventDecoder,
+    PageView,
+    encode_event,
+)
 from processors.pipeline import SliceConfig, SliceProcessor
 from stream.batching import MIN_GATHER_SECONDS, BatchBudget, batch_window
 from stream.handler import EventHandler
-from stream.metrics import Metrics
+from stream.metrics import BATCH_STAGES, Metrics
 
 
 @dataclass
@@ -265,3 +272,29 @@ def test_full_batches_at_a_steady_rate_set_the_bound_to_the_budgets_worth(
     budget.observe(settled, 4 * settled / rate)  # a full batch four times as dear: smoothed
     slower = min(64 << 20, max(256 * 1024, seconds * (rate / 4 + rate) / 2))
     assert abs(budget.max_bytes - slower) <= 1e-6 * slower + 1
+
+
+def test_a_handled_batch_charges_its_cpu_to_the_stages_of_handling() -> None:
+    events = [
+        Click(event_id=f"e{i}", ts=1_000 + i, user_id=f"u{i % 7}", item_id=f"r{i % 13}",
+              item_type="recipe", category="pasta")
+        for i in range(300)
+    ]  # fmt: skip
+    batch = [FaustEvent(Message("t", 0, i, b"u"), encode_event(e)) for i, e in enumerate(events)]
+    handler = outage_handler(DownRedis(failures=0), stopping=False)
+    registry = handler.metrics.registry
+    thread_cpu = time.thread_time()
+    assert asyncio.run(handler.handle(batch)) is not None
+    thread_cpu = time.thread_time() - thread_cpu
+
+    def spent(stage: str) -> float:
+        value = registry.get_sample_value(
+            "appetence_batch_stage_cpu_seconds_total", {"stage": stage}
+        )
+        assert value is not None, stage
+        return value
+
+    stages = {stage: spent(stage) for stage in BATCH_STAGES}
+    assert stages["slice"] > 0.0 and stages["decode"] > 0.0 and stages["output"] > 0.0
+    assert stages["slice"] > stages["decode"]  # 300 events' slates against their decoding
+    assert sum(stages.values()) <= thread_cpu
