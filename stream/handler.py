@@ -165,6 +165,7 @@ class EventHandler:
             self.forget.after_recovery(recovered)
         if recovered:  # their pending loyalty labels wait for the watermark here now
             self.processor.schedule_pending(self.states.items(recovered))
+        clock.lap("recovery")  # ~0 but after a rebalance: partitions read from the changelog
         result = self.processor.process_batch(decoded, self.states, now_ms)
         # Changed, persisted once Redis has the batch's writes: readers meanwhile see these.
         self.states.hold(result.touched)

@@ -14,7 +14,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 #: The stages of a batch's handling whose CPU time the worker counts
 #: (``appetence_batch_stage_cpu_seconds_total``, stream/handler.py).
-BATCH_STAGES = ("decode", "slice", "output", "audiences", "redis", "changelog", "other")
+BATCH_STAGES = (
+    "decode", "recovery", "slice", "output", "audiences", "redis", "changelog", "other",
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
 
 
@@ -61,9 +63,10 @@ class Metrics:
         )
         self.batch_stage_cpu_seconds = Counter(
             "appetence_batch_stage_cpu_seconds",
-            "CPU time of the batch loop's thread, by stage of batch handling: decode, slice "
-            "(the processors), output (slates' and profiles' JSON), audiences, redis (the "
-            "client's side of the writes), changelog (state records and their sends), other",
+            "CPU time of the batch loop's thread, by stage of batch handling: decode, recovery "
+            "(partitions read from the changelog after a rebalance), slice (the processors), "
+            "output (slates' and profiles' JSON), audiences, redis (the client's side of the "
+            "writes), changelog (state records and their sends), other",
             ["stage"],
             registry=registry,
         )
