@@ -360,7 +360,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.agent(events_topic, name="process-events")
     async def process_events(stream: Any) -> None:
         async for batch in take_batches(
-            stream, settings.batch_max_records, batch_max_bytes, next_window
+            stream,
+            settings.batch_max_records,
+            batch_max_bytes,
+            next_window,
+            # a catch-up batch ends once records stop arriving for a cadence window
+            idle=settings.batch_within_seconds,
         ):
             started = time.process_time()
             await handler.handle(batch)

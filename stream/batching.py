@@ -17,7 +17,7 @@ previous batch was taken, so that a batch that took longer than the window is fo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mode.utils.aiter import aiter as channel_iterator
@@ -62,6 +62,58 @@ def batch_window(
     if catch_up_after > 0.0 and behind_seconds >= catch_up_after:
         return max(within, catch_up_within)
     return max(MIN_GATHER_SECONDS, within - since_taken)
+
+
+async def gather(
+    wait_full: Callable[[float], Awaitable[object]],
+    full: Callable[[], bool],
+    arrived: Callable[[], int],
+    seconds: float,
+    idle: float | None,
+    clock: Callable[[], float],
+) -> None:
+    """Wait ``seconds`` for a batch to gather, or less: until it is ``full()`` (or the stream
+    stops: ``wait_full(at_most)`` returns early then), or, with an ``idle`` shorter than
+    ``seconds``, once records stopped arriving: ``arrived()`` (the records gathered so far)
+    is non-zero and did not grow over ``idle`` seconds.
+
+    A worker that is behind gathers each batch for a long window (the catch-up window, ~10x
+    the cadence), as larger batches cost less per event. When it reaches the end of its
+    backlog, the last batch would otherwise wait out that window for records that are not
+    there: at the end of a 100,000-event drain that was ~0.5 s of ~6 s (docs/benchmarks.md).
+    While there is a backlog the fetcher hands records over back to back, so a pause of
+    ``idle`` means there is nothing more to fetch now.
+
+    >>> import asyncio
+    >>> async def demo(arrivals, seconds, idle):
+    ...     now, count = [0.0], [0]
+    ...     async def wait_full(seconds):
+    ...         now[0] += seconds
+    ...         count[0] = sum(1 for at in arrivals if at <= now[0])
+    ...     await gather(wait_full, lambda: False, lambda: count[0], seconds, idle, lambda: now[0])
+    ...     return round(now[0], 3), count[0]
+    >>> asyncio.run(demo([0.01, 0.02, 0.03], seconds=0.5, idle=0.05))  # drained: ends early
+    (0.1, 3)
+    >>> asyncio.run(demo([0.01, 0.06, 0.11, 0.16], seconds=0.2, idle=0.05))  # still coming
+    (0.2, 4)
+    >>> asyncio.run(demo([], seconds=0.5, idle=0.05))  # nothing at all: the whole window
+    (0.5, 0)
+    >>> asyncio.run(demo([0.01], seconds=0.05, idle=0.05))  # no idle end within one window
+    (0.05, 1)
+    """
+    if idle is None or idle >= seconds:
+        await wait_full(seconds)
+        return
+    deadline = clock() + seconds
+    count = arrived()
+    while (left := deadline - clock()) > 0.0:
+        await wait_full(min(idle, left))
+        if full():
+            return
+        now = arrived()
+        if now and now == count:
+            return
+        count = now
 
 
 #: The input bound of a worker's first full batches, before it has measured its rate.
@@ -130,14 +182,16 @@ async def take_batches(
     max_records: int,
     max_bytes: Callable[[], int],
     window: Callable[[float], float],
+    idle: float | None = None,
 ) -> AsyncIterator[list[Any]]:
     """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes()``
     of input (asked at every record; a record that crosses it ends the batch), each gathered
     for at most ``window(seconds since the previous batch was taken)`` seconds (asked anew for every
-    wait; after a wait that found nothing, counted from the end of that wait). Events are
-    acked once the consumer of a batch asks for the next one, as in Faust's ``take_events``,
-    and only then: a batch the consumer abandons (raising, or the worker stopping) is not
-    acked."""
+    wait; after a wait that found nothing, counted from the end of that wait), and, in a
+    window longer than ``idle``, only until no record arrived for ``idle`` seconds
+    (``gather``). Events are acked once the consumer of a batch asks for the next one, as in
+    Faust's ``take_events``, and only then: a batch the consumer abandons (raising, or the
+    worker stopping) is not acked."""
     buffer: list[Any] = []
     buffered_bytes = 0
     events: list[Any] = []
@@ -177,8 +231,15 @@ async def take_batches(
     stream._enable_passive(channel_it)
     clock = stream.loop.time
     taken_at = clock()
+
+    async def wait_full(seconds: float) -> None:
+        await stream.wait_for_stopped(buffer_full, timeout=seconds)
+
+    def full() -> bool:
+        return buffer_full.is_set() or bool(stream.should_stop)
+
     while not stream.should_stop:
-        await stream.wait_for_stopped(buffer_full, timeout=window(clock() - taken_at))
+        await gather(wait_full, full, buffer.__len__, window(clock() - taken_at), idle, clock)
         taken_at = clock()  # an idle worker waits whole windows, not MIN_GATHER_SECONDS
         if not buffer:
             continue

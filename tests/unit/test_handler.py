@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from processors.events import (
     encode_event,
 )
 from processors.pipeline import SliceConfig, SliceProcessor
-from stream.batching import MIN_GATHER_SECONDS, BatchBudget, batch_window
+from stream.batching import MIN_GATHER_SECONDS, BatchBudget, batch_window, gather
 from stream.handler import EventHandler
 from stream.metrics import BATCH_STAGES, Metrics
 
@@ -298,3 +299,49 @@ def test_a_handled_batch_charges_its_cpu_to_the_stages_of_handling() -> None:
     assert stages["slice"] > 0.0 and stages["decode"] > 0.0 and stages["output"] > 0.0
     assert stages["slice"] > stages["decode"]  # 300 events' slates against their decoding
     assert sum(stages.values()) <= thread_cpu
+
+
+async def _gather_arrivals(
+    gaps: list[float], seconds: float, idle: float | None, full_at: int | None = None
+) -> tuple[float, int]:
+    """Records arrive after the given gaps (a task); returns how long ``gather`` waited and
+    how many records had arrived by then."""
+    arrived: list[int] = []
+    filled = asyncio.Event()
+
+    async def feed() -> None:
+        for gap in gaps:
+            await asyncio.sleep(gap)
+            arrived.append(1)
+            if full_at is not None and len(arrived) >= full_at:
+                filled.set()
+
+    async def wait_full(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(filled.wait(), seconds)
+
+    loop = asyncio.get_running_loop()
+    feeder = asyncio.create_task(feed())
+    started = loop.time()
+    await gather(wait_full, filled.is_set, arrived.__len__, seconds, idle, loop.time)
+    waited, count = loop.time() - started, len(arrived)
+    feeder.cancel()
+    return waited, count
+
+
+def test_a_catch_up_batch_ends_once_the_backlog_is_drained() -> None:
+    """The end of a backlog: 20 records back to back, then none. With an idle gap the batch
+    is taken soon after the last one, not at the end of its 2 s window; without, it waits."""
+    waited, count = asyncio.run(_gather_arrivals([0.002] * 20, seconds=2.0, idle=0.05))
+    assert count == 20 and waited < 1.0
+    waited, count = asyncio.run(_gather_arrivals([0.002] * 20, seconds=0.6, idle=None))
+    assert count == 20 and waited >= 0.55
+
+
+def test_a_catch_up_batch_waits_while_records_keep_arriving() -> None:
+    """Records every 10 ms (under the 50 ms idle gap) for longer than the window: the batch
+    gathers for its whole window; a batch that fills ends at once."""
+    waited, count = asyncio.run(_gather_arrivals([0.01] * 100, seconds=0.4, idle=0.05))
+    assert waited >= 0.39 and count >= 10
+    waited, count = asyncio.run(_gather_arrivals([0.001] * 100, seconds=2.0, idle=0.5, full_at=5))
+    assert count >= 5 and waited < 0.4
