@@ -29,12 +29,14 @@ def _raw_topic(appetence: Any, name: str, partitions: int) -> Any:
 
 
 def _fresh_topics(stack: EmbeddedStack, partitions: int) -> Settings:
-    """Settings of a new app id, its topics created."""
+    """Settings of a new app id, its topics created; record batches of Kafka's default 16 KiB
+    (the worker's are larger), so that a partition's records take many of them."""
     settings = load_settings(
         kafka_bootstrap=stack.bootstrap,
         redis_url=stack.redis_url,
         app_id=f"changelog-{uuid.uuid4().hex[:8]}",
         partitions=partitions,
+        kafka_producer_batch_bytes=16384,
     )
     ensure_topics(settings)
     return settings
