@@ -17,7 +17,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from processors.user_state import UserState
@@ -198,13 +198,23 @@ class UserStateStore:
         until then every read of these users returns these objects."""
         self._in_flight.update(states)
 
-    async def persist(self, states: dict[str, UserState]) -> None:
+    @staticmethod
+    def pack(states: Mapping[str, UserState]) -> dict[str, bytes]:
+        """The states' records (``persist`` them later, while the states are unchanged)."""
+        return {user_id: pack_user_state(state) for user_id, state in states.items()}
+
+    async def persist(
+        self, states: dict[str, UserState], packed: Mapping[str, bytes] | None = None
+    ) -> None:
         """One changelog record per touched user, sent together (``send_many``); the
-        record is also what this store holds."""
+        record is also what this store holds. ``packed``: records ``pack`` made of these
+        states since they last changed (a user missing from it is packed now)."""
         records = []
         decoded, keep = self._decoded, self.decoded_users
         for user_id, state in states.items():
-            record = pack_user_state(state)
+            record = packed.get(user_id) if packed is not None else None
+            if record is None:
+                record = pack_user_state(state)
             self._partitions.add(state.partition)
             self._replace(user_id, _held_record(state.partition, state.last_event_ts, record))
             self._in_flight.pop(user_id, None)

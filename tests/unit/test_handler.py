@@ -145,7 +145,11 @@ class HeldStates(NoStates):
     def hold(self, states: Any) -> None:
         return None
 
-    async def persist(self, states: Any) -> None:
+    @staticmethod
+    def pack(states: Any) -> dict[str, bytes]:
+        return {}
+
+    async def persist(self, states: Any, packed: Any = None) -> None:
         return None
 
 
@@ -207,7 +211,7 @@ class FailingChangelog(HeldStates):
         self.failures = failures
         self.persisted: list[Any] = []
 
-    async def persist(self, states: Any) -> None:
+    async def persist(self, states: Any, packed: Any = None) -> None:
         from aiokafka.errors import KafkaTimeoutError
 
         if self.failures:

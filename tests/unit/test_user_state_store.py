@@ -86,6 +86,27 @@ def test_persisted_states_read_back_equal_and_are_on_the_changelog() -> None:
     )
 
 
+def test_records_packed_ahead_are_what_is_persisted() -> None:
+    """The handler packs a batch's records while Redis runs its writes, then persists the
+    users still to persist with them: the same changelog and held records as packing at
+    persist time; a user missing from the packed records (not packed ahead) is packed then,
+    and a packed user no longer persisted (a forget request won) is not sent."""
+    alice, bob = _state("alice", 0, ("r1", 1_000)), _state("bob", 1, ("r2", 2_000))
+    carol = _state("carol", 0, ("r3", 3_000))
+    plain, ahead = Changelog(), Changelog()
+    asyncio.run(_store(plain).persist({"alice": alice, "bob": bob}))
+    store = _store(ahead)
+    packed = store.pack({"alice": alice, "carol": carol})
+    asyncio.run(store.persist({"alice": alice, "bob": bob}, packed))
+    assert ahead.partitions == plain.partitions
+    assert store.get("alice") == alice and store.get("bob") == bob
+    assert store.get("carol") is None and len(store) == 2
+    # the packed record is the one sent and held, not packed again
+    later = _state("alice", 0, ("r1", 1_000), ("r4", 4_000))
+    asyncio.run(store.persist({"alice": alice}, store.pack({"alice": later})))
+    assert unpack_user_state(ahead.partitions[0][-1].value or b"") == later == store.get("alice")
+
+
 def test_a_held_state_is_what_every_reader_sees_until_it_is_persisted() -> None:
     store = _store(Changelog())
     asyncio.run(store.persist({"alice": _state("alice", 0, ("r1", 1_000))}))
