@@ -54,7 +54,7 @@ from processors.loyalty import (
     win_back,
 )
 from processors.popularity import PopularityConfig, PopularityIndex
-from processors.profile import current_interests
+from processors.profile import InterestTops, Profile, blended_interests, interest_tops, profiles_of
 from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
@@ -89,6 +89,8 @@ class BatchResult:
     touched: dict[str, UserState] = field(default_factory=dict)
     #: user_id -> Redis field ("recipes", "products") -> slate
     slates: dict[str, dict[str, Slate]] = field(default_factory=dict)
+    #: user_id -> the ``profile`` field, for every touched user
+    profiles: dict[str, Profile] = field(default_factory=dict)
     applied_by_type: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     #: Per-user sequence gaps seen in this batch (events carrying ``seq``).
@@ -222,12 +224,21 @@ class SliceProcessor:
             now_ms,
             self.popular_lists,
         )
-        for (state, _), by_type in zip(requests, built, strict=True):
+        # each user's categories and tags, ranked once for the profile and the banners
+        tops = [interest_tops(state) for state, _ in requests]
+        for (state, _), by_type, user_tops in zip(requests, built, tops, strict=True):
             slates = result.slates[state.user_id] = {
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
             }
             if self.catalog.banners:
-                banner_users.append((state, self._user_context(state, slates, now_ms)))
+                context = self._user_context(state, slates, now_ms, user_tops)
+                banner_users.append((state, context))
+        profiles = profiles_of(
+            [state for state, _ in requests], tops, config.loyalty.win_back_threshold
+        )
+        result.profiles = {
+            state.user_id: profile for (state, _), profile in zip(requests, profiles, strict=True)
+        }
         if banner_users:
             rankings = self.rank_banners(banner_users, now_ms)
             # every banner's score rounded at once (``round`` per score costs more)
@@ -289,13 +300,14 @@ class SliceProcessor:
             if state.loyalty is not None and state.loyalty.pending:
                 self.expiry.schedule(user_id, state.loyalty)
 
-    def _user_context(self, state: UserState, slates: dict[str, Slate], now_ms: int) -> UserContext:
+    def _user_context(
+        self, state: UserState, slates: dict[str, Slate], now_ms: int, tops: InterestTops
+    ) -> UserContext:
         day = now_ms // DAY_MS
         today = state.banner_day == day
-        tags = state.tag_interests.top(5) if state.tag_interests else []
         return UserContext(
-            interests=current_interests(state),
-            tags=frozenset(tag for tag, _ in tags),
+            interests=blended_interests(tops.session_categories, tops.categories),
+            tags=frozenset(tag for tag, _ in tops.tags),
             location=state.location,
             segment=state.segment or "na",
             slate_items=[item.id for slate in slates.values() for item in slate.items],

@@ -18,9 +18,15 @@ Written to Redis as the ``profile`` field of the user hash (versioned like the s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import NamedTuple
+
 import msgspec
 
+from processors.decay import DecayedCounter
 from processors.loyalty import win_back as is_win_back
+from processors.slates import round_scores
 from processors.user_state import UserState
 
 #: Weight of the current session in the interest the banners are matched against.
@@ -52,19 +58,100 @@ class Profile(msgspec.Struct, frozen=True):
     win_back: bool = False
 
 
-def _rounded(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+#: How many categories and tags a profile lists (and the banners match against).
+PROFILE_TOP = 5
+
+Weights = list[tuple[str, float]]
+
+_weight = itemgetter(1)
+
+
+class InterestTops(NamedTuple):
+    """A user's strongest categories and tags, each list normalised (the first 1.0):
+    long-term and current session, unrounded. Computed once per user per batch, for the
+    profile and the banners' user context."""
+
+    categories: Weights
+    session_categories: Weights
+    tags: Weights
+    session_tags: Weights
+
+
+def _normalised(counter: DecayedCounter | None, top: int) -> Weights:
+    """``counter.normalised_top(top)`` ([] for no counter), its sort inlined (four per user
+    and batch: the calls cost more than the sorts of a few keys)."""
+    if not counter:
+        return []
+    best = sorted(counter.scores.items(), key=_weight, reverse=True)[:top]
+    if not best:
+        return []
+    peak = best[0][1]
+    return [(key, weight / peak) for key, weight in best]
+
+
+def interest_tops(state: UserState, top: int = PROFILE_TOP) -> InterestTops:
+    return InterestTops(
+        _normalised(state.interests, top),
+        _normalised(state.session_interests, top),
+        _normalised(state.tag_interests, top),
+        _normalised(state.session_tags, top),
+    )
+
+
+def _rounded(pairs: Weights) -> Weights:
     return [(key, round(weight, 4)) for key, weight in pairs]
 
 
-def profile_of(state: UserState, top: int = 5, win_back_threshold: float = 0.3) -> Profile:
+def profile_of(
+    state: UserState, top: int = PROFILE_TOP, win_back_threshold: float = 0.3
+) -> Profile:
+    tops = InterestTops(*map(_rounded, interest_tops(state, top)))
+    return _profile(state, tops, win_back_threshold)
+
+
+def profiles_of(
+    states: Sequence[UserState],
+    tops: Sequence[InterestTops] | None = None,
+    win_back_threshold: float = 0.3,
+) -> list[Profile]:
+    """``[profile_of(state, win_back_threshold=...) for state in states]``, the same profiles,
+    with every weight of them rounded at once (``round`` with digits costs ~0.4 us a call,
+    ~20 a user). ``tops``: the states' ``interest_tops``, when the caller has them.
+
+    >>> from processors.events import Click
+    >>> from processors.user_state import UserStateConfig, apply_event
+    >>> states = [UserState(user_id=f"u{i}", partition=0) for i in range(2)]
+    >>> for i, state in enumerate(states):
+    ...     _ = apply_event(state, Click(event_id="e", ts=1_000, user_id=state.user_id,
+    ...         item_id="r1", item_type="recipe", category="pasta", tags=["quick"]),
+    ...         UserStateConfig())
+    >>> profiles_of(states) == [profile_of(state) for state in states]
+    True
+    """
+    if tops is None:
+        tops = [interest_tops(state) for state in states]
+    rounded = iter(
+        round_scores(
+            [weight for lists in tops for pairs in lists for _, weight in pairs], decimals=4
+        )
+    )
+    return [
+        _profile(
+            state,
+            InterestTops(*[[(key, next(rounded)) for key, _ in pairs] for pairs in lists]),
+            win_back_threshold,
+        )
+        for state, lists in zip(states, tops, strict=True)
+    ]
+
+
+def _profile(state: UserState, rounded: InterestTops, win_back_threshold: float) -> Profile:
     loyalty = state.loyalty
     return Profile(
-        top_categories=_rounded(state.interests.normalised_top(top) if state.interests else []),
-        session_categories=_rounded(
-            state.session_interests.normalised_top(top) if state.session_interests else []
-        ),
-        top_tags=_rounded(state.tag_interests.normalised_top(top) if state.tag_interests else []),
-        session_tags=_rounded(state.session_tags.normalised_top(top) if state.session_tags else []),
+        top_categories=rounded.categories,
+        session_categories=rounded.session_categories,
+        top_tags=rounded.tags,
+        session_tags=rounded.session_tags,
         segment=state.segment,
         location=state.location,
         sessions=state.sessions,
@@ -81,18 +168,19 @@ def profile_of(state: UserState, top: int = 5, win_back_threshold: float = 0.3) 
     )
 
 
-def current_interests(state: UserState, top: int = 5) -> dict[str, float]:
+def current_interests(state: UserState, top: int = PROFILE_TOP) -> dict[str, float]:
     """Category -> 0..1: the current session's interest (weight 0.7) blended with the
     long-term one (0.3), so a new session's category leads at once."""
-    blended: dict[str, float] = {}
-    parts = (
-        (state.session_interests, SESSION_SHARE),
-        (state.interests, 1.0 - SESSION_SHARE),
+    return blended_interests(
+        _normalised(state.session_interests, top), _normalised(state.interests, top)
     )
-    for counter, share in parts:
-        if counter is None:
-            continue
-        for category, weight in counter.normalised_top(top):
+
+
+def blended_interests(session: Weights, long_term: Weights) -> dict[str, float]:
+    """``current_interests`` from the user's normalised tops (``InterestTops``)."""
+    blended: dict[str, float] = {}
+    for pairs, share in ((session, SESSION_SHARE), (long_term, 1.0 - SESSION_SHARE)):
+        for category, weight in pairs:
             blended[category] = blended.get(category, 0.0) + share * weight
     peak = max(blended.values(), default=0.0)
     return {c: w / peak for c, w in blended.items()} if peak > 0.0 else {}

@@ -27,7 +27,6 @@ import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
 from processors.pipeline import SliceConfig, SliceProcessor, compile_kernels
-from processors.profile import profile_of
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
 from processors.user_state import UserState
@@ -269,7 +268,6 @@ def bench_batch_cost(
     # a size above the events measured would time one smaller batch under its label
     sizes = sorted({min(size, measured) for size in sizes})
     settings = load_settings()
-    win_back = settings.slice_config().loyalty.win_back_threshold
     catalog = _model().catalog_records()
     now = int(time.time() * 1000)
     points = []
@@ -294,7 +292,7 @@ def bench_batch_cost(
             for user_id, slates in result.slates.items():
                 for slate in slates.values():
                     encode_slate(slate)
-                _json.encode(profile_of(result.touched[user_id], win_back_threshold=win_back))
+                _json.encode(result.profiles[user_id])
             for state in result.touched.values():
                 pack_user_state(state)
             in_slice += sliced - began

@@ -20,7 +20,6 @@ from aiokafka.errors import KafkaError
 from processors.events import Event, EventDecoder, Rejection, dead_letter_bytes
 from processors.loyalty import encode_example
 from processors.pipeline import BatchResult, SliceProcessor
-from processors.profile import profile_of
 from processors.slates import encode_slate
 from processors.user_state import UserState
 from state.redis_writer import FieldWrite, RedisUnavailable, UserHashWriter
@@ -171,15 +170,14 @@ class EventHandler:
         self.states.hold(result.touched)
         self.states.hold(result.expired)
         clock.lap("slice")
-        win_back_threshold = self.processor.config.loyalty.win_back_threshold
+        profiles = result.profiles
         for user_id, slates in result.slates.items():
-            state = result.touched[user_id]
             for slate_field, slate in slates.items():
                 self.writer.stage(
                     user_id, FieldWrite(slate_field, slate.version, encode_slate(slate))
                 )
-            profile = profile_of(state, win_back_threshold=win_back_threshold)
-            self.writer.stage(user_id, FieldWrite("profile", state.version, _json.encode(profile)))
+            profile = _json.encode(profiles[user_id])
+            self.writer.stage(user_id, FieldWrite("profile", profiles[user_id].version, profile))
         clock.lap("output")
         if self.audiences is not None:
             await self.audiences.after_batch(

@@ -162,3 +162,26 @@ def test_banner_slates_follow_catalog_changes_between_batches() -> None:
     assert banner_ids(1) == {"pasta-b"}
     processor.apply_catalog(CatalogBanner(id="grill-b", categories=["grill"]))
     assert banner_ids(2) == {"pasta-b", "grill-b"}
+
+
+def test_the_slice_builds_each_touched_users_profile_as_profile_of_does() -> None:
+    from processors.simulator import SimulationConfig, TrafficModel
+
+    model = TrafficModel(SimulationConfig(seed=5), start_ms=1_700_000_000_000)
+    config = SliceConfig()
+    processor = SliceProcessor(config)
+    for record in model.catalog_records():
+        processor.apply_catalog(record)
+    stream = model.events()
+    states: dict[str, UserState] = {}
+    checked = 0
+    for _ in range(6):
+        batch = [(0, next(stream)) for _ in range(400)]
+        result = processor.process_batch(batch, states, now_ms=1_700_000_000_000)
+        assert result.profiles.keys() == result.touched.keys()
+        threshold = config.loyalty.win_back_threshold
+        for user_id, state in result.touched.items():
+            assert result.profiles[user_id] == profile_of(state, win_back_threshold=threshold)
+            checked += 1
+        states.update(result.touched)
+    assert checked > 500

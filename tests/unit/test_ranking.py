@@ -36,3 +36,13 @@ def test_round_scores_is_round_to_six_decimals_exactly(scores):
     rounded = round_scores(scores)
     expected = [round(score, 6) for score in scores]
     assert [repr(x) for x in rounded] == [repr(x) for x in expected]  # -0.0 apart from 0.0
+
+
+@given(st.lists(slate_scores, max_size=30), st.integers(0, 6))
+def test_round_scores_is_round_to_any_decimals_exactly(scores, decimals):
+    # the profile's weights are rounded to 4 decimals, halves included
+    halves = [(k + 0.5) / 10**decimals for k in range(0, 10**decimals, max(1, 10**decimals // 7))]
+    values = scores + halves
+    rounded = round_scores(values, decimals)
+    expected = [round(score, decimals) for score in values]
+    assert [repr(x) for x in rounded] == [repr(x) for x in expected]
