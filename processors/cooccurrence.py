@@ -37,6 +37,7 @@ import numpy.typing as npt
 from processors.ranking import largest
 from processors.row_kernel import (
     RowTable,
+    grown,
     learn_clicks,
     learn_visits,
     lookup,
@@ -919,9 +920,7 @@ class CooccurrenceModel:
         """Room for ``size`` positions in the arrays by item index."""
         for table in (self._rules, self._pairs, self._covisits):
             table.ensure_rows(size)
-        counts = np.zeros(size)
-        counts[: len(self._counts)] = self._counts
-        self._counts = counts
+        self._counts = grown(self._counts, size)
         self._scratch = np.full(size, -1, dtype=np.int64)
 
     def _renumber_index(self) -> None:
@@ -1088,13 +1087,11 @@ class _VoteArena:
         at, size = len(self.items), self._size
         end = size + d
         if at == len(self._bounds):
-            self._bounds = np.concatenate([self._bounds, np.zeros_like(self._bounds)])
+            self._bounds = grown(self._bounds, 2 * len(self._bounds))
         if end > len(self._candidates):
             capacity = max(2 * len(self._candidates), end)
-            self._candidates = np.concatenate(
-                [self._candidates[:size], np.zeros(capacity - size, np.int64)]
-            )
-            self._votes = np.concatenate([self._votes[:size], np.zeros(capacity - size)])
+            self._candidates = grown(self._candidates[:size], capacity)
+            self._votes = grown(self._votes[:size], capacity)
         self._candidates[size:end] = candidates
         self._votes[size:end] = votes
         self._bounds[at] = (size + a, size + b, size + c, end)
