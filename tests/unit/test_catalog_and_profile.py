@@ -185,3 +185,26 @@ def test_the_slice_builds_each_touched_users_profile_as_profile_of_does() -> Non
             checked += 1
         states.update(result.touched)
     assert checked > 500
+
+
+def test_the_profiles_inlined_ranking_is_the_counters_normalised_top() -> None:
+    # profile._normalised inlines DecayedCounter.normalised_top for speed: ties included,
+    # they must rank alike, or the profile and the slates' categories would disagree
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from processors.decay import DecayedCounter
+    from processors.profile import _normalised
+
+    @given(
+        st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(0, 5)), max_size=40),
+        st.integers(0, 8),
+    )
+    def check(adds: list[tuple[str, int]], top: int) -> None:
+        counter = DecayedCounter(half_life_ms=1e9, max_keys=6)
+        for key, t_ms in adds:
+            counter.add(key, t_ms)  # equal times and keys: ties
+        assert _normalised(counter, top) == counter.normalised_top(top)
+        assert _normalised(None, top) == []
+
+    check()
