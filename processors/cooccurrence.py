@@ -273,12 +273,14 @@ class BatchCandidates:
                 sources.bridges.append((item, weight, model.bridge_votes(item)))
         return sources
 
-    def explain(self, keys: npt.NDArray[np.int64]) -> tuple[list[str | None], list[str | None]]:
+    def explain_rows(
+        self, keys: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """For each (session, item) key: the session item behind the item's strongest vote
         (``VoteSources.strongest``: its strongest rule vote, else its strongest neighbour-visitor
-        vote), and the bridge behind its largest second-hop share (``VoteSources.bridge``);
-        None where there is none. Arrays over all the keys at once, not a loop over each
-        session's voters per item."""
+        vote) and the bridge behind its largest second-hop share (``VoteSources.bridge``), as
+        positions in ``voter_names`` and ``bridge_names``; -1 where there is none. Arrays over
+        all the keys at once, not a loop over each session's voters per item."""
         order = None
         if len(keys) > 1 and bool(np.any((keys[1:] >> 32) < (keys[:-1] >> 32))):
             order = np.argsort(keys >> 32, kind="stable")  # the kernel reads them by session
@@ -297,9 +299,25 @@ class BatchCandidates:
             strongest_voters(bridges.keys, bridges.votes, bridges.voter, keys, items, bridge)
         if order is not None:
             source[order], bridge[order] = source.copy(), bridge.copy()
-        names = rules.names or visitors.names  # the arena's rows' items
+        return source, bridge
+
+    @property
+    def voter_names(self) -> list[str]:
+        """The names ``explain_rows``' sources index (the vote arena's rows' items)."""
+        rules, visitors, _ = self.voters
+        return rules.names or visitors.names
+
+    @property
+    def bridge_names(self) -> list[str]:
+        """The names ``explain_rows``' bridges index."""
+        return self.voters[2].names
+
+    def explain(self, keys: npt.NDArray[np.int64]) -> tuple[list[str | None], list[str | None]]:
+        """``explain_rows`` as names (None where there is none)."""
+        source, bridge = self.explain_rows(keys)
+        names, bridge_names = self.voter_names, self.bridge_names
         sources = [None if at < 0 else names[at] for at in source.tolist()]
-        via = [None if at < 0 else bridges.names[at] for at in bridge.tolist()]
+        via = [None if at < 0 else bridge_names[at] for at in bridge.tolist()]
         return sources, via
 
     def scores_of(self, session: int, item_names: Sequence[str]) -> dict[str, float]:
@@ -632,6 +650,30 @@ class CooccurrenceModel:
         )
         return lookup(self._pairs.arrays(), rows, items)  # type: ignore[no-any-return]
 
+    @property
+    def latest_weight(self) -> float:
+        """The forward-decay weight of the newest evidence: stored values divided by it are
+        decayed to now (event time)."""
+        return self._latest_weight
+
+    def times_together(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """``pair_values`` as the co-occurrence counts an explanation shows: decayed to the
+        newest evidence (the stored values are forward-decay weighted from the model's
+        landmark, so undivided they would grow by 2x every half-life of the model's life),
+        rounded, at least 1 where there is any evidence and 0 where there is none.
+
+        >>> model = CooccurrenceModel(CooccurrenceConfig(half_life_ms=1_000))
+        >>> model.learn_one([], "a", ts_ms=0)
+        >>> model.learn_one(["a"], "b", ts_ms=0)
+        >>> model.learn_one([], "x", ts_ms=3_000)  # three half-lives later
+        >>> values = model.pair_values(["a", "a", None], np.array([1, 1, 1]))
+        >>> model.times_together(values * np.array([1.0, 80.0, 1.0])).tolist()
+        [1, 10, 0]
+        """
+        now = values / self.latest_weight
+        counts = np.rint(np.minimum(now, 2.0**62)).astype(np.int64)
+        return np.where(values > 0.0, np.maximum(counts, 1), 0)
+
     def explain(self, source: str, target: str) -> tuple[str, float]:
         """Why ``target`` is recommended after ``source``: the reason and its evidence count."""
         return f"because you viewed {source}", self.pairs.get(source, {}).get(target, 0.0)
@@ -708,6 +750,21 @@ class CooccurrenceModel:
         if count > 0.0:  # an item never clicked (pruned, or only seen) is not remembered
             self._vote_lists[item] = built
         return built
+
+    @property
+    def session_window(self) -> int | None:
+        """How many of a session's last items its candidates, vote sources and explanations
+        depend on (None: all of them): the ``recent_items`` that vote by rules, the last 3
+        that vote by neighbours (weighed by their places from the end, unless the position
+        decay is None: then by the session's length), and the last, which explanations name.
+
+        >>> CooccurrenceModel(CooccurrenceConfig()).session_window
+        5
+        """
+        config = self.config
+        if config.session_knn_weight > 0.0 and config.session_knn_position_decay is None:
+            return None
+        return max(config.recent_items, 3 if config.session_knn_weight > 0.0 else 1)
 
     def _rule_items(self, session: Sequence[str]) -> list[tuple[str, float]]:
         """The session's last ``recent_items`` distinct items with their vote weights (most

@@ -54,7 +54,14 @@ from processors.loyalty import (
     win_back,
 )
 from processors.popularity import PopularityConfig, PopularityIndex
-from processors.profile import InterestTops, Profile, blended_interests, interest_tops, profiles_of
+from processors.profile import (
+    PROFILE_TOP,
+    InterestTops,
+    Profile,
+    blended_interests,
+    interest_tops,
+    profiles_of,
+)
 from processors.recommend import (
     SLATE_FIELDS,
     AssemblyConfig,
@@ -215,6 +222,10 @@ class SliceProcessor:
         for state in result.touched.values():
             types = {"recipe"} | {item.item_type for item in state.recent}
             requests.append((state, [t for t in SLATE_FIELDS if t in types]))
+        # each user's categories and tags, ranked once for the slates, the profile and the
+        # banners (the slates' top categories are the profile's first ones, ties included)
+        tops = [interest_tops(state) for state, _ in requests]
+        top = config.assembly.top_categories
         built = assemble_slates_many(
             requests,
             self.cooccurrence,
@@ -223,9 +234,8 @@ class SliceProcessor:
             config.assembly,
             now_ms,
             self.popular_lists,
+            [user_tops.categories[:top] for user_tops in tops] if top <= PROFILE_TOP else None,
         )
-        # each user's categories and tags, ranked once for the profile and the banners
-        tops = [interest_tops(state) for state, _ in requests]
         for (state, _), by_type, user_tops in zip(requests, built, tops, strict=True):
             slates = result.slates[state.user_id] = {
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 import numpy as np
@@ -134,6 +135,9 @@ class ItemCatalog:
         return len(self._items)
 
 
+_ITEM_ID = attrgetter("item_id")
+
+
 def current_session(recent: list[RecentItem], gap_ms: int, last: int | None = None) -> list[str]:
     """The items of the user's latest session (no gap longer than ``gap_ms``), oldest first;
     only its ``last`` items when given.
@@ -203,6 +207,7 @@ def assemble_slates_many(
     config: AssemblyConfig,
     now_ms: int,
     lists: PopularLists | None = None,
+    interests: Sequence[Sequence[tuple[str, float]]] | None = None,
 ) -> list[dict[str, Slate]]:
     """The slates of many users, one per requested item type each, built together.
 
@@ -215,16 +220,20 @@ def assemble_slates_many(
     always fill it; when they do not, the user's whole list is ranked.
     A user's slates do not depend on which other users share the batch. ``lists``: the
     popular lists as arrays, kept by the caller from batch to batch (made here when None).
+    ``interests``: each user's ``interests.normalised_top(config.top_categories)``, when the
+    caller has them.
     """
     out: list[dict[str, Slate]] = []
     if lists is None:
         lists = PopularLists(model)
     lists.snapshot = popularity
+    gap, window = config.session_gap_ms, model.session_window
     for start in range(0, len(requests), CHUNK_USERS):
         chunk = requests[start : start + CHUNK_USERS]
-        sessions = [current_session(user.recent, config.session_gap_ms) for user, _ in chunk]
+        sessions = [current_session(user.recent, gap, window) for user, _ in chunk]
         batch = model.candidates_many(sessions)
-        out += _SlateTail(batch, chunk, model, catalog, config, lists).slates(now_ms)
+        tops = None if interests is None else interests[start : start + CHUNK_USERS]
+        out += _SlateTail(batch, chunk, model, catalog, config, lists, tops).slates(now_ms)
     return out
 
 
@@ -276,6 +285,7 @@ class PopularLists:
 
 #: ``_Rows.listed`` of a next-click candidate no popularity list brought, and of a trending item
 _NOT_LISTED, _TRENDING = slate_kernel.NOT_LISTED, slate_kernel.TRENDING
+assert (_NOT_LISTED, _TRENDING) == (-2, -1)  # ``_SlateTail.slates``' reasons table
 _NO_INTS, _NO_FLOATS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
 
 
@@ -328,6 +338,7 @@ class _SlateTail:
         catalog: ItemCatalog,
         config: AssemblyConfig,
         lists: PopularLists,
+        interests: Sequence[Sequence[tuple[str, float]]] | None = None,
     ) -> None:
         self.batch, self.requests, self.model = batch, requests, model
         self.catalog, self.config = catalog, config
@@ -344,7 +355,7 @@ class _SlateTail:
                 self.requested[position * width + self.types.index(item_type)] = True
         # The category lists are interned before the codes and exclusions (_index_items).
         self.lists = lists
-        self._category_segments(lists)
+        self._category_segments(lists, interests)
         self._index_items()
         code_of = {item_type: code for code, item_type in enumerate(self.types)}
         # catalog type code -> position in ``types``; the extra last slot maps unknown (-1)
@@ -379,58 +390,57 @@ class _SlateTail:
         self.slate_types = np.array(
             [catalog.type_ids.get(item_type, -3) for item_type in self.types], dtype=np.int64
         )
-        index = model.item_index
-        excluded = [
-            position * KEY_SPACE + index[item]
-            for position, (user, _) in enumerate(self.requests)
-            for item in (
-                config.exclude_items | user.seen_items()
-                if config.exclude_seen
-                else config.exclude_items
-            )
-            if item in index
-        ]
+        # an item seen twice is a key twice: the kernels only ask whether a key is there
+        code = model.item_index.get
+        always = [at for at in map(code, config.exclude_items) if at is not None]
+        excluded: list[int] = []
+        for position, (user, _) in enumerate(self.requests):
+            offset = position * KEY_SPACE
+            if config.exclude_seen:
+                seen = map(code, map(_ITEM_ID, user.recent))
+                excluded += [offset + at for at in seen if at is not None]
+            if always:
+                excluded += [offset + at for at in always]
         self.excluded_keys = np.sort(np.array(excluded, dtype=np.int64))
 
-    def _category_segments(self, lists: PopularLists) -> None:
+    def _category_segments(
+        self, lists: PopularLists, interests: Sequence[Sequence[tuple[str, float]]] | None
+    ) -> None:
         """Each group's popular lists, one per top category of the user with a positive
         peak, as the kernels read them: the group's segments (``segment_starts``), each
         segment's list (in a table of the distinct lists, back to back), its scale (interest /
         the list's peak) and its category's code."""
-        config, width, types = self.config, self.width, self.types
+        config, types = self.config, self.types
         category_code = self.catalog.category_code
         starts = [0]
         segment_list: list[int] = []
         scales: list[float] = []
         categories: list[int] = []
-        table: dict[tuple[str, str], tuple[int, float]] = {}
+        table: dict[tuple[str, str], tuple[int, float, int]] = {}  # (list, peak, category)
         items: list[Ints] = []
         pops: list[Floats] = []
-        position_of = {item_type: at for at, item_type in enumerate(types)}
-        for user, item_types in self.requests:
-            positions = [position_of[item_type] for item_type in item_types]
-            segments: list[list[tuple[int, float, int]]] = [[] for _ in range(width)]
+        top = config.top_categories
+        for at, (user, item_types) in enumerate(self.requests):
+            strongest: Sequence[tuple[str, float]] = ()
             if user.interests is not None:
-                interests = user.interests.normalised_top(config.top_categories)
-                for item_type, position in zip(item_types, positions, strict=True):
-                    for category, interest in interests:
+                strongest = (
+                    user.interests.normalised_top(top) if interests is None else interests[at]
+                )
+            for item_type in types:  # the user's groups, in order
+                if strongest and item_type in item_types:
+                    for category, interest in strongest:
                         key = (item_type, category)
                         held = table.get(key)
                         if held is None:
                             listed_items, values, peak = lists.get(item_type, category)
-                            held = table[key] = (len(items), peak)
+                            held = table[key] = (len(items), peak, category_code(category))
                             if peak > 0.0:  # else also an empty list: no segment
                                 items.append(listed_items)
                                 pops.append(values)
                         if held[1] > 0.0:
-                            segments[position].append(
-                                (held[0], interest / held[1], category_code(category))
-                            )
-            for group_segments in segments:
-                for listed, scale, code in group_segments:
-                    segment_list.append(listed)
-                    scales.append(scale)
-                    categories.append(code)
+                            segment_list.append(held[0])
+                            scales.append(interest / held[1])
+                            categories.append(held[2])
                 starts.append(len(segment_list))
         lengths = np.array([len(listed) for listed in items], dtype=np.int64)
         self.segment_starts = np.array(starts, dtype=np.int64)
@@ -535,12 +545,14 @@ class _SlateTail:
         # category code -> name; the last entry, None, is what code -1 (shown under no
         # category) indexes (unplaceable rows, -2, never reach a slate: ``_merge``)
         category_names: list[str | None] = [*self.catalog.category_ids, None]
-        list_reasons = {_TRENDING: "trending now"}
-        for code in set(rows.listed.tolist()) - {_TRENDING, _NOT_LISTED}:
-            list_reasons[code] = f"popular in {category_names[code]}"
+        # the rows a popular list explains, by list code + 2 (_NOT_LISTED -2, _TRENDING -1,
+        # then the category codes), then the next-click ones, explained together
+        listed = (rows.listed - _NOT_LISTED).tolist()
+        list_reasons: list[str] = ["", "trending now", *[""] * len(self.catalog.category_ids)]
+        for code in set(listed) - {0, 1}:
+            list_reasons[code] = f"popular in {category_names[code + _NOT_LISTED]}"
         ids = list(map(names.__getitem__, rows.item.tolist()))
-        # the rows a popular list explains, then the next-click ones, explained together
-        reasons = [list_reasons.get(code, "") for code in rows.listed.tolist()]
+        reasons = list(map(list_reasons.__getitem__, listed))
         voted = np.flatnonzero(~by_list)
         sessions = rows.group[voted] // self.width
         for position, reason in zip(
@@ -578,23 +590,24 @@ class _SlateTail:
         """Why each next-click candidate (its session position and index) is recommended:
         the session item behind its strongest vote, with the co-occurrence evidence when there
         is some; else the candidate whose own votes brought it (the second hop)."""
-        sources, bridges = self.batch.explain(sessions * KEY_SPACE + items)
-        session_items = self.batch.session_items
-        for at, (session, source, bridge) in enumerate(
-            zip(sessions.tolist(), sources, bridges, strict=True)
-        ):
-            if source is None and bridge is None:  # the session's last item stands in
-                last = session_items[session]
-                sources[at] = last[-1] if last else ""
-        # pairs[source][item], looked up for all of them at once
-        together = self.model.pair_values(sources, items).tolist()
-        out = []
-        for source, bridge, evidence in zip(sources, bridges, together, strict=True):
-            if source is None:
-                out.append(f"often viewed with {bridge}")
-                continue
-            if evidence >= 0.5:
-                out.append(f"because you viewed {source} ({evidence:.0f} times together)")
-            else:  # voted by neighbour visitors only (no co-occurrence in one window)
-                out.append(f"visitors who viewed {source} also viewed it")
+        batch = self.batch
+        source, bridge = batch.explain_rows(sessions * KEY_SPACE + items)
+        names = batch.voter_names
+        sources: list[str | None] = [None if at < 0 else names[at] for at in source.tolist()]
+        # no vote and no bridge (rare): the session's last item stands in
+        for at in np.flatnonzero((source < 0) & (bridge < 0)).tolist():
+            last = batch.session_items[int(sessions[at])]
+            sources[at] = last[-1] if last else ""
+        model = self.model
+        together = model.times_together(model.pair_values(sources, items)).tolist()
+        out = [
+            f"because you viewed {source} ({count} times together)"
+            if count
+            else f"visitors who viewed {source} also viewed it"
+            for source, count in zip(sources, together, strict=True)
+        ]
+        bridge_names = batch.bridge_names
+        for at in np.flatnonzero(source < 0).tolist():
+            if bridge[at] >= 0:  # brought by the second hop
+                out[at] = f"often viewed with {bridge_names[bridge[at]]}"
         return out

@@ -19,12 +19,14 @@ False
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import msgspec
 
 from processors.decay import DecayedCounter
-from processors.events import Event
+from processors.events import Event, EventBase
 from processors.loyalty import LoyaltyState
 
 #: The version encodes (newest event time, events applied since it advanced); see
@@ -129,6 +131,43 @@ def dedup_key(event_id: str) -> str | int:
     return int.from_bytes(digest, "little")
 
 
+#: segment fields -> a function of an event giving their values (a tuple)
+_SEGMENT_VALUES: dict[tuple[str, ...], Callable[[Event], tuple[object, ...]]] = {}
+#: values -> their segment string: a few distinct ones (devices x plans), made once
+_SEGMENTS: dict[tuple[object, ...], str] = {}
+_MAX_SEGMENTS = 4096
+
+
+def segment_of(event: Event, fields: tuple[str, ...]) -> str:
+    """The event's values of ``fields`` joined by "-", "na" for absent ones (the banners'
+    CTRs are learned per segment).
+
+    >>> from processors.events import PageView
+    >>> view = PageView(event_id="e", ts=0, user_id="u", device="mobile")
+    >>> segment_of(view, ("device", "plan")), segment_of(view, ("plan",))
+    ('mobile-na', 'na')
+    """
+    values_of = _SEGMENT_VALUES.get(fields)
+    if values_of is None:
+        known = set(EventBase.__struct_fields__)
+        if fields and all(name in known for name in fields):  # C getters, one tuple
+            getter = attrgetter(*fields)
+            values_of = getter if len(fields) > 1 else (lambda event: (getter(event),))
+        else:
+            values_of = lambda event: tuple(getattr(event, name, None) for name in fields)  # noqa: E731
+        _SEGMENT_VALUES[fields] = values_of
+    values = values_of(event)
+    try:
+        segment = _SEGMENTS.get(values)
+    except TypeError:  # a field that is a list (tags): not kept
+        return "-".join(str(value or "na") for value in values)
+    if segment is None:
+        if len(_SEGMENTS) >= _MAX_SEGMENTS:  # bounded: values come from the events
+            _SEGMENTS.clear()
+        segment = _SEGMENTS[values] = "-".join(str(value or "na") for value in values)
+    return segment
+
+
 def _remember_event_id(state: UserState, event: Event, config: UserStateConfig) -> bool:
     """Record the event id; False if it was already seen within the dedup window."""
     seen = state.seen_event_ids
@@ -170,9 +209,7 @@ def apply_event(state: UserState, event: Event, config: UserStateConfig) -> bool
     if event.dwell_ms is not None:
         state.dwell_ms += min(event.dwell_ms, config.session_gap_ms)
     if config.segment_fields:
-        state.segment = "-".join(
-            str(getattr(event, name, None) or "na") for name in config.segment_fields
-        )
+        state.segment = segment_of(event, config.segment_fields)
     if event.country is not None:
         state.location = event.country
 

@@ -452,3 +452,37 @@ def test_every_items_materialised_lists_and_arrays_agree(
         assert cached[0] is built
         assert cached[1][0].tolist() == candidates.tolist()
         assert cached[1][1].tolist() == votes.tolist() and cached[1][2] == (a, b, c, d)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sessions,
+    st.lists(st.sampled_from("abcdefgh"), max_size=12),
+    st.sampled_from([(5, 1.0, 0.3), (2, 1.0, 0.3), (5, None, 0.3), (0, 1.0, 0.0), (1, 2.0, 0.3)]),
+)
+def test_a_sessions_window_decides_its_candidates_and_sources(
+    data: list[list[str]],
+    session: list[str],
+    shape: tuple[int, float | None, float],
+) -> None:
+    """``session_window``: the session's last items that far back give the same candidates
+    (bit for bit) and vote sources as the whole session; None when the neighbour weights
+    depend on the session's length."""
+    recent_items, position_decay, knn_weight = shape
+    model = CooccurrenceModel(
+        CooccurrenceConfig(
+            recent_items=recent_items,
+            session_knn_position_decay=position_decay,
+            session_knn_weight=knn_weight,
+        )
+    )
+    learn(model, data)
+    learn_visits(model, [(f"v{at}", items) for at, items in enumerate(data)])
+    window = model.session_window
+    if position_decay is None and knn_weight > 0.0:
+        assert window is None
+        return
+    assert window is not None and window >= 1
+    tail = session[-window:]
+    assert model.candidates(tail) == model.candidates(session)
+    assert model.vote_sources(tail) == model.vote_sources(session)

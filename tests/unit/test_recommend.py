@@ -49,7 +49,34 @@ def test_a_click_changes_the_slate_to_what_followed_it_for_others() -> None:
     assert before.slates["me"]["recipes"].items[0].id == "y"
     after = processor.process_batch([(0, click(50_001, "me", "a"))], states, 10**7)
     top = after.slates["me"]["recipes"].items[0]
+    # five co-views, decayed over the ~14 hours to the newest event (half-life 72 h)
+    together = round(5 / 2 ** ((50_001 - 401) * 1000 / (72 * 3_600_000)))
+    assert together == 4
+    assert (top.id, top.reason) == ("b", f"because you viewed a ({together} times together)")
+
+
+def test_times_together_counts_the_evidence_as_of_now_not_since_the_models_start() -> None:
+    """The pair values are forward-decay weighted from the model's first event: five co-views
+    three half-lives after it are stored as 5 x 2**3. The explanation shows 5 (it showed 40),
+    and co-views that old evidence decayed below one still show as one."""
+    half_life = 72 * 3_600_000  # the model's default
+    late = 3 * half_life // 1000  # ``click`` spaces events by ``step`` = 1,000 ms
+    events = [click(0, "first", "z"), *history(5, ["a", "b"], start=late)]
+    processor = SliceProcessor(SliceConfig())
+    states: dict[str, UserState] = {}
+    states.update(processor.process_batch([(0, e) for e in events], states, 10**7).touched)
+    result = processor.process_batch([(0, click(late + 900, "me", "a"))], states, 10**7)
+    top = result.slates["me"]["recipes"].items[0]
     assert (top.id, top.reason) == ("b", "because you viewed a (5 times together)")
+    assert processor.cooccurrence.pairs["a"]["b"] == pytest.approx(5 * 2**3, rel=1e-3)
+    # the same five co-views, seen from five half-lives later: 5 / 2**5 -> still "1"
+    later = late + 5 * half_life // 1000
+    result = processor.process_batch(
+        [(0, click(later, "other", "q")), (0, click(later + 1, "me2", "a"))], states, 10**7
+    )
+    assert result.slates["me2"]["recipes"].items[0].reason == (
+        "because you viewed a (1 times together)"
+    )
 
 
 def test_excluded_items_never_appear() -> None:
@@ -136,7 +163,8 @@ def test_the_second_hop_recommends_what_follows_a_candidate_and_says_so() -> Non
         return {item.id: item.reason for item in result.slates["me"]["recipes"].items}
 
     with_hop, without = recipes(1.0), recipes(0.0)
-    assert with_hop["b"] == without["b"] == "because you viewed a (5 times together)"
+    # (five co-views ~25 hours before "me" clicked: decayed to now, 5 / 2 ** (25 / 72) ~ 4)
+    assert with_hop["b"] == without["b"] == "because you viewed a (4 times together)"
     assert with_hop["c"] == "often viewed with b"
     assert without.get("c", "").startswith("popular") or "c" not in without
 
@@ -247,12 +275,13 @@ def reference_slate(
             source = sources.strongest(item)
             bridge = sources.bridge(item) if source is None else None
             source = source or sources.last
-            evidence = model.pairs.get(source, {}).get(item, 0.0)
+            evidence = model.pairs.get(source, {}).get(item, 0.0)  # forward-decay weighted
+            together = max(1, round(evidence / model.latest_weight))  # decayed to now
             reason = (
                 f"often viewed with {bridge}"
                 if bridge is not None
-                else f"because you viewed {source} ({evidence:.0f} times together)"
-                if evidence >= 0.5
+                else f"because you viewed {source} ({together} times together)"
+                if evidence > 0.0
                 else f"visitors who viewed {source} also viewed it"
             )
         out.append(SlateItem(item, round(score, 6), reason, category))

@@ -18,6 +18,7 @@ from processors.user_state import (
     decode_user_state,
     dedup_key,
     encode_user_state,
+    segment_of,
 )
 from state.records import pack_user_state
 
@@ -128,3 +129,25 @@ def test_codec_round_trips(times: list[int]) -> None:
     for i, ts in enumerate(times):
         apply_event(state, click(i, ts, item=f"r{i % 7}", category=f"c{i % 3}"), CONFIG)
     assert decode_user_state(encode_user_state(state)) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([None, "mobile", "desktop", "", "a-b"]),
+    st.sampled_from([None, "free", "pro"]),
+    st.sampled_from(["chrome", None]),
+    st.sampled_from(
+        [("device", "plan"), ("plan",), ("device", "browser", "plan"), ("plan", "unknown"), ()]
+    ),
+)
+def test_segment_of_joins_the_fields_as_the_plain_formula(
+    device: str | None, plan: str | None, browser: str | None, fields: tuple[str, ...]
+) -> None:
+    """The cached getters and strings give what ``"-".join(...)`` over ``getattr`` gives,
+    fields unknown to events and empty strings included; a list field is joined, not kept."""
+    event = PageView(
+        event_id="e", ts=0, user_id="u", device=device, plan=plan, browser=browser, tags=["x"]
+    )
+    plain = "-".join(str(getattr(event, name, None) or "na") for name in fields)
+    assert segment_of(event, fields) == plain
+    assert segment_of(event, ("tags", "plan")) == f"['x']-{plan or 'na'}"
