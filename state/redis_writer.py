@@ -61,7 +61,13 @@ class _HiredisPacking:
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str):  # "SCRIPT LOAD": the server wants the words apart
             args = (*args[0].encode().split(), *args[1:])
-        # hiredis takes str, int, float and bytes only (as redis-py's own hiredis packer does)
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+        # hiredis takes str, int, float and bytes only (as redis-py's own hiredis packer
+        # does): a bytearray is copied to bytes, on this path only (a scan of every argument
+        # of every call cost a tenth of the client's CPU per flushed user)
         args = tuple(bytes(a) if isinstance(a, bytearray | memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]
