@@ -675,8 +675,10 @@ class CooccurrenceModel:
         return np.where(values > 0.0, np.maximum(counts, 1), 0)
 
     def explain(self, source: str, target: str) -> tuple[str, float]:
-        """Why ``target`` is recommended after ``source``: the reason and its evidence count."""
-        return f"because you viewed {source}", self.pairs.get(source, {}).get(target, 0.0)
+        """Why ``target`` is recommended after ``source``: the reason and its evidence count,
+        decayed to the newest evidence (as the slates' explanations count it)."""
+        together = self.pairs.get(source, {}).get(target, 0.0) / self.latest_weight
+        return f"because you viewed {source}", together
 
     # --- prediction -------------------------------------------------------------------
     def popular(self, n: int) -> list[tuple[str, float]]:
