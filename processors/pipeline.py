@@ -14,7 +14,7 @@ a product slate once they have viewed products). The worker and the in-process o
 >>> sorted(result.touched), result.duplicates
 (['u0', 'u1', 'u2'], 0)
 >>> [(item.id, item.reason) for item in result.slates["u0"]["recipes"].items]
-[('r3', 'because you viewed r1 (1 times together)'), ('r5', 'popular in pasta')]
+[('r3', 'because you viewed r1 (1 time together)'), ('r5', 'popular in pasta')]
 """
 
 from __future__ import annotations

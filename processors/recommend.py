@@ -17,7 +17,7 @@
 >>> for item in slate.items:
 ...     print(item.id, item.reason)
 r2 because you viewed r1 (2 times together)
-r3 because you viewed r1 (1 times together)
+r3 because you viewed r1 (1 time together)
 """
 
 from __future__ import annotations
@@ -601,7 +601,7 @@ class _SlateTail:
         model = self.model
         together = model.times_together(model.pair_values(sources, items)).tolist()
         out = [
-            f"because you viewed {source} ({count} times together)"
+            f"because you viewed {source} ({count} time{'s' if count > 1 else ''} together)"
             if count
             else f"visitors who viewed {source} also viewed it"
             for source, count in zip(sources, together, strict=True)

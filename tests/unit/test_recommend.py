@@ -75,7 +75,7 @@ def test_times_together_counts_the_evidence_as_of_now_not_since_the_models_start
         [(0, click(later, "other", "q")), (0, click(later + 1, "me2", "a"))], states, 10**7
     )
     assert result.slates["me2"]["recipes"].items[0].reason == (
-        "because you viewed a (1 times together)"
+        "because you viewed a (1 time together)"
     )
 
 
@@ -280,7 +280,7 @@ def reference_slate(
             reason = (
                 f"often viewed with {bridge}"
                 if bridge is not None
-                else f"because you viewed {source} ({together} times together)"
+                else f"because you viewed {source} ({together} time{'s' * (together > 1)} together)"
                 if evidence > 0.0
                 else f"visitors who viewed {source} also viewed it"
             )
