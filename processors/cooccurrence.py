@@ -255,6 +255,8 @@ class BatchCandidates:
     bridge_bounds: npt.NDArray[np.int64]  # session s's bridges: bridge_bounds[s]:[s + 1]
     #: the gathered votes by kind (rules, visitors, bridges): where explanations come from
     voters: tuple[_Voters, _Voters, _Voters]
+    #: the voters' and bridges' items (``explain_rows``' positions) as ``item_index`` positions
+    voter_codes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     _sources: dict[int, VoteSources] = field(default_factory=dict)
 
     def with_bridges(self, session: int, model: CooccurrenceModel) -> VoteSources:
@@ -643,12 +645,18 @@ class CooccurrenceModel:
     ) -> npt.NDArray[np.float64]:
         """``pairs[source][item]`` for each source name and item (its ``item_index``
         position), 0.0 where there is none (or the source is None)."""
-        self._learn()
         index = self.item_index
         rows = np.array(
             [-1 if source is None else index.get(source, -1) for source in sources], np.int64
         )
-        return lookup(self._pairs.arrays(), rows, items)  # type: ignore[no-any-return]
+        return self.pair_values_at(rows, items)
+
+    def pair_values_at(
+        self, sources: npt.NDArray[np.int64], items: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """``pair_values`` with the sources as ``item_index`` positions (-1: none)."""
+        self._learn()
+        return lookup(self._pairs.arrays(), sources, items)  # type: ignore[no-any-return]
 
     @property
     def latest_weight(self) -> float:
@@ -962,6 +970,7 @@ class CooccurrenceModel:
                 visitor_votes,
                 _Voters(bridge_keys, bridge_weighted, bridge_voter, table.items),
             ),
+            voter_codes=table.codes,
         )
 
     def intern(self, item: str) -> int:
@@ -1127,6 +1136,7 @@ class _VoteArena:
         self.rows: dict[str, int] = {}  # item -> its row (valid rows only)
         self.items: list[str] = []  # each row's item, dropped rows too (a new list when compacted)
         self._bounds = np.zeros((256, 4), dtype=np.int64)  # rule, visitor, bridge starts; end
+        self._codes = np.zeros(256, dtype=np.int64)  # each row's item, as its index position
         self._candidates = np.zeros(1 << 14, dtype=np.int64)
         self._votes = np.zeros(1 << 14, dtype=np.float64)
         self._size = 0  # entries in use, dropped rows' included
@@ -1147,6 +1157,7 @@ class _VoteArena:
         end = size + d
         if at == len(self._bounds):
             self._bounds = grown(self._bounds, 2 * len(self._bounds))
+            self._codes = grown(self._codes, 2 * len(self._codes))
         if end > len(self._candidates):
             capacity = max(2 * len(self._candidates), end)
             self._candidates = grown(self._candidates[:size], capacity)
@@ -1154,6 +1165,7 @@ class _VoteArena:
         self._candidates[size:end] = candidates
         self._votes[size:end] = votes
         self._bounds[at] = (size + a, size + b, size + c, end)
+        self._codes[at] = model.item_index[item]  # interned by vote_arrays
         self._size = end
         self.items.append(item)
         self.rows[item] = at
@@ -1190,11 +1202,20 @@ class _VoteArena:
         self._votes = np.zeros(capacity, dtype=np.float64)
         self._candidates[:total] = candidates
         self._votes[:total] = votes
+        codes = self._codes[[at for _, at in live]]
         self._bounds = np.zeros((max(2 * len(live), 256), 4), dtype=np.int64)
         self._bounds[: len(live)] = bounds - shift[:, None]
+        self._codes = np.zeros(len(self._bounds), dtype=np.int64)
+        self._codes[: len(live)] = codes
         self.items = [item for item, _ in live]
         self.rows = {item: at for at, (item, _) in enumerate(live)}
         self._size, self._garbage = total, 0
+
+    @property
+    def codes(self) -> npt.NDArray[np.int64]:
+        """Each row's item as its position in the model's ``item_index`` (a view, valid until
+        a row is added)."""
+        return self._codes[: len(self.items)]
 
     def arrays(
         self,

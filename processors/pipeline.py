@@ -71,7 +71,7 @@ from processors.recommend import (
     current_session,
     visitor_id,
 )
-from processors.slates import Slate, SlateItem, round_scores
+from processors.slates import AnySlate, Slate, SlateItem, item_ids, round_scores
 from processors.user_state import DAY_MS, UserState, UserStateConfig, apply_event
 
 #: How much each event type counts toward an item's popularity.
@@ -95,7 +95,7 @@ class SliceConfig:
 class BatchResult:
     touched: dict[str, UserState] = field(default_factory=dict)
     #: user_id -> Redis field ("recipes", "products") -> slate
-    slates: dict[str, dict[str, Slate]] = field(default_factory=dict)
+    slates: dict[str, dict[str, AnySlate]] = field(default_factory=dict)
     #: user_id -> the ``profile`` field, for every touched user
     profiles: dict[str, Profile] = field(default_factory=dict)
     applied_by_type: Counter[str] = field(default_factory=Counter)
@@ -311,7 +311,7 @@ class SliceProcessor:
                 self.expiry.schedule(user_id, state.loyalty)
 
     def _user_context(
-        self, state: UserState, slates: dict[str, Slate], now_ms: int, tops: InterestTops
+        self, state: UserState, slates: dict[str, AnySlate], now_ms: int, tops: InterestTops
     ) -> UserContext:
         day = now_ms // DAY_MS
         today = state.banner_day == day
@@ -320,7 +320,7 @@ class SliceProcessor:
             tags=frozenset(tag for tag, _ in tops.tags),
             location=state.location,
             segment=state.segment or "na",
-            slate_items=[item.id for slate in slates.values() for item in slate.items],
+            slate_items=[item for slate in slates.values() for item in item_ids(slate)],
             day=day,
             impressions_today=state.banner_impressions if today else {},
             clicked_today=frozenset(state.banners_clicked if today else ()),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -34,7 +35,15 @@ from processors import slate_kernel
 from processors.cooccurrence import KEY_SPACE, BatchCandidates, CooccurrenceModel
 from processors.popularity import RankedSnapshot
 from processors.ranking import NameOrder
-from processors.slates import Slate, SlateItem, round_scores
+from processors.slates import (
+    SLATE_SCHEMA_VERSION,
+    AnySlate,
+    EncodedSlate,
+    Slate,
+    as_slate,
+    decode_slate,
+    round_scores,
+)
 from processors.user_state import RecentItem, UserState
 
 #: Users whose slates are built together: ~700 gathered votes each, so a chunk's arrays
@@ -194,9 +203,10 @@ def assemble_slates(
     now_ms: int,
 ) -> dict[str, Slate]:
     """One slate per item type for one user (``assemble_slates_many`` for one)."""
-    return assemble_slates_many(
+    built = assemble_slates_many(
         [(user, list(item_types))], model, popularity, catalog, config, now_ms
     )[0]
+    return {item_type: as_slate(slate) for item_type, slate in built.items()}
 
 
 def assemble_slates_many(
@@ -208,7 +218,7 @@ def assemble_slates_many(
     now_ms: int,
     lists: PopularLists | None = None,
     interests: Sequence[Sequence[tuple[str, float]]] | None = None,
-) -> list[dict[str, Slate]]:
+) -> list[dict[str, AnySlate]]:
     """The slates of many users, one per requested item type each, built together.
 
     Each user's next-click candidates (which mix types) are scored once for all users
@@ -223,7 +233,7 @@ def assemble_slates_many(
     ``interests``: each user's ``interests.normalised_top(config.top_categories)``, when the
     caller has them.
     """
-    out: list[dict[str, Slate]] = []
+    out: list[dict[str, AnySlate]] = []
     if lists is None:
         lists = PopularLists(model)
     lists.snapshot = popularity
@@ -238,9 +248,47 @@ def assemble_slates_many(
 
 
 Ints = npt.NDArray[np.int64]
+Bytes = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float64]
 # A ranked popularity list over the model's item index: items, their popularity, its peak.
 _RankedArrays = tuple[Ints, Floats, float]
+
+
+class JsonStrings:
+    """A growing list of strings (the model's item names), each as JSON (msgspec's encoding,
+    quoted and escaped), back to back in one byte array: what ``slate_kernel.write_slates``
+    copies the slates' ids from. Appended to as the list grows; made anew when the list was
+    replaced (``generation``).
+
+    >>> names, strings = ["r1"], JsonStrings()
+    >>> data, starts, ends = strings.arrays(names, generation=0)
+    >>> names.append('say "hi"')
+    >>> data, starts, ends = strings.arrays(names, generation=0)
+    >>> print(b" ".join(data[s:e].tobytes() for s, e in zip(starts, ends)).decode())
+    "r1" "say \\"hi\\""
+    """
+
+    def __init__(self) -> None:
+        self._for: tuple[int, int] | None = None
+        self.data = np.zeros(0, dtype=np.uint8)
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.ends = np.zeros(0, dtype=np.int64)
+
+    def arrays(self, strings: list[str], generation: int) -> tuple[Bytes, Ints, Ints]:
+        """(data, starts, ends): string i is ``data[starts[i]:ends[i]]``."""
+        known = len(self.starts)
+        if self._for != (id(strings), generation) or len(strings) < known:
+            self._for = (id(strings), generation)
+            self.data, self.starts, self.ends = self.data[:0], self.starts[:0], self.ends[:0]
+            known = 0
+        if len(strings) > known:
+            added = np.frombuffer(_json.encode(strings[known:]), dtype=np.uint8)
+            starts, ends = slate_kernel.string_bounds(added, len(strings) - known)
+            shift = len(self.data) - starts[0]
+            self.data = np.concatenate([self.data, added[starts[0] : ends[-1]]])
+            self.starts = np.concatenate([self.starts, starts + shift])
+            self.ends = np.concatenate([self.ends, ends + shift])
+        return self.data, self.starts, self.ends
 
 
 class PopularLists:
@@ -252,6 +300,7 @@ class PopularLists:
         self.model = model
         self.snapshot: RankedSnapshot | None = None  # the batch's (assemble_slates_many)
         self.name_order = NameOrder()  # the model's item names in order, as int keys
+        self.json_names = JsonStrings()  # the model's item names as JSON
         # (type, category) -> (the list, the index generation, its arrays)
         self._arrays: dict[
             tuple[str, str | None], tuple[list[tuple[str, float]], int, _RankedArrays]
@@ -287,6 +336,10 @@ class PopularLists:
 _NOT_LISTED, _TRENDING = slate_kernel.NOT_LISTED, slate_kernel.TRENDING
 assert (_NOT_LISTED, _TRENDING) == (-2, -1)  # ``_SlateTail.slates``' reasons table
 _NO_INTS, _NO_FLOATS = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+#: The name of the model behind the recipe and product slates (the slates' ``model`` field).
+SLATE_MODEL = "cooccurrence+popular"
+_json = msgspec.json.Encoder()
+_SLATE_JSON = slate_kernel.slate_json_parts(_json.encode(SLATE_MODEL), SLATE_SCHEMA_VERSION)
 
 
 @dataclass(slots=True)
@@ -533,81 +586,119 @@ class _SlateTail:
         )
         return _Rows(*rows)
 
-    def slates(self, now_ms: int) -> list[dict[str, Slate]]:
-        """Every user's slates: the rows explained and made into slate items (column by
-        column, so the per-item work runs in ``map`` and comprehensions, not in a loop body
-        per item)."""
+    def slates(self, now_ms: int) -> list[dict[str, AnySlate]]:
+        """Every user's slates, written as their JSON from the rows (``slate_kernel.
+        write_slates``): the strings they copy (reasons, categories) encoded in one call;
+        a slate with a score the kernel cannot write is made of slate items instead."""
         rows = self._rows(self.lists)
         by_list = (rows.listed != _NOT_LISTED) & (
             ~rows.voted | (rows.share > rows.total - rows.share)
         )
-        names = self.model.item_names
-        # category code -> name; the last entry, None, is what code -1 (shown under no
-        # category) indexes (unplaceable rows, -2, never reach a slate: ``_merge``)
-        category_names: list[str | None] = [*self.catalog.category_ids, None]
-        # the rows a popular list explains, by list code + 2 (_NOT_LISTED -2, _TRENDING -1,
-        # then the category codes), then the next-click ones, explained together
-        listed = (rows.listed - _NOT_LISTED).tolist()
-        list_reasons: list[str] = ["", "trending now", *[""] * len(self.catalog.category_ids)]
-        for code in set(listed) - {0, 1}:
-            list_reasons[code] = f"popular in {category_names[code + _NOT_LISTED]}"
-        ids = list(map(names.__getitem__, rows.item.tolist()))
-        reasons = list(map(list_reasons.__getitem__, listed))
+        model = self.model
+        names = model.item_names
+        category_ids = self.catalog.category_ids
+        # the strings the rows' JSON copies: the popular lists' reasons by list code + 2
+        # (_NOT_LISTED -2, _TRENDING -1, then the category codes), the next-click rows'
+        # reasons, then the category names by code (only those the rows need, others "")
+        texts: list[str] = ["", "trending now", *[""] * len(category_ids)]
+        category_names = list(category_ids)
+        for code in set(rows.listed.tolist()) - {_NOT_LISTED, _TRENDING}:
+            texts[code - _NOT_LISTED] = f"popular in {category_names[code]}"
+        reason = rows.listed - _NOT_LISTED
+        kind = np.zeros(len(reason), dtype=np.int64)  # slate_kernel.TEXT
+        count = np.zeros(len(reason), dtype=np.int64)
         voted = np.flatnonzero(~by_list)
-        sessions = rows.group[voted] // self.width
-        for position, reason in zip(
-            voted.tolist(),
-            self._because(sessions, rows.item[voted]),
-            strict=True,
-        ):
-            reasons[position] = reason
-        items = list(
-            map(
-                SlateItem,
-                ids,
-                round_scores(rows.total),
-                reasons,
-                map(category_names.__getitem__, rows.category.tolist()),
-            )
+        kind[voted], reason[voted], count[voted] = self._because(
+            rows.group[voted] // self.width, rows.item[voted]
         )
-        bounds = np.searchsorted(rows.group, np.arange(len(self.requested) + 1)).tolist()
+        category_texts = len(texts)
+        shown = [""] * len(category_ids)
+        for code in set(rows.category.tolist()) - {-1}:
+            shown[code] = category_names[code]
+        texts += shown
+        encoded_texts = np.frombuffer(_json.encode(texts), dtype=np.uint8)
+        text_starts, text_ends = slate_kernel.string_bounds(encoded_texts, len(texts))
+        name_data, name_starts, name_ends = self.lists.json_names.arrays(
+            names, model.index_generation
+        )
+        bounds = np.searchsorted(rows.group, np.arange(len(self.requested) + 1))
+        versions = np.array([user.version for user, _ in self.requests], dtype=np.int64)
+        data, offsets, unsure = slate_kernel.write_slates(
+            bounds,
+            rows.item,
+            rows.total,
+            rows.category,
+            kind,
+            reason,
+            count,
+            name_data,
+            name_starts,
+            name_ends,
+            encoded_texts,
+            text_starts,
+            text_ends,
+            category_texts,
+            versions,
+            self.width,
+            now_ms,
+            *_SLATE_JSON,
+        )
+        written = data.tobytes()
+        ids = list(map(names.__getitem__, rows.item.tolist()))
+        starts, row_bounds = offsets.tolist(), bounds.tolist()
+        redo = set(np.flatnonzero(unsure).tolist())
         type_position = {item_type: at for at, item_type in enumerate(self.types)}
-        out = []
-        for position, (user, item_types) in enumerate(self.requests):
-            slates = {}
+        out: list[dict[str, AnySlate]] = []
+        for position, ((_, item_types), version) in enumerate(
+            zip(self.requests, versions.tolist(), strict=True)
+        ):
+            slates: dict[str, AnySlate] = {}
             for item_type in item_types:
                 group = position * self.width + type_position[item_type]
-                slates[item_type] = Slate(
-                    items=items[bounds[group] : bounds[group + 1]],
-                    version=user.version,
-                    generated_at=now_ms,
-                    model="cooccurrence+popular",
+                first, last = row_bounds[group], row_bounds[group + 1]
+                encoded = written[starts[group] : starts[group + 1]]
+                if group in redo:  # a score round_scores leaves to round: msgspec writes it
+                    slate = decode_slate(encoded)
+                    scores = round_scores(rows.total[first:last])
+                    slates[item_type] = msgspec.structs.replace(
+                        slate,
+                        items=[
+                            msgspec.structs.replace(item, score=score)
+                            for item, score in zip(slate.items, scores, strict=True)
+                        ],
+                    )
+                    continue
+                slates[item_type] = EncodedSlate(
+                    encoded,
+                    ids[first:last],
+                    version,
+                    now_ms,
+                    SLATE_MODEL,
                 )
             out.append(slates)
         return out
 
-    def _because(self, sessions: Ints, items: Ints) -> list[str]:
-        """Why each next-click candidate (its session position and index) is recommended:
-        the session item behind its strongest vote, with the co-occurrence evidence when there
-        is some; else the candidate whose own votes brought it (the second hop)."""
-        batch = self.batch
+    def _because(self, sessions: Ints, items: Ints) -> tuple[Ints, Ints, Ints]:
+        """Why each next-click candidate (its session position and index) is recommended, as
+        ``slate_kernel.write_slates`` writes it (kind, named item, count): the session item
+        behind its strongest vote, with the co-occurrence evidence when there is some
+        (``BECAUSE``, else ``VISITORS``); else the candidate whose own votes brought it (the
+        second hop, ``OFTEN``)."""
+        batch, model = self.batch, self.model
         source, bridge = batch.explain_rows(sessions * KEY_SPACE + items)
-        names = batch.voter_names
-        sources: list[str | None] = [None if at < 0 else names[at] for at in source.tolist()]
+        codes = batch.voter_codes
+        named = np.where(source >= 0, codes[source], -1)
+        paired = named.copy()  # whose co-occurrence with the item counts
         # no vote and no bridge (rare): the session's last item stands in
         for at in np.flatnonzero((source < 0) & (bridge < 0)).tolist():
             last = batch.session_items[int(sessions[at])]
-            sources[at] = last[-1] if last else ""
-        model = self.model
-        together = model.times_together(model.pair_values(sources, items)).tolist()
-        out = [
-            f"because you viewed {source} ({count} time{'s' if count > 1 else ''} together)"
-            if count
-            else f"visitors who viewed {source} also viewed it"
-            for source, count in zip(sources, together, strict=True)
-        ]
-        bridge_names = batch.bridge_names
-        for at in np.flatnonzero(source < 0).tolist():
-            if bridge[at] >= 0:  # brought by the second hop
-                out[at] = f"often viewed with {bridge_names[bridge[at]]}"
-        return out
+            if last:
+                code = model.item_index.get(last[-1])
+                paired[at] = -1 if code is None else code
+                named[at] = model.intern(last[-1]) if code is None else code
+        count = model.times_together(model.pair_values_at(paired, items))
+        kind = np.where(count > 0, slate_kernel.BECAUSE, slate_kernel.VISITORS)
+        often = (source < 0) & (bridge >= 0)  # brought by the second hop
+        kind[often] = slate_kernel.OFTEN
+        named[often] = codes[bridge[often]]
+        return kind, named, count

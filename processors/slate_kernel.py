@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numba
@@ -809,3 +810,264 @@ def bridge_votes(items: Any, votes: Any, split: int, limit: int, scratch: Any) -
         scratch[summed_items[at]] = -1
     order = np.argsort(-sums[:count], kind="mergesort")[: max(limit, 0)]
     return summed_items[order], sums[order]
+
+
+# --- the slates' JSON, written from the rows ------------------------------------------------
+# ``recommend._SlateTail`` writes the slates it builds as the JSON ``slates.encode_slate``
+# gives for them, with no ``SlateItem`` per row: the strings (item ids, categories, reasons)
+# come encoded by msgspec, back to back, and the kernel copies them; only the numbers are
+# written here. A score is written as msgspec writes the double ``round_scores`` makes of it;
+# a group with a score ``round_scores`` leaves to ``round`` (not below 1e3, not finite, or
+# close to a half) is left to the caller (``write_slates``' ``unsure``).
+
+_QUOTE, _BACKSLASH = 34, 92
+
+
+@_compiled
+def string_bounds(data: Any, count: int) -> tuple[Any, Any]:
+    """Where each of the first ``count`` JSON strings of ``data`` (msgspec's encoding of a
+    list of strings: every string quoted, every quote within escaped) starts and ends (its
+    quotes included).
+
+    >>> import msgspec, numpy as np
+    >>> data = np.frombuffer(msgspec.json.encode(['a"b', "", "c\\\\"]), dtype=np.uint8)
+    >>> starts, ends = string_bounds(data, 3)
+    >>> [data[s:e].tobytes() for s, e in zip(starts, ends)]
+    [b'"a\\\\"b"', b'""', b'"c\\\\\\\\"']
+    """
+    starts = np.empty(count, dtype=np.int64)
+    ends = np.empty(count, dtype=np.int64)
+    found, at, length = 0, 0, len(data)
+    while at < length and found < count:
+        if data[at] == _QUOTE:
+            starts[found] = at
+            at += 1
+            while data[at] != _QUOTE:
+                at += 2 if data[at] == _BACKSLASH else 1  # an escape: its next byte too
+            ends[found] = at + 1
+            found += 1
+        at += 1
+    return starts, ends
+
+
+@_compiled
+def _put(out: Any, at: int, data: Any, start: int, end: int) -> int:
+    for offset in range(end - start):
+        out[at + offset] = data[start + offset]
+    return at + end - start
+
+
+@_compiled
+def _put_int(out: Any, at: int, value: int) -> int:
+    if value < 0:
+        out[at] = 45  # -
+        at += 1
+        value = -value
+    digits, probe = 1, value
+    while probe >= 10:
+        probe //= 10
+        digits += 1
+    for place in range(digits):
+        out[at + digits - 1 - place] = 48 + value % 10
+        value //= 10
+    return at + digits
+
+
+@_compiled
+def put_score(out: Any, at: int, value: float) -> int:
+    """Write ``round_scores([value])[0]`` as msgspec writes it (the shortest decimal that reads
+    back as the double: 6 decimals or fewer, ``Ne-6`` below 1e-5); -1 (nothing written) where
+    ``round_scores`` would ask ``round``.
+
+    >>> import numpy as np
+    >>> out = np.zeros(32, dtype=np.uint8)
+    >>> [out[: put_score(out, 0, v)].tobytes() for v in (0.1234564, 3.0, 2e-6, 1e-5, -0.5)]
+    [b'0.123456', b'3.0', b'2e-6', b'0.00001', b'-0.5']
+    >>> put_score(out, 0, 1e3), put_score(out, 0, 0.1234565)  # round_scores asks round
+    (-1, -1)
+    """
+    if not abs(value) < 1e3:
+        return -1
+    scaled = value * 1e6
+    nearest = np.rint(scaled)
+    if abs(abs(scaled - nearest) - 0.5) < 1e-6:
+        return -1
+    if math.copysign(1.0, nearest) < 0.0:  # -0.0 too, as round_scores makes it
+        out[at] = 45
+        at += 1
+    micros = int(abs(nearest))
+    if micros == 0:
+        out[at], out[at + 1], out[at + 2] = 48, 46, 48  # 0.0
+        return at + 3
+    if micros < 10:
+        out[at], out[at + 1], out[at + 2], out[at + 3] = 48 + micros, 101, 45, 54  # Ne-6
+        return at + 4
+    at = _put_int(out, at, micros // 1_000_000)
+    out[at] = 46  # .
+    fraction = micros % 1_000_000
+    if fraction == 0:
+        out[at + 1] = 48
+        return at + 2
+    places = 6
+    while fraction % 10 == 0:
+        fraction //= 10
+        places -= 1
+    for place in range(places):
+        out[at + places - place] = 48 + fraction % 10
+        fraction //= 10
+    return at + 1 + places
+
+
+#: The parts of a slate's JSON ``write_slates`` copies between its strings and numbers, in
+#: this order (``slate_json_parts`` makes them).
+JSON_ITEMS, JSON_ID, JSON_SCORE, JSON_REASON, JSON_CATEGORY, JSON_VERSION, JSON_AT, JSON_END = (
+    range(8)
+)
+JSON_BECAUSE, JSON_OPEN, JSON_TIME, JSON_TIMES, JSON_VISITORS, JSON_ALSO, JSON_OFTEN, JSON_CLOSE = (
+    range(8, 16)
+)
+#: How a row is explained (``write_slates``' ``kind``): a string of ``texts``; "because you
+#: viewed X (N times together)"; "visitors who viewed X also viewed it"; "often viewed with X".
+TEXT, BECAUSE, VISITORS, OFTEN = range(4)
+
+
+def slate_json_parts(model: bytes, schema: int) -> tuple[Any, Any]:
+    """The parts (``JSON_ITEMS``...) of a slate's JSON for ``write_slates``, back to back,
+    and their bounds; ``model``: the model's name, JSON-encoded."""
+    parts = [
+        b'{"items":[',
+        b'{"id":',
+        b',"score":',
+        b',"reason":',
+        b',"category":',
+        b'],"version":',
+        b',"generated_at":',
+        b',"model":' + model + b',"schema":' + str(schema).encode() + b"}",
+        b'"because you viewed ',
+        b" (",
+        b' time together)"',
+        b' times together)"',
+        b'"visitors who viewed ',
+        b' also viewed it"',
+        b'"often viewed with ',
+        b'"',
+    ]
+    bounds = np.cumsum([0] + [len(part) for part in parts]).astype(np.int64)
+    return np.frombuffer(b"".join(parts), dtype=np.uint8), bounds
+
+
+@_compiled
+def _put_part(out: Any, at: int, parts: Any, bounds: Any, part: int) -> Any:
+    return _put(out, at, parts, bounds[part], bounds[part + 1])
+
+
+@_compiled
+def _put_reason(
+    out: Any,
+    at: int,
+    kind: int,
+    name: int,
+    count: int,
+    names: Any,
+    name_starts: Any,
+    name_ends: Any,
+    parts: Any,
+    part_bounds: Any,
+) -> Any:
+    """A ``BECAUSE``, ``VISITORS`` or ``OFTEN`` reason naming item ``name`` (its JSON string
+    without the quotes; -1: an empty name) as a JSON string."""
+    opening = JSON_BECAUSE if kind == BECAUSE else JSON_VISITORS if kind == VISITORS else JSON_OFTEN
+    at = _put_part(out, at, parts, part_bounds, opening)
+    if name >= 0:
+        at = _put(out, at, names, name_starts[name] + 1, name_ends[name] - 1)
+    if kind == BECAUSE:
+        at = _put_part(out, at, parts, part_bounds, JSON_OPEN)
+        at = _put_int(out, at, count)
+        return _put_part(out, at, parts, part_bounds, JSON_TIME if count == 1 else JSON_TIMES)
+    return _put_part(out, at, parts, part_bounds, JSON_ALSO if kind == VISITORS else JSON_CLOSE)
+
+
+@_compiled
+def write_slates(
+    bounds: Any,
+    item: Any,
+    total: Any,
+    category: Any,
+    kind: Any,
+    reason: Any,
+    count: Any,
+    names: Any,
+    name_starts: Any,
+    name_ends: Any,
+    texts: Any,
+    text_starts: Any,
+    text_ends: Any,
+    category_texts: int,
+    versions: Any,
+    width: int,
+    generated_at: int,
+    parts: Any,
+    part_bounds: Any,
+) -> tuple[Any, Any, Any]:
+    """Every group's slate as JSON, back to back: group g's rows are ``bounds[g]`` to
+    ``bounds[g + 1]``; a row's id is ``names[name_starts[item]:name_ends[item]]``; its reason
+    by its ``kind``: ``TEXT``, the string ``reason`` of ``texts`` (``text_starts``/
+    ``text_ends``), else a sentence naming the item ``reason`` (-1: none), ``BECAUSE`` with
+    its ``count``; its category, when ``category`` is not -1, the string ``category_texts +
+    category``; its score ``total``;
+    the slate's version is its user's (``versions[g // width]``); the rest is ``parts``
+    (``slate_json_parts``).
+
+    Returns the bytes, each group's start in them (and the end), and the groups with a score
+    ``put_score`` cannot write (written as 0.0).
+    """
+    groups = len(bounds) - 1
+    capacity = groups * (len(parts) + 48)
+    for row in range(len(item)):
+        capacity += name_ends[item[row]] - name_starts[item[row]] + len(parts) + 64
+        if kind[row] == TEXT:
+            capacity += text_ends[reason[row]] - text_starts[reason[row]]
+        elif reason[row] >= 0:
+            capacity += name_ends[reason[row]] - name_starts[reason[row]]
+        if category[row] >= 0:
+            text = category_texts + category[row]
+            capacity += text_ends[text] - text_starts[text]
+    out = np.empty(capacity, dtype=np.uint8)
+    offsets = np.empty(groups + 1, dtype=np.int64)
+    unsure = np.zeros(groups, dtype=np.bool_)
+    at = 0
+    for group in range(groups):
+        offsets[group] = at
+        at = _put_part(out, at, parts, part_bounds, JSON_ITEMS)
+        for row in range(bounds[group], bounds[group + 1]):
+            if row > bounds[group]:
+                out[at] = 44  # ,
+                at += 1
+            at = _put_part(out, at, parts, part_bounds, JSON_ID)
+            at = _put(out, at, names, name_starts[item[row]], name_ends[item[row]])
+            at = _put_part(out, at, parts, part_bounds, JSON_SCORE)
+            written = put_score(out, at, total[row])
+            if written < 0:  # 0.0 stands in (the caller writes this group otherwise)
+                unsure[group] = True
+                written = put_score(out, at, 0.0)
+            at = _put_part(out, written, parts, part_bounds, JSON_REASON)
+            if kind[row] == TEXT:
+                at = _put(out, at, texts, text_starts[reason[row]], text_ends[reason[row]])
+            else:
+                at = _put_reason(
+                    out, at, kind[row], reason[row], count[row], names, name_starts, name_ends,
+                    parts, part_bounds,
+                )  # fmt: skip
+            if category[row] >= 0:
+                text = category_texts + category[row]
+                at = _put_part(out, at, parts, part_bounds, JSON_CATEGORY)
+                at = _put(out, at, texts, text_starts[text], text_ends[text])
+            out[at] = 125  # }
+            at += 1
+        at = _put_part(out, at, parts, part_bounds, JSON_VERSION)
+        at = _put_int(out, at, versions[group // width])
+        at = _put_part(out, at, parts, part_bounds, JSON_AT)
+        at = _put_int(out, at, generated_at)
+        at = _put_part(out, at, parts, part_bounds, JSON_END)
+    offsets[groups] = at
+    return out[:at], offsets, unsure

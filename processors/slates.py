@@ -189,10 +189,67 @@ def popular_in_your_categories(
     )
 
 
+class EncodedSlate(msgspec.Struct, frozen=True, gc=False):
+    """A slate already encoded: the JSON ``encode_slate`` gives for its ``Slate``, byte for
+    byte, with its items' ids. The slate tail writes its slates so (``slate_kernel.
+    write_slates``), with no ``SlateItem`` per item; what reads the items (tests, evaluation)
+    gets them decoded. (A Struct for its cheap construction: never encode one with msgspec,
+    ``encode_slate`` gives its JSON.)
+
+    >>> slate = Slate(items=[SlateItem("r1", 0.5, "trending now")], version=3,
+    ...               generated_at=7, model="m")
+    >>> encoded = EncodedSlate(encode_slate(slate), ["r1"], 3, 7, "m")
+    >>> encoded == slate, encoded.items[0].reason, encode_slate(encoded) == encode_slate(slate)
+    (True, 'trending now', True)
+    """
+
+    encoded: bytes
+    ids: list[str]
+    version: int
+    generated_at: int
+    model: str
+
+    def decoded(self) -> Slate:
+        return decode_slate(self.encoded)
+
+    @property
+    def items(self) -> list[SlateItem]:
+        return self.decoded().items
+
+    @property
+    def schema(self) -> int:
+        return self.decoded().schema
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncodedSlate):
+            return self.encoded == other.encoded
+        if isinstance(other, Slate):
+            return self.decoded() == other
+        return NotImplemented
+
+
+#: What the slice hands out per slate field: a ``Slate``, or one written already encoded.
+AnySlate = Slate | EncodedSlate
+
+
+def as_slate(slate: AnySlate) -> Slate:
+    """The slate as a ``Slate`` (an encoded one decoded)."""
+    return slate.decoded() if isinstance(slate, EncodedSlate) else slate
+
+
+def item_ids(slate: AnySlate) -> list[str]:
+    """The slate's item ids, best first."""
+    if isinstance(slate, EncodedSlate):
+        return slate.ids
+    return [item.id for item in slate.items]
+
+
 _json = msgspec.json.Encoder()
 
 
-def encode_slate(slate: Slate) -> bytes:
+def encode_slate(slate: AnySlate) -> bytes:
+    if isinstance(slate, EncodedSlate):
+        return slate.encoded
     return _json.encode(slate)
 
 

@@ -15,7 +15,7 @@ from stream.config import load_settings
 
 #: The kernels the slice calls from Python (the others run inside them).
 CALLED = ("popular_rows", "merge_rows", "strongest_voters", "first_hop", "second_hop")
-CALLED += ("peak_per_session",)
+CALLED += ("peak_per_session", "string_bounds", "write_slates")
 
 
 def kernel_signatures() -> dict[str, int]:
