@@ -254,6 +254,20 @@ Floats = npt.NDArray[np.float64]
 _RankedArrays = tuple[Ints, Floats, float]
 
 
+def json_strings(strings: Sequence[str]) -> tuple[Bytes, Ints, Ints]:
+    """The strings as JSON (msgspec's encoding, quoted and escaped), back to back, as
+    ``slate_kernel.write_slates`` reads them: (data, starts, ends), string i is
+    ``data[starts[i]:ends[i]]`` (one encoding call for all of them).
+
+    >>> data, starts, ends = json_strings(["a", 'b"'])
+    >>> print(b" ".join(data[s:e].tobytes() for s, e in zip(starts, ends)).decode())
+    "a" "b\\""
+    """
+    data = np.frombuffer(_json.encode(strings), dtype=np.uint8)
+    starts, ends = slate_kernel.string_bounds(data, len(strings))
+    return data, starts, ends
+
+
 class JsonStrings:
     """A growing list of strings (the model's item names), each as JSON (msgspec's encoding,
     quoted and escaped), back to back in one byte array: what ``slate_kernel.write_slates``
@@ -282,8 +296,7 @@ class JsonStrings:
             self.data, self.starts, self.ends = self.data[:0], self.starts[:0], self.ends[:0]
             known = 0
         if len(strings) > known:
-            added = np.frombuffer(_json.encode(strings[known:]), dtype=np.uint8)
-            starts, ends = slate_kernel.string_bounds(added, len(strings) - known)
+            added, starts, ends = json_strings(strings[known:])
             shift = len(self.data) - starts[0]
             self.data = np.concatenate([self.data, added[starts[0] : ends[-1]]])
             self.starts = np.concatenate([self.starts, starts + shift])
@@ -616,32 +629,18 @@ class _SlateTail:
         for code in set(rows.category.tolist()) - {-1}:
             shown[code] = category_names[code]
         texts += shown
-        encoded_texts = np.frombuffer(_json.encode(texts), dtype=np.uint8)
-        text_starts, text_ends = slate_kernel.string_bounds(encoded_texts, len(texts))
-        name_data, name_starts, name_ends = self.lists.json_names.arrays(
-            names, model.index_generation
-        )
         bounds = np.searchsorted(rows.group, np.arange(len(self.requested) + 1))
         versions = np.array([user.version for user, _ in self.requests], dtype=np.int64)
         data, offsets, unsure = slate_kernel.write_slates(
             bounds,
-            rows.item,
-            rows.total,
-            rows.category,
-            kind,
-            reason,
-            count,
-            name_data,
-            name_starts,
-            name_ends,
-            encoded_texts,
-            text_starts,
-            text_ends,
+            (rows.item, rows.total, rows.category, kind, reason, count),
+            self.lists.json_names.arrays(names, model.index_generation),
+            json_strings(texts),
             category_texts,
             versions,
             self.width,
             now_ms,
-            *_SLATE_JSON,
+            _SLATE_JSON,
         )
         written = data.tobytes()
         ids = list(map(names.__getitem__, rows.item.tolist()))

@@ -990,37 +990,32 @@ def _put_reason(
 @_compiled
 def write_slates(
     bounds: Any,
-    item: Any,
-    total: Any,
-    category: Any,
-    kind: Any,
-    reason: Any,
-    count: Any,
-    names: Any,
-    name_starts: Any,
-    name_ends: Any,
-    texts: Any,
-    text_starts: Any,
-    text_ends: Any,
+    rows: tuple[Any, Any, Any, Any, Any, Any],
+    names: tuple[Any, Any, Any],
+    texts: tuple[Any, Any, Any],
     category_texts: int,
     versions: Any,
     width: int,
     generated_at: int,
-    parts: Any,
-    part_bounds: Any,
+    json_parts: tuple[Any, Any],
 ) -> tuple[Any, Any, Any]:
     """Every group's slate as JSON, back to back: group g's rows are ``bounds[g]`` to
-    ``bounds[g + 1]``; a row's id is ``names[name_starts[item]:name_ends[item]]``; its reason
-    by its ``kind``: ``TEXT``, the string ``reason`` of ``texts`` (``text_starts``/
-    ``text_ends``), else a sentence naming the item ``reason`` (-1: none), ``BECAUSE`` with
-    its ``count``; its category, when ``category`` is not -1, the string ``category_texts +
-    category``; its score ``total``;
-    the slate's version is its user's (``versions[g // width]``); the rest is ``parts``
-    (``slate_json_parts``).
+    ``bounds[g + 1]`` of ``rows`` (item, total, category, kind, reason, count).
+
+    ``names`` and ``texts`` are JSON strings back to back (data, starts, ends: string i is
+    ``data[starts[i]:ends[i]]``). A row's id is the name ``item``; its score ``total``; its
+    reason by its ``kind``: ``TEXT``, the text ``reason``, else a sentence naming the item
+    ``reason`` (-1: none), ``BECAUSE`` with its ``count``; its category, when ``category``
+    is not -1, the text ``category_texts + category``. The slate's version is its user's
+    (``versions[g // width]``); the rest is ``json_parts`` (``slate_json_parts``).
 
     Returns the bytes, each group's start in them (and the end), and the groups with a score
     ``put_score`` cannot write (written as 0.0).
     """
+    item, total, category, kind, reason, count = rows
+    names, name_starts, name_ends = names
+    texts, text_starts, text_ends = texts
+    parts, part_bounds = json_parts
     groups = len(bounds) - 1
     capacity = groups * (len(parts) + 48)
     for row in range(len(item)):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from processors import slate_kernel
 from processors.events import Click
 from processors.pipeline import SliceConfig, SliceProcessor
-from processors.recommend import SLATE_MODEL, AssemblyConfig, JsonStrings
+from processors.recommend import SLATE_MODEL, AssemblyConfig, JsonStrings, json_strings
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import (
     SLATE_SCHEMA_VERSION,
@@ -89,30 +89,17 @@ def test_written_slates_are_msgspecs_json_of_the_same_slates(
         np.array([r[at] for r in rows], dtype=float if at == 1 else np.int64) for at in range(6)
     )
     reason = np.where(kind == slate_kernel.TEXT, reason % len(texts), reason)
-    name_data, name_starts, name_ends = JsonStrings().arrays(names, generation=0)
-    all_texts = texts + categories
-    encoded_texts = np.frombuffer(msgspec.json.encode(all_texts), dtype=np.uint8)
-    text_starts, text_ends = slate_kernel.string_bounds(encoded_texts, len(all_texts))
     bounds = np.cumsum([0] + [len(group) for group in groups]).astype(np.int64)
     out, offsets, unsure = slate_kernel.write_slates(
         bounds,
-        item,
-        score,
-        category,
-        kind,
-        reason,
-        count,
-        name_data,
-        name_starts,
-        name_ends,
-        encoded_texts,
-        text_starts,
-        text_ends,
+        (item, score, category, kind, reason, count),
+        JsonStrings().arrays(names, generation=0),  # as the slice keeps them, grown
+        json_strings(texts + categories),
         len(texts),
         np.array(versions, dtype=np.int64),
         width,
         generated_at,
-        *slate_kernel.slate_json_parts(msgspec.json.encode('m"odel'), SLATE_SCHEMA_VERSION),
+        slate_kernel.slate_json_parts(msgspec.json.encode('m"odel'), SLATE_SCHEMA_VERSION),
     )
 
     def sentence(at: int) -> str:
