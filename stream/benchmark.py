@@ -610,14 +610,60 @@ def stage_cpu_per_event(
     return {stage: round(seconds / max(events, 1) * 1e6, 1) for stage, seconds in spent.items()}
 
 
-def added_population(template: list[Event], number: int) -> list[Event]:
+def added_population(template: list[Event], number: int, prefix: str = "m") -> list[Event]:
     """``template`` again as a new population of users: the same items, sessions and times
-    under new user and event ids (``m<number>-`` prefixed)."""
-    prefix = f"m{number}-"
+    under new user and event ids (``<prefix><number>-`` prefixed)."""
+    prefix = f"{prefix}{number}-"
     return [
         msgspec.structs.replace(e, user_id=prefix + e.user_id, event_id=prefix + e.event_id)
         for e in template
     ]
+
+
+#: The simulator's default traffic (120 new visitors per simulated minute) makes ~23 events
+#: per second of event time, so a drain at 20,000 events/s replays each simulated second in
+#: about a millisecond: a visitor's whole session (~5 minutes of pages) falls into one batch.
+#: A site that really sends that many events has that many more visitors at once, each in a
+#: batch with one or two of their events. New visitors per minute per event/s, about:
+VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND = 36.6
+
+
+def users_per_event(events: Sequence[Event], batch_size: int) -> float:
+    """Distinct users per event in consecutive batches of ``batch_size`` events: what a batch's
+    per-user cost is paid on (1.0: every event another user's).
+
+    >>> from processors.events import PageView
+    >>> views = [PageView(event_id=str(i), ts=i, user_id=u) for i, u in enumerate("aabc")]
+    >>> users_per_event(views, 2), users_per_event(views, 4)
+    (0.75, 0.75)
+    """
+    size = max(1, int(batch_size))
+    distinct = sum(
+        len({event.user_id for event in events[start : start + size]})
+        for start in range(0, len(events), size)
+    )
+    return distinct / max(len(events), 1)
+
+
+def paced_stream(n: int, events_per_second: float, seed: int = 1) -> tuple[list[Event], float]:
+    """``n`` simulated events whose event time passes at about ``events_per_second``: the
+    visitors a site with that traffic has at once (``VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND``,
+    corrected once from the stream made), with the bench's catalog (the same seed). Returns the
+    events (users and event ids ``rt0-`` prefixed, apart from the other streams') and their
+    event-time rate."""
+    visitors = VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND * events_per_second
+    start_ms = int(time.time() * 1000) - 86_400_000
+    events: list[Event] = []
+    rate = 0.0
+    for _ in range(2):
+        model = TrafficModel(SimulationConfig(seed=seed, users_per_minute=visitors), start_ms)
+        events = [event for _, event in zip(range(n), model.events(), strict=False)]
+        span = max(events[-1].ts - events[0].ts, 1) / 1000 if events else 1.0
+        rate = len(events) / span
+        if abs(rate / events_per_second - 1.0) < 0.1:
+            break
+        visitors *= events_per_second / rate
+    return added_population(events, 0, prefix="rt"), rate
 
 
 #: The item-level tables' size gauges (bounded by items, not users).
@@ -841,16 +887,63 @@ def _offer_live(
     }
 
 
+def _drain_paced(
+    events_per_second: float,
+    count: int,
+    producer: Any,
+    settings: Settings,
+    urls: list[str],
+    handled: float,
+    worker_pids: Sequence[int],
+) -> dict[str, Any]:
+    """Drain ``count`` events of a stream paced like a real site's at ``events_per_second``
+    (``paced_stream``: each batch's events mostly other users'), preloaded at once as the
+    main drain's: its rate from the production's start to the last batch (the production
+    itself takes well under a second), and the workers' CPU per event."""
+    paced, event_time_rate = paced_stream(count, events_per_second)
+    first = [scrape(url) for url in urls]
+    cpu_from = sum(_cpu_seconds(pid) for pid in worker_pids)
+    started = time.time()
+    for partition, value in _envelopes(paced, settings.partitions):
+        producer.send(settings.events_topic, value=value, partition=partition)
+    producer.flush()
+    deadline = time.monotonic() + 900
+    while (done := _handled_all(urls)) < handled + len(paced):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"paced drain: {done - handled} of {len(paced)} events in 900 s")
+        time.sleep(0.1)
+    last = [scrape(url) for url in urls]
+    seconds = max(total(x, "appetence_last_batch_timestamp_seconds") for x in last) - started
+    cpu = sum(_cpu_seconds(pid) for pid in worker_pids) - cpu_from
+
+    def grown(name: str) -> float:
+        return sum(total(b, name) - total(a, name) for a, b in zip(first, last, strict=True))
+
+    per_batch = grown("appetence_batch_events_sum") / max(grown("appetence_batch_events_count"), 1)
+    return {
+        "paced_events": len(paced),
+        "paced_event_time_events_per_second": round(event_time_rate, 1),
+        "paced_pipeline_events_per_second": round(len(paced) / max(seconds, 1e-9), 1),
+        "paced_worker_cpu_microseconds_per_event": round(cpu / len(paced) * 1e6, 1),
+        "paced_mean_events_per_batch": round(per_batch, 1),
+        "paced_users_per_event": round(users_per_event(paced, round(per_batch)), 3),
+        "paced_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(paced)),
+    }
+
+
 def bench_pipeline(
     events: int,
     workers: int,
     log_dir: Path,
     latency_seconds: float = 20.0,
     live_rates: Sequence[float] = (),
+    paced: int = 0,
 ) -> dict[str, Any]:
     """The full pipeline (decode, every processor, coalesced pipelined Redis writes) draining
     ``events`` preloaded simulated events with ``workers`` processes; the consume-and-decode
-    ceiling over the same topic; then event->Redis latency at half the measured rate."""
+    ceiling over the same topic; then event->Redis latency at half the measured rate; then
+    (``paced`` > 0) a drain of that many events paced like a real site's at the measured
+    rate (``_drain_paced``)."""
     with embedded_stack(log_dir) as stack:
         settings = load_settings(
             kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, app_id="bench"
@@ -970,6 +1063,10 @@ def bench_pipeline(
                 # workers' CPU: Faust, aiokafka, the consumer's thread)
                 drain_stage_cpu_microseconds_per_event=stage_cpu_per_event([], samples, events),
             )
+            # what the drain's batches paid the per-user cost on (the paced drain's below)
+            results["drain_users_per_event"] = round(
+                users_per_event(simulated, round(results.get("mean_events_per_batch", 1.0))), 3
+            )
             handled = float(events)
             # Memory per active user: more users with the same item sequences (the first
             # events again, under new user and event ids), so the item-level tables stay
@@ -999,6 +1096,12 @@ def bench_pipeline(
                     )
                 )
                 handled += results[f"{prefix}_events"]
+            if paced > 0:
+                results.update(
+                    _drain_paced(
+                        rate, paced, producer, settings, urls, handled, [p.popen.pid for p in procs]
+                    )
+                )
         finally:
             producer.close()
             for proc in procs:
@@ -1099,6 +1202,7 @@ def run_benchmarks(
     live_rates: Sequence[float] = (),
     live_seconds: float = 20.0,
     item_scale_events: int = 0,
+    paced_events: int = 0,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
     else the simulator's click sessions do. ``item_scale_events`` > 0: also the item-level
@@ -1129,7 +1233,9 @@ def run_benchmarks(
     results["amplification"] = measure_amplification(click_sessions)
     if e2e:
         log_dir = Path(tempfile.mkdtemp(prefix="appetence-bench-"))
-        results.update(bench_pipeline(e2e_events, workers, log_dir, live_seconds, live_rates))
+        results.update(
+            bench_pipeline(e2e_events, workers, log_dir, live_seconds, live_rates, paced_events)
+        )
     if item_scale_events > 0:
         results.update(bench_item_tables(item_scale_events))
         per_user = results.get("marginal_rss_bytes_per_active_user")

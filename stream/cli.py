@@ -705,6 +705,14 @@ def bench(
             "tables' memory per 10,000 items (0: skip)"
         ),
     ] = 200_000,
+    paced_events: Annotated[
+        int,
+        typer.Option(
+            help="After the rest, drain this many events of a stream paced like a real site's "
+            "at the measured rate (each batch's events mostly other visitors'; the preloaded "
+            "drain's simulated sessions are ~1,000x denser in time); 0: skip"
+        ),
+    ] = 50_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only")] = False,
 ) -> None:
     """Measure the hot path: decode, process, co-occurrence, and end to end (events/s)."""
@@ -719,6 +727,8 @@ def bench(
         rates = [float(rate) for rate in live_rates.split(",") if rate.strip()]
     except ValueError as error:
         raise typer.BadParameter(f"--live-rates: {error}") from error
+    if paced_events < 0:
+        raise typer.BadParameter("--paced-events must be 0 or more")
     if any(rate <= 0 for rate in rates) or live_seconds <= 0:
         raise typer.BadParameter("--live-rates and --live-seconds must be positive")
     results = run_benchmarks(
@@ -731,6 +741,7 @@ def bench(
         live_rates=rates,
         live_seconds=live_seconds,
         item_scale_events=item_scale_events,
+        paced_events=paced_events,
     )
     if as_json:
         typer.echo(json.dumps(results))

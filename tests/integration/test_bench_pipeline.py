@@ -1,7 +1,8 @@
 """`appetence bench`'s pipeline stage runs against its own embedded broker and Redis and
-reports what docs/benchmarks.md quotes: the drain against the ceiling, and latency, batch
-size and busy share at each live rate asked for. Numbers are not asserted (they belong in
-docs/benchmarks.md), only that each is measured from the run."""
+reports what docs/benchmarks.md quotes: the drain against the ceiling, latency, batch size
+and busy share at each live rate asked for, and the drain of traffic paced like a site's.
+Numbers are not asserted (they belong in docs/benchmarks.md), only that each is measured
+from the run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path) -> None:
-    results = bench_pipeline(2_000, 1, tmp_path, latency_seconds=2.0, live_rates=(150,))
+    results = bench_pipeline(
+        2_000, 1, tmp_path, latency_seconds=2.0, live_rates=(150,), paced=1_000
+    )
     assert results["pipeline_events"] == 2_000
     assert 0 < results["pipeline_events_per_second"] < results["ceiling_events_per_second"]
     # the CPU over the drain: the worker's per event, and a share of its core that its wall
@@ -47,3 +50,9 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
     # (entries can fall: a co-occurrence row past its bound is pruned to its top half)
     assert all(isinstance(e, float) for e in results["item_table_entries_per_added_user"])
     assert results["added_users_per_population"] > 0
+    # the paced drain: its own events, drained, spread over more users per event
+    assert results["paced_events"] == 1_000
+    assert results["paced_pipeline_events_per_second"] > 0
+    assert results["paced_worker_cpu_microseconds_per_event"] > 0
+    assert results["paced_mean_events_per_batch"] > 0
+    assert results["paced_users_per_event"] > results["drain_users_per_event"]

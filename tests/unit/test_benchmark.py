@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 
+from processors.events import PageView
 from stream.benchmark import (
     _envelopes,
     _events,
+    _model,
     added_population,
     bench_batch_cost,
     bench_slice,
+    paced_stream,
     profile_slice,
+    users_per_event,
 )
 from stream.topics import partition_for
 
@@ -92,3 +96,26 @@ def test_the_item_tables_are_measured_per_item_from_a_small_and_a_large_catalog(
     assert results["item_tables_bytes_per_item"] == round((large - small) / 900)
     per_10k = results["item_tables_bytes_per_item"] * 10_000 / 2**20
     assert abs(results["item_tables_mib_per_10k_items"] - per_10k) <= 0.1
+
+
+def test_users_per_event_counts_each_batchs_distinct_users() -> None:
+    views = [PageView(event_id=str(i), ts=i, user_id=u) for i, u in enumerate("aabacc")]
+    assert users_per_event(views, 2) == 4 / 6  # (a) (b a) (c): a pair of one user counts once
+    assert users_per_event(views, 3) == 4 / 6  # (a b) (a c)
+    assert users_per_event(views, 6) == 3 / 6
+    assert users_per_event(views, 1) == 1.0
+
+
+def test_a_paced_stream_passes_event_time_at_the_pace_and_spreads_users_over_batches() -> None:
+    events, rate = paced_stream(6_000, 2_000.0)
+    assert len(events) == 6_000
+    assert 1_800 <= rate <= 2_200  # within the one correction's 10%
+    span = (events[-1].ts - events[0].ts) / 1000
+    assert abs(len(events) / span - rate) < 1e-6 * rate
+    # the bench's catalog and apart from every other stream's users and events
+    catalog = {record.id for record in _model().catalog_records()}  # items and banners
+    assert {e.item_id for e in events if e.item_id} <= catalog
+    assert all(e.user_id.startswith("rt0-") and e.event_id.startswith("rt0-") for e in events)
+    # the preloaded drain's stream packs each visitor's session into a batch: far fewer users
+    default = _events(6_000)
+    assert users_per_event(events, 2_000) > 2 * users_per_event(default, 2_000)
