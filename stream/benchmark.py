@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -645,12 +645,14 @@ def users_per_event(events: Sequence[Event], batch_size: int) -> float:
     return distinct / max(len(events), 1)
 
 
-def paced_stream(n: int, events_per_second: float, seed: int = 1) -> tuple[list[Event], float]:
+def paced_stream(
+    n: int, events_per_second: float, number: int = 0, seed: int = 1
+) -> tuple[list[Event], float]:
     """``n`` simulated events whose event time passes at about ``events_per_second``: the
     visitors a site with that traffic has at once (``VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND``,
     corrected once from the stream made), with the bench's catalog (the same seed). Returns the
-    events (users and event ids ``rt0-`` prefixed, apart from the other streams') and their
-    event-time rate."""
+    events (users and event ids ``rt<number>-`` prefixed, apart from the other streams') and
+    their event-time rate."""
     visitors = VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND * events_per_second
     start_ms = int(time.time() * 1000) - 86_400_000
     events: list[Event] = []
@@ -663,7 +665,7 @@ def paced_stream(n: int, events_per_second: float, seed: int = 1) -> tuple[list[
         if abs(rate / events_per_second - 1.0) < 0.1:
             break
         visitors *= events_per_second / rate
-    return added_population(events, 0, prefix="rt"), rate
+    return added_population(events, number, prefix="rt"), rate
 
 
 #: The item-level tables' size gauges (bounded by items, not users).
@@ -814,14 +816,14 @@ def _offer_live(
     offered: float,
     prefix: str,
     seconds: float,
-    model: TrafficModel,
+    source: Iterable[Event],
     producer: Any,
     settings: Settings,
     urls: list[str],
     handled: float,
     worker_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Produce ``seconds`` of the simulator's next events live at ``offered`` events/s (as the
+    """Produce ``seconds`` of ``source``'s next events live at ``offered`` events/s (as the
     collector and the simulator produce: one envelope per partition per 20 ms tick), wait until
     the workers have handled them, and report event->Redis latency (histogram upper bounds)
     and the batches the workers took meanwhile. On this 2-core machine the load generator
@@ -830,7 +832,7 @@ def _offer_live(
     before = _latency_window(urls)
     waited_before = dict(_latency_window(urls, WAIT_HISTOGRAM))
     first = [scrape(url) for url in urls]
-    live = [e for _, e in zip(range(int(offered * seconds)), model.events(), strict=False)]
+    live = [e for _, e in zip(range(int(offered * seconds)), source, strict=False)]
     tick = 0.02
     per_tick = max(1, int(offered * tick))
     generator_cpu = time.process_time()  # (the events were generated above, before the offer)
@@ -943,7 +945,7 @@ def bench_pipeline(
     ``events`` preloaded simulated events with ``workers`` processes; the consume-and-decode
     ceiling over the same topic; then event->Redis latency at half the measured rate; then
     (``paced`` > 0) a drain of that many events paced like a real site's at the measured
-    rate (``_drain_paced``)."""
+    rate (``_drain_paced``), and latency at half its rate, offered live paced alike."""
     with embedded_stack(log_dir) as stack:
         settings = load_settings(
             kafka_bootstrap=stack.bootstrap, redis_url=stack.redis_url, app_id="bench"
@@ -1087,7 +1089,7 @@ def bench_pipeline(
                         offered,
                         prefix,
                         latency_seconds,
-                        model,
+                        model.events(),
                         producer,
                         settings,
                         urls,
@@ -1097,9 +1099,23 @@ def bench_pipeline(
                 )
                 handled += results[f"{prefix}_events"]
             if paced > 0:
+                pids = [p.popen.pid for p in procs]
+                results.update(_drain_paced(rate, paced, producer, settings, urls, handled, pids))
+                handled += results["paced_events"]
+                # and latency at half the paced drain's rate, offered live paced alike
+                half = max(50.0, results["paced_pipeline_events_per_second"] / 2)
+                live, _ = paced_stream(int(half * latency_seconds), half, number=1)
                 results.update(
-                    _drain_paced(
-                        rate, paced, producer, settings, urls, handled, [p.popen.pid for p in procs]
+                    _offer_live(
+                        half,
+                        "paced_half",
+                        latency_seconds,
+                        live,
+                        producer,
+                        settings,
+                        urls,
+                        handled,
+                        pids,
                     )
                 )
         finally:

@@ -27,7 +27,7 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
     assert results["worker_cpu_microseconds_per_event"] > 0
     assert 0 < results["worker_cpu_share_of_drain"] <= 1.5
     assert results["broker_and_redis_cpu_share_of_drain"] >= 0
-    for prefix in ("latency", "latency_quarter", "live_150"):
+    for prefix in ("latency", "latency_quarter", "live_150", "paced_half"):
         assert results[f"{prefix}_events"] > 0
         assert results[f"{prefix}_p99_seconds_upper_bound"] in (*LATENCY_BUCKETS, float("inf"))
         assert (
@@ -56,3 +56,6 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
     assert results["paced_worker_cpu_microseconds_per_event"] > 0
     assert results["paced_mean_events_per_batch"] > 0
     assert results["paced_users_per_event"] > results["drain_users_per_event"]
+    # latency at half its rate, offered live paced alike
+    half = max(50.0, results["paced_pipeline_events_per_second"] / 2)
+    assert abs(results["paced_half_offered_events_per_second"] - half) <= 0.1  # (rounded)

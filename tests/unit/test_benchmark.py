@@ -116,6 +116,8 @@ def test_a_paced_stream_passes_event_time_at_the_pace_and_spreads_users_over_bat
     catalog = {record.id for record in _model().catalog_records()}  # items and banners
     assert {e.item_id for e in events if e.item_id} <= catalog
     assert all(e.user_id.startswith("rt0-") and e.event_id.startswith("rt0-") for e in events)
+    again, _ = paced_stream(100, 2_000.0, number=1)  # another population, the same sessions
+    assert [e.user_id for e in again] == [e.user_id.replace("rt0-", "rt1-") for e in events[:100]]
     # the preloaded drain's stream packs each visitor's session into a batch: far fewer users
     default = _events(6_000)
     assert users_per_event(events, 2_000) > 2 * users_per_event(default, 2_000)
