@@ -622,9 +622,9 @@ def added_population(template: list[Event], number: int, prefix: str = "m") -> l
 
 #: The simulator's default traffic (120 new visitors per simulated minute) makes ~23 events
 #: per second of event time, so a drain at 20,000 events/s replays each simulated second in
-#: about a millisecond: a visitor's whole session (~5 minutes of pages) falls into one batch.
-#: A site that really sends that many events has that many more visitors at once, each in a
-#: batch with one or two of their events. New visitors per minute per event/s, about:
+#: about a millisecond: a visitor's whole session (~5 minutes of pages) falls into one or two
+#: batches. A site that really sends that many events has ~900 times as many visitors at once,
+#: each in a batch with one or two of their events. New visitors per minute per event/s, about:
 VISITORS_PER_MINUTE_PER_EVENT_PER_SECOND = 36.6
 
 
