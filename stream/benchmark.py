@@ -693,13 +693,15 @@ def _marginal_memory(
     procs: list[Any],
     urls: list[str],
     handled: float,
-    populations: int = 3,
+    populations: int = 6,
 ) -> dict[str, Any]:
     """RSS per added active user: ``populations`` new user populations, each replaying
     ``template`` (same items, sessions and times, new user and event ids), drained one after
-    the other; the slope of the idle RSS over all of them (and between each, to show the
-    spread: one RSS reading is only good to ~1 MiB, ~200 bytes per user of a population of
-    5,000)."""
+    the other; the slope of the idle RSS over all of them, from the first reading to the last
+    and fitted to every reading (and between each, to show the spread: one RSS reading is only
+    good to ~1 MiB, ~200 bytes per user of a population of 5,000, and the allocator's arenas
+    move it by more). Six populations since the twenty-ninth session (three before: between
+    runs of the same code the slope then spread over ±600 B)."""
     points = [_settled(procs, urls)]
     for population in range(1, populations + 1):
         clones = added_population(template, population)
@@ -731,7 +733,31 @@ def _marginal_memory(
         "marginal_rss_bytes_per_active_user": round(
             (points[-1][0] - points[0][0]) * 1024 / max(points[-1][1] - points[0][1], 1.0)
         ),
+        "fitted_rss_bytes_per_active_user": round(
+            least_squares_slope(
+                [users for _, users, _ in points], [rss * 1024 for rss, _, _ in points]
+            )
+        ),
     }
+
+
+def least_squares_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The slope of the least-squares line through the points (0.0 for fewer than two
+    distinct ``xs``): every reading weighs in, not just the first and the last.
+
+    >>> least_squares_slope([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0])
+    2.0
+    >>> least_squares_slope([5, 5], [1.0, 2.0])
+    0.0
+    """
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
 
 
 #: The fixed offered rates, as shares of the measured maximum, and their result prefixes.

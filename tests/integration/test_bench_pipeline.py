@@ -50,6 +50,7 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
     # (entries can fall: a co-occurrence row past its bound is pruned to its top half)
     assert all(isinstance(e, float) for e in results["item_table_entries_per_added_user"])
     assert results["added_users_per_population"] > 0
+    assert isinstance(results["fitted_rss_bytes_per_active_user"], int)
     # the paced drain: its own events, drained, spread over more users per event
     assert results["paced_events"] == 1_000
     assert results["paced_pipeline_events_per_second"] > 0

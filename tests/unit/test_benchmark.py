@@ -13,6 +13,7 @@ from stream.benchmark import (
     added_population,
     bench_batch_cost,
     bench_slice,
+    least_squares_slope,
     paced_stream,
     profile_slice,
     users_per_event,
@@ -121,3 +122,11 @@ def test_a_paced_stream_passes_event_time_at_the_pace_and_spreads_users_over_bat
     # the preloaded drain's stream packs each visitor's session into a batch: far fewer users
     default = _events(6_000)
     assert users_per_event(events, 2_000) > 2 * users_per_event(default, 2_000)
+
+
+def test_the_fitted_slope_weighs_every_reading() -> None:
+    assert least_squares_slope([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0]) == 2.0
+    # an outlier inside the run barely moves the fit: (0,0) (1,10) (2,2) (3,3) fit 0.1
+    assert abs(least_squares_slope([0, 1, 2, 3], [0.0, 10.0, 2.0, 3.0]) - 0.1) < 1e-12
+    assert least_squares_slope([4], [1.0]) == 0.0
+    assert least_squares_slope([5, 5], [1.0, 2.0]) == 0.0
