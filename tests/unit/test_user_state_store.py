@@ -151,6 +151,51 @@ def test_evicting_idle_users_spares_the_active_and_the_in_flight() -> None:
     assert changelog.partitions[0][-1] == Record(b"idle", None)
 
 
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=40),
+    st.integers(1, 7),
+    st.integers(1, 5),
+    st.sets(st.integers(0, 39), max_size=5),
+)
+def test_a_sweep_in_parts_evicts_each_idle_user_and_spares_the_rest(
+    idle: list[bool], scan: int, limit: int, forgotten: set[int]
+) -> None:
+    """``scan`` users per call, going on where the last call stopped: one pass evicts every
+    idle user it started with, exactly once, however often the ``limit`` cut a call short
+    (users forgotten meanwhile are skipped; a user that came after the pass started waits
+    for the next one), and no active user."""
+    changelog = Changelog()
+    store = _store(changelog)
+    names = [f"u{n}" for n in range(len(idle))]
+    asyncio.run(
+        store.persist(
+            {
+                name: _state(name, n % 3, ("r1", 1_000 if old else 9_000))
+                for n, (name, old) in enumerate(zip(names, idle, strict=True))
+            }
+        )
+    )
+    assert store.evict_idle(older_than_ms=5_000, limit=limit, scan=scan) <= min(limit, scan)
+    gone = {names[n] for n in forgotten if n < len(names)}
+    for name in gone:
+        store.forget(name, int(name[1:]) % 3)
+    asyncio.run(store.persist({"late": _state("late", 0, ("r1", 1_000))}))  # after the start
+    expected = {name for name, old in zip(names, idle, strict=True) if not old}
+    for _ in range(2 * len(names) + 2):
+        waiting = {name for name in names if store.get(name) is not None} - expected
+        store.evict_idle(older_than_ms=5_000, limit=limit, scan=scan)
+        if store.get("late") is None:  # the second pass: the first evicted every idle user
+            assert not waiting - {"late"}
+            break
+    assert {name for name in names if store.get(name) is not None} == expected - gone
+    assert store.get("late") is None  # the next pass found it
+    tombstones = [r.key for part in changelog.partitions.values() for r in part if r.value is None]
+    evictions = [key for key in tombstones if key.decode() not in gone]
+    assert len(evictions) == len(set(evictions))  # each user deleted once
+    with pytest.raises(ValueError, match="scan"):
+        store.evict_idle(older_than_ms=5_000, limit=limit, scan=0)
+
+
 def test_a_new_owner_recovers_the_partition_from_the_changelog() -> None:
     changelog = Changelog()
     first = _store(changelog)
