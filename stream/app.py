@@ -316,7 +316,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=1.0)
     async def maintain_audiences() -> None:
         changed = await audiences.maintain(
-            states, rescore_writer, audience_examples_topic, int(time.time() * 1000)
+            states,
+            rescore_writer,
+            audience_examples_topic,
+            int(time.time() * 1000),
+            limit=settings.audience_rescore_users_per_second,
         )
         if changed:
             states.hold(changed)  # changed, persisted once their Redis writes are in
