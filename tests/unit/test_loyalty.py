@@ -289,6 +289,11 @@ def test_on_a_purchase_log_with_churn_the_model_beats_the_frequency_baseline() -
     )
 )
 @case(steps=[("schedule", "u1", 0), ("schedule", "u0", 0), ("expire", "u0", 11)])
+# forgotten, then back with an earlier deadline than its old entry's: the old entry must
+# not stand in for the new one (the queue drops forgotten entries lazily)
+@case(steps=[("schedule", "u1", 40), ("schedule", "u2", 40), ("schedule", "u0", 40),
+             ("forget", "u0", 0), ("schedule", "u0", 0), ("expire", "u0", 11),
+             ("expire", "u0", 60)])  # fmt: skip
 @case(steps=[*(("schedule", f"u{i}", t) for i, t in enumerate([40, 0, 20, 5, 15, 10])),
                 ("expire", "u0", 100)])  # fmt: skip
 def test_the_expiry_queue_resolves_due_users_earliest_first_ties_by_id(
