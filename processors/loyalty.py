@@ -881,10 +881,16 @@ class ExpiryQueue:
         watermark: int,
         lookup: Callable[[str], LoyaltyState | None],
         config: LoyaltyConfig,
+        limit: int | None = None,
     ) -> list[tuple[str, ResolvedExample]]:
-        """Resolve every label whose deadline is before ``watermark``, as (user, example)."""
+        """Resolve every label whose deadline is before ``watermark``, as (user, example);
+        the labels of at most ``limit`` users (the earliest due), the rest left queued."""
         out: list[tuple[str, ResolvedExample]] = []
+        users = 0
         while self._users and self._deadlines[0] < watermark:
+            if limit is not None and users >= limit:
+                break
+            users += 1
             user_id = self._pop()
             if user_id in self._forgotten:
                 self._forgotten.discard(user_id)

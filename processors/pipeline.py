@@ -89,6 +89,10 @@ class SliceConfig:
     ctr_window_ms: float = 45 * 60 * 1000  # sliding window of banner CTR evidence
     max_ctr_keys: int = 100_000  # banner x segment posteriors kept
     max_catalog_items: int = 200_000
+    # Users whose loyalty labels expire per batch, the earliest due first (the rest wait for
+    # the next batches): after downtime the watermark jumps by hours and every label due
+    # meanwhile expires at once, each user decoded, resolved and persisted by one batch.
+    max_expiring_users: int = 5_000
 
 
 @dataclass(slots=True)
@@ -301,7 +305,9 @@ class SliceProcessor:
                 result.expired[user_id] = state
             return state.loyalty
 
-        for _, example in self.expiry.expire_due(self.watermark, lookup, self.config.loyalty):
+        for _, example in self.expiry.expire_due(
+            self.watermark, lookup, self.config.loyalty, self.config.max_expiring_users
+        ):
             result.resolved.append(example)
 
     def schedule_pending(self, states: Iterable[tuple[str, UserState]]) -> None:

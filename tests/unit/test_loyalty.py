@@ -330,3 +330,39 @@ def test_the_expiry_queue_resolves_due_users_earliest_first_ties_by_id(
                 if states[u].pending:
                     queued[u] = min(p.deadline for p in states[u].pending)
         assert len(queue) == len(queued)
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=25), st.integers(1, 6))
+def test_expiring_at_most_limit_users_a_call_resolves_the_same_labels_in_the_same_order(
+    starts: list[int], limit: int
+) -> None:
+    """After downtime every label due meanwhile would expire in one batch; ``limit`` spreads
+    them over calls, the earliest due first, and together the calls resolve what one
+    unlimited call does."""
+    config = LoyaltyConfig(return_horizon_ms=10, recency_checkpoints_hours=(0,))
+
+    def queued() -> tuple[ExpiryQueue, dict[str, LoyaltyState]]:
+        queue, states = ExpiryQueue(), {}
+        for n, start in enumerate(starts):
+            state = states[f"u{n}"] = LoyaltyState()
+            state.pending.append(
+                PendingLabel(
+                    target="returns",
+                    ts=start,
+                    deadline=start + 10,
+                    features={},
+                    prediction=0.5,
+                    baseline=0.5,
+                )
+            )
+            queue.schedule(f"u{n}", state)
+        return queue, states
+
+    queue, states = queued()
+    everything = [(u, e.label) for u, e in queue.expire_due(100, states.get, config)]
+    queue, states = queued()
+    calls = []
+    while len(queue):
+        calls.append([(u, e.label) for u, e in queue.expire_due(100, states.get, config, limit)])
+    assert all(len({u for u, _ in call}) <= limit for call in calls)
+    assert [pair for call in calls for pair in call] == everything
