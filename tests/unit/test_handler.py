@@ -47,8 +47,8 @@ class Collector:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    async def send(self, key: bytes | None, value: bytes) -> None:
-        self.sent.append(value)
+    async def send_many(self, records: list[tuple[bytes | None, bytes, int]]) -> None:
+        self.sent += [value for _, value, _ in records]
 
 
 class ExplodingProcessor(SliceProcessor):
