@@ -24,6 +24,7 @@ from processors.audiences import (
     AudienceConfig,
     AudienceLearner,
     AudienceScorer,
+    Features,
     audience_features,
     audience_update,
     learner_snapshot,
@@ -138,10 +139,15 @@ class AudienceService:
         writer: UserHashWriter,
         now_ms: int,
         only_if_moved: bool = False,
+        features: Features | None = None,
     ) -> bool:
         """Score one user and stage the field and segment moves; True if anything was
-        staged. ``only_if_moved``: skip users whose deciles did not change (re-scoring)."""
-        scores = self.scorer.score(audience_features(state, now_ms))
+        staged. ``only_if_moved``: skip users whose deciles did not change (re-scoring).
+        ``features``: the user's ``audience_features`` at ``now_ms``, when the caller has
+        them."""
+        if features is None:
+            features = audience_features(state, now_ms)
+        scores = self.scorer.score(features)
         if not scores and not state.audience_deciles:
             return False
         if only_if_moved and {a: d for a, (_, d) in scores.items()} == state.audience_deciles:
@@ -175,22 +181,27 @@ class AudienceService:
         now_ms: int,
     ) -> None:
         """Touched users: scored and staged (flushed with the batch), features to the
-        learner while any audience exists."""
-        if self.scorer.models:
-            for user_id, state in touched.items():
-                self.stage(user_id, state, writer, now_ms)
-        if self.active and examples is not None:
-            await self._send_examples(examples, list(touched.items()), now_ms)
+        learner while any audience exists. Each user's features are computed once for both
+        (~9 µs a user, twice before)."""
+        scoring, sending = bool(self.scorer.models), self.active and examples is not None
+        if not scoring and not sending:
+            return
+        features = [
+            (user_id, state, audience_features(state, now_ms)) for user_id, state in touched.items()
+        ]
+        if scoring:
+            for user_id, state, user_features in features:
+                self.stage(user_id, state, writer, now_ms, features=user_features)
+        if sending:
+            await self._send_examples(examples, [(user_id, f) for user_id, _, f in features])
 
-    async def _send_examples(
-        self, examples: Any, users: Iterable[tuple[str, UserState]], now_ms: int
-    ) -> None:
-        """One record per ``EXAMPLES_PER_RECORD`` users, taken from ``users`` as they come (a
-        backfill decodes the held users one at a time, not all at once)."""
+    async def _send_examples(self, examples: Any, users: Iterable[tuple[str, Features]]) -> None:
+        """One record per ``EXAMPLES_PER_RECORD`` users' (id, features), taken from ``users``
+        as they come (a backfill decodes the held users one at a time, not all at once)."""
         pending = iter(users)
         while chunk := [
-            AudienceExample(user_id, audience_features(state, now_ms))
-            for user_id, state in islice(pending, EXAMPLES_PER_RECORD)
+            AudienceExample(user_id, features)
+            for user_id, features in islice(pending, EXAMPLES_PER_RECORD)
         ]:
             await examples.send(key=None, value=_json.encode(chunk))
 
@@ -215,7 +226,9 @@ class AudienceService:
         the users past the first 40,000. Users a batch touches are scored with it anyway."""
         if self._backfill and examples is not None:
             self._backfill = False
-            await self._send_examples(examples, held.items(), now_ms)
+            await self._send_examples(
+                examples, ((user, audience_features(state, now_ms)) for user, state in held.items())
+            )
         if not self._rescore_queue and self.scorer.generation > self._rescored_generation:
             self._rescored_generation = self.scorer.generation
             self._rescore_queue = held.user_ids()

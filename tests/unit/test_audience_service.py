@@ -30,16 +30,18 @@ def test_examples_go_out_a_record_per_chunk_while_the_users_are_read_one_by_one(
     sink = Sink()
     taken: list[int] = []
 
-    def users() -> Iterator[tuple[str, UserState]]:
+    def users() -> Iterator[tuple[str, dict[str, float]]]:
         for n in range(total):
             taken.append(len(sink.records))  # records sent when user n was read
-            yield f"u{n}", UserState(user_id=f"u{n}", partition=0)
+            yield f"u{n}", {"sessions": float(n)}
 
     service = AudienceService(AudienceConfig(), Metrics(CollectorRegistry()), None)
-    asyncio.run(service._send_examples(sink, users(), now_ms=1_000))
+    asyncio.run(service._send_examples(sink, users()))
     chunks = [msgspec.json.decode(r, type=list[AudienceExample]) for r in sink.records]
     assert [len(chunk) for chunk in chunks] == [EXAMPLES_PER_RECORD, EXAMPLES_PER_RECORD, 7]
-    assert [e.u for chunk in chunks for e in chunk] == [f"u{n}" for n in range(total)]
+    assert [(e.u, e.f) for chunk in chunks for e in chunk] == [
+        (f"u{n}", {"sessions": float(n)}) for n in range(total)
+    ]
     assert all(taken[n] == n // EXAMPLES_PER_RECORD for n in range(total))
 
 
