@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,7 +118,8 @@ class CtrStats:
         self.buckets = buckets
         self.max_keys = max_keys
         #: key -> {bucket index: [impressions, clicks]}
-        self._windows: dict[str, dict[int, list[float]]] = {}
+        # ordered by last update; an OrderedDict, whose first key is O(1) (see cooccurrence)
+        self._windows: OrderedDict[str, dict[int, list[float]]] = OrderedDict()
         # Posteriors computed, per banner and (segment, bucket), until the banner learns: every
         # user of a batch reads the same ones (a quarter of the slice's time went here), and
         # a small live batch teaches only some of the banners (dropping every banner's on any

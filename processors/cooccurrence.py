@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -373,7 +374,9 @@ class CooccurrenceModel:
         self.total = 0.0
         self._landmark: float | None = None
         # visitor id -> its distinct items, the oldest first (see _remember_visit)
-        self.sessions: dict[str, tuple[str, ...]] = {}
+        # an OrderedDict: its first key is O(1) however many were deleted before it (a dict
+        # skips the deleted slots, ~29 µs per new visitor once 100,000 are remembered)
+        self.sessions: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._latest_weight = 1.0  # forward-decay weight of the latest evidence
         # item -> its materialised vote lists (see vote_refresh)
         self._vote_lists: dict[str, _Materialised] = {}
@@ -512,7 +515,7 @@ class CooccurrenceModel:
         if items is None:
             items = ()
             if len(sessions) >= self.config.max_sessions:
-                del sessions[next(iter(sessions))]  # the least recently active
+                sessions.popitem(last=False)  # the least recently active
         if item in items:
             sessions[visitor] = items
             return

@@ -22,6 +22,7 @@ r3 because you viewed r1 (1 time together)
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -75,7 +76,8 @@ class ItemCatalog:
 
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
-        self._items: dict[str, tuple[str, str | None]] = {}
+        # ordered by recency; an OrderedDict, whose first key is O(1) (see cooccurrence)
+        self._items: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         # (type, category) of an item, or None: the dict's own get, as this runs per candidate
         self.get: Callable[[str], tuple[str, str | None] | None] = self._items.get
         #: a small code per item type and per category, for ``codes``

@@ -17,6 +17,7 @@ import logging
 import struct
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -99,7 +100,8 @@ class UserStateStore:
         self._partitions: set[int] = set()  # recovered here (some may hold no user)
         self._in_flight: dict[str, UserState] = {}  # see hold()
         # the latest persisted states, decoded (the least recently persisted first)
-        self._decoded: dict[str, UserState] = {}
+        # oldest first; an OrderedDict, whose first key is O(1) however many were deleted
+        self._decoded: OrderedDict[str, UserState] = OrderedDict()
         self._sweep: list[str] = []  # users evict_idle has still to look at in this pass
         self.decoded_users = decoded_users
         self.bytes_held = 0  # the held records' total size (a gauge)
