@@ -23,8 +23,13 @@ class FaustTopicWriter:
     behind it.
     """
 
-    def __init__(self, topic: Any) -> None:
+    def __init__(self, topic: Any, fold_partitions: bool = False) -> None:
         self.topic = topic
+        #: A record for a partition the topic does not have goes to ``partition % count``
+        #: instead of failing (dead letters name their input's partition, and an events
+        #: topic may have been given more partitions than its dead-letter topic). Never for
+        #: the changelog, whose partitions must match the input's.
+        self.fold_partitions = fold_partitions
 
     def send(self, key: bytes, value: bytes | None, partition: int) -> None:
         self.topic.send_soon(key=key, value=value, partition=partition)
@@ -49,8 +54,13 @@ class FaustTopicWriter:
         # flushed by Faust's commit.
         kafka = producer._ensure_producer()
         topic = self.topic.get_topic_name()
+        # the topic's partitions (waits for its metadata the first time: ``send_batch``
+        # only looks them up, and fails on a topic it has no metadata for yet)
+        known = sorted(await kafka.partitions_for(topic))
         by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for key, value, partition in records:
+            if self.fold_partitions and partition not in known:
+                partition = known[partition % len(known)]
             by_partition.setdefault(partition, []).append((key, value))
         for partition, pairs in by_partition.items():
             batch = kafka.create_batch()

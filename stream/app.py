@@ -258,7 +258,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         processor=processor,
         states=states,
         writer=writer,
-        dead_letters=FaustTopicWriter(dead_letter_topic),
+        dead_letters=FaustTopicWriter(dead_letter_topic, fold_partitions=True),
         metrics=metrics,
         events_topic=settings.events_topic,
         loyalty_examples=FaustTopicWriter(loyalty_examples_topic),

@@ -107,3 +107,44 @@ def test_a_store_persisting_through_it_is_recovered_by_the_next_owner(
     recovered = asyncio.run(scenario())
     assert len(recovered) == len(states)
     assert all(recovered.get(user_id) == state for user_id, state in states.items())
+
+
+def test_dead_letters_for_partitions_the_topic_lacks_are_folded_into_it(
+    stack: EmbeddedStack,
+) -> None:
+    """A dead letter names its input's partition; an events topic given more partitions than
+    its dead-letter topic must not fail the batch (its first hand-over, with no metadata of
+    the topic fetched yet, too)."""
+    settings = load_settings(
+        kafka_bootstrap=stack.bootstrap,
+        redis_url=stack.redis_url,
+        app_id=f"folded-{uuid.uuid4().hex[:8]}",
+        topic_prefix=f"folded-{uuid.uuid4().hex[:8]}",  # its own dead-letter topic
+        partitions=2,
+    )
+    ensure_topics(settings)
+    topic = settings.dead_letter_topic
+    records = [(f"k{n}".encode(), f"letter {n}".encode(), n % 5) for n in range(40)]
+    expected: dict[int, list[tuple[bytes, bytes | None]]] = {0: [], 1: []}
+    for key, value, partition in records:
+        expected[partition % 2].append((key, value))
+
+    async def scenario() -> dict[int, list[tuple[bytes, bytes | None]]]:
+        appetence = create_app(settings)
+        producer = appetence.app.producer
+        await producer.start()
+        try:
+            writer = FaustTopicWriter(_raw_topic(appetence, topic, 2), fold_partitions=True)
+            await writer.send_many(records)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        reader = AIOKafkaPartitionReader(aiokafka_client_options(settings))
+        landed = {}
+        for partition in (0, 1):
+            last = len(expected[partition]) - 1
+            read = await reader.read_partition(topic, partition, until_offset=last)
+            landed[partition] = [(record.key, record.value) for record in read]
+        return landed
+
+    assert asyncio.run(scenario()) == expected
