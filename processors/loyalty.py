@@ -33,6 +33,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
@@ -587,6 +588,62 @@ def observe(
     if score_now:
         score(state, ts, late, config, models)
     return resolved
+
+
+def observe_event(
+    state: LoyaltyState, event: Any, config: LoyaltyConfig, models: LoyaltyModels
+) -> list[ResolvedExample]:
+    """``observe(state, event.ts, context_of(event), signals_of(event), config, models,
+    score_now=False)``: the same state and labels, with the common case (a later event of
+    the user's current session, which resolves nothing) folded in place, without building
+    the event's context and signals (~a fifth of a dense stream's loyalty cost per event).
+
+    >>> from processors.events import PageView
+    >>> config = LoyaltyConfig()
+    >>> state, models = LoyaltyState(), LoyaltyModels(config)
+    >>> view = PageView(event_id="e1", ts=1_000, user_id="u", category="pasta", device="mobile")
+    >>> observe_event(state, view, config, models), state.sessions, state.session_pages
+    ([], 1, 1)
+    >>> later = PageView(event_id="e2", ts=2_000, user_id="u", category="soup", dwell_ms=500)
+    >>> observe_event(state, later, config, models), state.session_categories, state.events
+    ([], ['pasta', 'soup'], 2)
+    """
+    ts = event.ts
+    last = state.last_ts
+    if state.first_ts < 0 or ts < last or ts - last > config.session_gap_ms:
+        return observe(
+            state, ts, context_of(event), signals_of(event), config, models, score_now=False
+        )
+    state.events += 1
+    state.last_ts = ts
+    context = state.context
+    for name, value in zip(CONTEXT_FIELDS, _context_values(event), strict=True):
+        if value is not None and (name in context or len(context) < MAX_CONTEXT_KEYS):
+            context[name] = value[:64]
+    event_type = getattr(event, "type", "pageview")
+    if event_type == "pageview":
+        state.session_pages += 1
+    state.session_dwell_ms += min(getattr(event, "dwell_ms", None) or 0, config.session_gap_ms)
+    if getattr(event, "item_type", None) == "banner":
+        if event_type == "click":
+            state.session_banner_clicks += 1
+        return []
+    category = getattr(event, "category", None)
+    categories = state.session_categories
+    if category and category not in categories and len(categories) < MAX_SESSION_CATEGORIES:
+        categories.append(category[:64])
+    return []
+
+
+def _context_values(event: Any) -> tuple[Any, ...]:
+    """The event's ``CONTEXT_FIELDS`` values in order (one C call for a typed event)."""
+    try:
+        return _CONTEXT_GETTER(event)
+    except AttributeError:  # an object without some of them
+        return tuple(getattr(event, name, None) for name in CONTEXT_FIELDS)
+
+
+_CONTEXT_GETTER = attrgetter(*CONTEXT_FIELDS)
 
 
 def score(

@@ -46,10 +46,8 @@ from processors.loyalty import (
     LoyaltyModels,
     LoyaltyState,
     ResolvedExample,
-    context_of,
-    observe,
+    observe_event,
     score,
-    signals_of,
     supersedes,
     win_back,
 )
@@ -282,15 +280,7 @@ class SliceProcessor:
         if previous is not None and not supersedes(loyalty, event.ts, config):
             score(loyalty, previous[0], previous[1], config, self.loyalty)
         late = loyalty.first_ts >= 0 and event.ts < loyalty.last_ts
-        result.resolved += observe(
-            loyalty,
-            event.ts,
-            context_of(event),
-            signals_of(event),
-            config,
-            self.loyalty,
-            score_now=False,
-        )
+        result.resolved += observe_event(loyalty, event, config, self.loyalty)
         unscored[user_id] = (event.ts, late)
         self.watermark = max(self.watermark, event.ts)
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.banners import Banner, UserContext, eligible
+from processors.events import Click, Impression, PageView
 from processors.loyalty import (
     ExpiryQueue,
     LiveMetrics,
@@ -20,13 +21,17 @@ from processors.loyalty import (
     PendingLabel,
     ResolvedExample,
     Signals,
+    context_of,
     decode_example,
     encode_example,
     expire,
     features_of,
     observe,
+    observe_event,
     retention_rates,
     roc_auc,
+    score,
+    signals_of,
     wilson_interval,
     with_recency,
 )
@@ -366,3 +371,56 @@ def test_expiring_at_most_limit_users_a_call_resolves_the_same_labels_in_the_sam
         calls.append([(u, e.label) for u, e in queue.expire_due(100, states.get, config, limit)])
     assert all(len({u for u, _ in call}) <= limit for call in calls)
     assert [pair for call in calls for pair in call] == everything
+
+
+_EVENT_KINDS = st.sampled_from(
+    [
+        ("pageview", "recipe"),
+        ("click", "recipe"),
+        ("click", "banner"),
+        ("impression", "banner"),
+        ("pageview", "page"),
+        ("pageview", None),
+    ]
+)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=-2 * HOUR, max_value=2 * DAY),  # a step back: late events
+            _EVENT_KINDS,
+            st.sampled_from([None, "pasta", "soup", "x" * 80]),
+            st.sampled_from([None, "mobile", "desktop"]),
+            st.sampled_from([None, "de", "fr"]),
+            st.sampled_from([None, 0, 30_000, 10 * HOUR]),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_observe_event_folds_like_observe_with_the_events_context_and_signals(
+    steps: list[tuple[int, tuple[str, str | None], str | None, str | None, str | None, int | None]],
+) -> None:
+    """The fast path (a later event of the current session) leaves the same state and
+    resolves the same labels as ``observe`` on the event's context and signals."""
+    kinds = {"pageview": PageView, "click": Click, "impression": Impression}
+    models = LoyaltyModels(CONFIG)
+    fast, slow = LoyaltyState(), LoyaltyState()
+    ts = 10 * DAY
+    for n, (step, (kind, item_type), category, device, country, dwell) in enumerate(steps):
+        ts += step
+        item = None if item_type in (None, "page") else f"i{n % 3}"
+        event = kinds[kind](
+            event_id=f"e{n}", ts=ts, user_id="u", item_id=item, item_type=item_type,
+            category=category, device=device, country=country, dwell_ms=dwell,
+        )  # fmt: skip
+        late = slow.first_ts >= 0 and ts < slow.last_ts
+        expected = observe(
+            slow, ts, context_of(event), signals_of(event), CONFIG, models, score_now=False
+        )
+        assert observe_event(fast, event, CONFIG, models) == expected
+        assert fast == slow
+        score(slow, ts, late, CONFIG, models)  # what the slice does before the next event
+        score(fast, ts, late, CONFIG, models)

@@ -136,7 +136,7 @@ def test_scoring_loyalty_once_per_user_per_batch_equals_scoring_every_event(
     import msgspec
 
     import processors.pipeline as pipeline
-    from processors.loyalty import LoyaltyConfig
+    from processors.loyalty import LoyaltyConfig, context_of, observe, signals_of
 
     # Sessions end after 20 s of silence and returns are due within a minute, so the
     # simulator's minutes of traffic resolve labels (a return, a new session, an expiry).
@@ -159,9 +159,14 @@ def test_scoring_loyalty_once_per_user_per_batch_equals_scoring_every_event(
 
     def run(every_event: bool) -> tuple[dict[str, bytes], list[bytes]]:
         if every_event:  # the reference: observe scores each event itself, as it did before
-            observe = pipeline.observe
             monkeypatch.setattr(pipeline, "score", lambda *_: None)
-            monkeypatch.setattr(pipeline, "observe", lambda *a, **_: observe(*a, score_now=True))
+            monkeypatch.setattr(
+                pipeline,
+                "observe_event",
+                lambda state, event, config, models: observe(
+                    state, event.ts, context_of(event), signals_of(event), config, models
+                ),
+            )
         processor = SliceProcessor(config)
         for example in examples:
             processor.loyalty.learn(example)
