@@ -252,6 +252,31 @@ def test_visitor_memory_keeps_the_latest_items_and_the_most_recently_active_visi
     assert model.size() >= sum(len(items) for items in model.sessions.values())
 
 
+@settings(deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 7), st.integers(0, 9)),  # visitor views item
+            st.tuples(st.just(-1), st.integers(0, 7)),  # forget visitor
+        ),
+        max_size=120,
+    )
+)
+def test_the_remembered_visitor_items_count_is_what_the_visitors_hold(
+    steps: list[tuple[int, int]],
+) -> None:
+    """The size gauge's count of visitor items, kept as visitors come, are capped, evicted
+    and forgotten, always equals the items they hold."""
+    model = CooccurrenceModel(CooccurrenceConfig(max_sessions=4, max_visitor_items=3))
+    for visitor, item in steps:
+        if visitor < 0:
+            model.forget_visitors(lambda v, gone=f"v{item}": v == gone)
+        else:
+            model.learn_one([], f"i{item}", session_id=f"v{visitor}")
+        held = sum(len(items) for items in model.sessions.values())
+        assert model.remembered_visitor_items == held
+
+
 def test_the_second_hop_reaches_what_follows_the_candidates() -> None:
     history = [["a", "b"], ["a", "b"], ["b", "c"], ["x", "y"]]
     one_hop = CooccurrenceModel(CooccurrenceConfig(bridge_weight=0.0))
