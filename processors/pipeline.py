@@ -227,6 +227,11 @@ class SliceProcessor:
         # each user's categories and tags, ranked once for the slates, the profile and the
         # banners (the slates' top categories are the profile's first ones, ties included)
         tops = [interest_tops(state) for state, _ in requests]
+        # the profiles now, while the states and their tops are in the caches (after the
+        # slates' arrays they are not)
+        profiles = profiles_of(
+            [state for state, _ in requests], tops, config.loyalty.win_back_threshold
+        )
         top = config.assembly.top_categories
         built = assemble_slates_many(
             requests,
@@ -245,9 +250,6 @@ class SliceProcessor:
             if self.catalog.banners:
                 context = self._user_context(state, slates, now_ms, user_tops)
                 banner_users.append((state, context))
-        profiles = profiles_of(
-            [state for state, _ in requests], tops, config.loyalty.win_back_threshold
-        )
         result.profiles = {
             state.user_id: profile for (state, _), profile in zip(requests, profiles, strict=True)
         }
