@@ -106,6 +106,10 @@ class UserStateStore:
         self.decoded_users = decoded_users
         self.bytes_held = 0  # the held records' total size (a gauge)
         self.recoveries: list[tuple[int, int, float]] = []  # (partition, users, seconds)
+        #: reads (``get``), and those of a state changed or persisted lately (held decoded):
+        #: how often users come back within a few batches, what waiting to persist gains
+        self.reads = 0
+        self.recent_reads = 0
 
     @property
     def decoded(self) -> int:
@@ -113,11 +117,14 @@ class UserStateStore:
         return len(self._decoded)
 
     def get(self, user_id: str, /) -> UserState | None:
+        self.reads += 1
         state = self._in_flight.get(user_id)
         if state is not None:
+            self.recent_reads += 1
             return state
         state = self._decoded.pop(user_id, None)  # handed out: kept again once persisted
         if state is not None:
+            self.recent_reads += 1
             return state
         held = self._held.get(user_id)
         if held is None:
@@ -196,6 +203,15 @@ class UserStateStore:
         for user_id, _ in self._held_in(gone):
             self._replace(user_id, None)
             self._in_flight.pop(user_id, None)
+
+    @property
+    def uncommitted(self) -> int:
+        """Users whose state changed since it was last persisted (``hold``)."""
+        return len(self._in_flight)
+
+    def uncommitted_states(self) -> dict[str, UserState]:
+        """The states changed since they were last persisted (a copy: ``persist`` them)."""
+        return dict(self._in_flight)
 
     def hold(self, states: dict[str, UserState]) -> None:
         """Register states a batch changed and will persist later (after its Redis writes):

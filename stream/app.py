@@ -267,6 +267,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         forget=forget,
         memory=memory,
         should_stop=lambda: bool(app.should_stop),
+        commit_seconds=settings.state_commit_seconds,
+        commit_max_users=settings.state_commit_max_users,
+        rebalancing=lambda: bool(app.rebalancing),
     )
 
     catalog_dead_letters = raw_topic(settings.catalog_dead_letter_topic, 1)
@@ -377,6 +380,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             next_window,
             # a catch-up batch ends once records stop arriving for a cadence window
             idle=settings.batch_within_seconds,
+            committed=lambda: handler.committed,
+            commit=handler.commit_when_due,
         ):
             started = time.process_time()
             await handler.handle(batch)
@@ -397,6 +402,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics.users_in_state.set(len(states))
         metrics.user_state_bytes.set(states.bytes_held)
         metrics.user_states_decoded.set(states.decoded)
+        metrics.user_states_uncommitted.set(states.uncommitted)
         metrics.popularity_entries.set(processor.popularity.size())
         metrics.cooccurrence_entries.set(processor.cooccurrence.size())
         metrics.banner_ctr_entries.set(processor.ctr.size())

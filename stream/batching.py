@@ -183,6 +183,8 @@ async def take_batches(
     max_bytes: Callable[[], int],
     window: Callable[[float], float],
     idle: float | None = None,
+    committed: Callable[[], bool] = lambda: True,
+    commit: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[list[Any]]:
     """Yield lists of up to ``max_records`` events (records) holding up to ``max_bytes()``
     of input (asked at every record; a record that crosses it ends the batch), each gathered
@@ -191,7 +193,15 @@ async def take_batches(
     window longer than ``idle``, only until no record arrived for ``idle`` seconds
     (``gather``). Events are acked once the consumer of a batch asks for the next one, as in
     Faust's ``take_events``, and only then: a batch the consumer abandons (raising, or the
-    worker stopping) is not acked."""
+    worker stopping) is not acked.
+
+    A handled batch whose effects are not all durable yet (``committed()`` false: its user
+    states wait to go to the changelog with later batches') stays unacked, with every batch
+    after it, until ``committed()`` holds after a batch or after a wait that found no
+    record, which first calls ``commit`` (to commit if the states waited long enough:
+    traffic may have stopped, and a rebalance waits for every record to be acked). The loop
+    ending as the stream stops commits too; a batch abandoned mid-way is not acked, nor are
+    those still waiting before it."""
     buffer: list[Any] = []
     buffered_bytes = 0
     events: list[Any] = []
@@ -238,10 +248,22 @@ async def take_batches(
     def full() -> bool:
         return buffer_full.is_set() or bool(stream.should_stop)
 
+    handled_unacked: list[Any] = []  # handled, their effects not all durable yet
+
+    async def ack_handled() -> None:
+        for event in handled_unacked:
+            await stream.ack(event)
+        handled_unacked.clear()
+
     while not stream.should_stop:
         await gather(wait_full, full, buffer.__len__, window(clock() - taken_at), idle, clock)
         taken_at = clock()  # an idle worker waits whole windows, not MIN_GATHER_SECONDS
         if not buffer:
+            if handled_unacked:
+                if commit is not None:
+                    await commit()
+                if committed():
+                    await ack_handled()
             continue
         buffer_consuming = stream.loop.create_future()
         handled = False
@@ -255,9 +277,14 @@ async def take_batches(
             # acked: its offsets are not committed and it is replayed (Faust's take_events
             # acks it on close, which would skip it).
             if handled:
-                for event in events:
-                    await stream.ack(event)
+                handled_unacked += events
+                if committed():
+                    await ack_handled()
             events.clear()
             notify(buffer_consuming)
             buffer_full.clear()
             buffer_consumed.set()
+    if handled_unacked and commit is not None:  # stopping: what was handled becomes durable
+        await commit()
+        if committed():
+            await ack_handled()

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     # KB encoded): at live batch sizes most touched users were touched a few batches before,
     # and each saves a decode (~35 µs) per batch (state/tables.py). 0: every read decodes.
     user_states_decoded: int = Field(2_000, ge=0, le=1_000_000)
+    # How long a batch's changed user states may wait before they go to the changelog (and
+    # its records' offsets to Kafka): a user touched again meanwhile is persisted once, not
+    # once per batch, as Kafka Streams' record cache coalesces until its commit interval.
+    # A crash replays at most this much more input. 0: persist after every batch.
+    state_commit_seconds: float = Field(1.0, ge=0.0, le=60.0)
+    # ...or as soon as this many users' states wait (~10 KB each, decoded).
+    state_commit_max_users: int = Field(5_000, ge=1, le=1_000_000)
     # Run the slice's modules compiled (stream/compiled.py: built by `make`, 10-27% less CPU
     # per event); false: plain Python, which profilers (py-spy, cProfile) can see into. Read
     # when the interpreter starts (the environment's appetence_compiled.pth), so set it in

@@ -77,6 +77,10 @@ class EventHandler:
         forget: ForgetService | None = None,
         memory: MemoryReleaser | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        commit_seconds: float = 0.0,
+        commit_max_users: int = 5_000,
+        clock: Callable[[], float] = time.monotonic,
+        rebalancing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.decoder = decoder
         self.processor = processor
@@ -99,6 +103,54 @@ class EventHandler:
         self.positions: dict[int, int] = {}
         #: how long the last batch's oldest record had waited when the batch was taken
         self.behind_seconds = 0.0
+        #: A batch's changed states go to the changelog with later batches' (a user touched
+        #: again meanwhile persisted once) until the first of them waited this long, or this
+        #: many users' states wait; till then their records stay unacked (``committed``).
+        self.commit_seconds = commit_seconds
+        self.commit_max_users = commit_max_users
+        self.clock = clock
+        #: True while the group rebalances: Faust waits for every record to be acked, so
+        #: waiting states commit at once
+        self.rebalancing = rebalancing
+        self._uncommitted_since: float | None = None  # when the oldest waiting batch ended
+
+    @property
+    def committed(self) -> bool:
+        """True when every handled batch's states are on the changelog (or on their way,
+        queued on the producer, which Faust flushes before it commits offsets)."""
+        return self._uncommitted_since is None
+
+    #: A batch fewer of whose users than this were touched lately (their states found still
+    #: decoded: uncommitted, or among the latest persisted) commits at once: users that do
+    #: not come back within a few batches (a real site's visitors mostly) gain nothing from
+    #: waiting, and the waiting states cost memory and cache.
+    MIN_RECURRING_SHARE = 0.5
+
+    def _commit_due(self, recurring_share: float = 1.0) -> bool:
+        if (
+            self.commit_seconds <= 0.0
+            or recurring_share < self.MIN_RECURRING_SHARE
+            or self.states.uncommitted >= self.commit_max_users
+            or self.should_stop()
+            or self.rebalancing()
+        ):
+            return True
+        since = self._uncommitted_since
+        return since is not None and self.clock() - since >= self.commit_seconds
+
+    async def commit_when_due(self) -> None:
+        """Commit if the oldest waiting batch waited the interval (or the worker stops, or
+        the group rebalances): called between batches when no record came."""
+        if not self.committed and self._commit_due():
+            await self.commit()
+
+    async def commit(self, packed: Mapping[str, bytes] | None = None) -> None:
+        """Persist every changed state still waiting (``packed``: records made of some of
+        them since they last changed); the batches before are then durable."""
+        await self.persist(self.states.uncommitted_states(), packed)
+        self._uncommitted_since = None
+        self.metrics.state_commits.inc()
+        self.metrics.user_states_uncommitted.set(0)
 
     async def handle(self, batch: Sequence[Any]) -> BatchResult | None:
         """Process one batch; a failure that is not the input's fault never stops the partition.
@@ -175,10 +227,15 @@ class EventHandler:
         if recovered:  # their pending loyalty labels wait for the watermark here now
             self.processor.schedule_pending(self.states.items(recovered))
         clock.lap("recovery")  # ~0 but after a rebalance: partitions read from the changelog
+        reads, recent_reads = self.states.reads, self.states.recent_reads
         result = self.processor.process_batch(decoded, self.states, now_ms)
-        # Changed, persisted once Redis has the batch's writes: readers meanwhile see these.
+        reads = self.states.reads - reads
+        recurring = (self.states.recent_reads - recent_reads) / reads if reads else 1.0
+        # Changed, persisted once Redis has the batch's writes (now or with a later batch's
+        # states: ``commit``): readers meanwhile see these.
         self.states.hold(result.touched)
         self.states.hold(result.expired)
+        commit_due = self._commit_due(recurring)
         clock.lap("slice")
         profiles = result.profiles
         for user_id, slates in result.slates.items():
@@ -200,7 +257,7 @@ class EventHandler:
         try:
             await asyncio.sleep(0)  # the flush sends its commands, then awaits the replies
             clock.lap("redis")
-            packed = self.states.pack(result.touched) | self.states.pack(result.expired)
+            packed = self.states.pack(self.states.uncommitted_states()) if commit_due else {}
             clock.lap("changelog")
             # the batch's slates are readable in Redis from then on
             written = await flushing
@@ -226,8 +283,12 @@ class EventHandler:
                         for example in result.resolved
                     ]
                 )
-        await self.persist(result.touched, packed)
-        await self.persist(result.expired, packed)
+        if commit_due:
+            await self.commit(packed)  # (without the users ``settle`` just forgot)
+        else:
+            if self._uncommitted_since is None:
+                self._uncommitted_since = self.clock()
+            metrics.user_states_uncommitted.set(self.states.uncommitted)
         clock.lap("changelog")
         if self.memory is not None:
             self.memory.after_batch()

@@ -144,6 +144,17 @@ class Metrics:
             "Recently persisted user states also kept decoded (bounded: user_states_decoded)",
             registry=registry,
         )
+        self.user_states_uncommitted = Gauge(
+            "appetence_user_states_uncommitted",
+            "Changed user states not yet on the changelog, their input's offsets not yet "
+            "committed (bounded: state_commit_max_users)",
+            registry=registry,
+        )
+        self.state_commits = Counter(
+            "appetence_state_commits_total",
+            "Times the changed user states went to the changelog and their input was acked",
+            registry=registry,
+        )
         self.popularity_entries = Gauge(
             "appetence_popularity_entries",
             "Entries in the decayed popularity index (bounded)",

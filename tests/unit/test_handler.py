@@ -58,6 +58,7 @@ class ExplodingProcessor(SliceProcessor):
 
 class NoStates:
     partitions: frozenset[int] = frozenset()
+    reads = recent_reads = 0
 
     async def ensure_recovered(self, partitions: Any) -> None:
         return None
@@ -142,15 +143,37 @@ def test_batches_keep_a_cadence_unless_catching_up(
 
 
 class HeldStates(NoStates):
+    """The store's part the handler uses: changed states held until persisted, persisted
+    ones kept (as the store keeps the latest decoded), reads counted."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, Any] = {}
+        self.kept: dict[str, Any] = {}
+        self.reads = self.recent_reads = 0
+
+    def get(self, user_id: str) -> Any:
+        self.reads += 1
+        state = self.held.get(user_id) or self.kept.get(user_id)
+        self.recent_reads += state is not None
+        return state
+
     def hold(self, states: Any) -> None:
-        return None
+        self.held.update(states)
+
+    @property
+    def uncommitted(self) -> int:
+        return len(self.held)
+
+    def uncommitted_states(self) -> dict[str, Any]:
+        return dict(self.held)
 
     @staticmethod
     def pack(states: Any) -> dict[str, bytes]:
         return {}
 
     async def persist(self, states: Any, packed: Any = None) -> None:
-        return None
+        for user_id in states:
+            self.kept[user_id] = self.held.pop(user_id)
 
 
 class DownRedis:
@@ -208,6 +231,7 @@ class FailingChangelog(HeldStates):
     """A state store whose changelog producer fails ``failures`` times, then takes them."""
 
     def __init__(self, failures: int) -> None:
+        super().__init__()
         self.failures = failures
         self.persisted: list[Any] = []
 
@@ -218,6 +242,7 @@ class FailingChangelog(HeldStates):
             self.failures -= 1
             raise KafkaTimeoutError()
         self.persisted.append(dict(states))
+        await super().persist(states, packed)
 
 
 def test_a_changelog_producer_failure_is_retried_not_dead_lettered_unless_stopping() -> None:
@@ -236,7 +261,7 @@ def test_a_changelog_producer_failure_is_retried_not_dead_lettered_unless_stoppi
         else:
             assert asyncio.run(handler.handle(batch)) is not None
             assert metric._value.get() == 2
-            assert [sorted(persisted) for persisted in states.persisted] == [["u"], []]
+            assert [sorted(persisted) for persisted in states.persisted] == [["u"]]
         assert handler.dead_letters.sent == []
 
 
@@ -349,3 +374,211 @@ def test_a_catch_up_batch_waits_while_records_keep_arriving() -> None:
     assert waited >= 0.39 and count >= 10
     waited, count = asyncio.run(_gather_arrivals([0.001] * 100, seconds=2.0, idle=0.5, full_at=5))
     assert count >= 5 and waited < 0.4
+
+
+def deferring_handler(states: HeldStates, seconds: float, max_users: int, now: list[float]) -> Any:
+    handler = outage_handler(DownRedis(failures=0), stopping=False)
+    handler.states = states  # type: ignore[assignment]
+    handler.commit_seconds, handler.commit_max_users = seconds, max_users
+    handler.clock = lambda: now[0]
+    return handler
+
+
+class CountingStates(HeldStates):
+    def __init__(self) -> None:
+        super().__init__()
+        self.persisted: list[list[str]] = []
+
+    async def persist(self, states: Any, packed: Any = None) -> None:
+        self.persisted.append(sorted(states))
+        await super().persist(states, packed)
+
+
+def view_batch(user_ids: list[str], first_offset: int) -> list[FaustEvent]:
+    return [
+        FaustEvent(
+            Message("t", 0, first_offset + at, user_id.encode()),
+            encode_event(
+                PageView(event_id=f"e{first_offset + at}", ts=1_000 + at, user_id=user_id)
+            ),
+        )
+        for at, user_id in enumerate(user_ids)
+    ]
+
+
+def test_changed_states_wait_for_the_commit_interval_and_go_out_once_per_user() -> None:
+    states, now = CountingStates(), [100.0]
+    handler = deferring_handler(states, seconds=1.0, max_users=100, now=now)
+    assert handler.committed
+    asyncio.run(handler.handle(view_batch(["a", "b"], 0)))  # new users: nothing to wait for
+    assert handler.committed and states.persisted == [["a", "b"]]
+    asyncio.run(handler.handle(view_batch(["a", "b"], 2)))  # back again: they wait
+    assert not handler.committed and states.persisted == [["a", "b"]]
+    assert states.uncommitted == 2
+    now[0] += 0.5
+    asyncio.run(handler.handle(view_batch(["a", "c"], 4)))  # half of them back: waits too
+    assert not handler.committed and len(states.persisted) == 1 and states.uncommitted == 3
+    now[0] += 0.5  # the first waiting batch ended 1 s ago: this one commits them all
+    asyncio.run(handler.handle(view_batch(["a"], 6)))
+    assert handler.committed and states.persisted[1:] == [["a", "b", "c"]]
+    assert states.uncommitted == 0 and handler.metrics.state_commits._value.get() == 2
+
+    asyncio.run(handler.handle(view_batch(["a", "d", "e"], 7)))  # mostly new users: at once
+    assert handler.committed and states.persisted[2:] == [["a", "d", "e"]]
+
+    asyncio.run(handler.handle(view_batch(["d"], 10)))
+    assert not handler.committed
+    now[0] += 0.5
+    asyncio.run(handler.commit_when_due())  # between batches, before the interval: waits
+    assert not handler.committed
+    now[0] += 0.5
+    asyncio.run(handler.commit_when_due())
+    assert handler.committed and states.persisted[3:] == [["d"]]
+
+
+def test_a_rebalance_commits_the_waiting_states_at_once() -> None:
+    states, now, rebalancing = CountingStates(), [0.0], [False]
+    handler = deferring_handler(states, seconds=60.0, max_users=100, now=now)
+    handler.rebalancing = lambda: rebalancing[0]
+    asyncio.run(handler.handle(view_batch(["a"], 0)))
+    asyncio.run(handler.handle(view_batch(["a"], 1)))
+    asyncio.run(handler.commit_when_due())
+    assert not handler.committed
+    rebalancing[0] = True  # Faust waits for every record to be acked
+    asyncio.run(handler.commit_when_due())
+    assert handler.committed and states.persisted == [["a"], ["a"]]
+
+
+def test_too_many_waiting_users_commit_before_the_interval() -> None:
+    states, now = CountingStates(), [0.0]
+    handler = deferring_handler(states, seconds=60.0, max_users=3, now=now)
+    asyncio.run(handler.handle(view_batch(["a", "b"], 0)))
+    asyncio.run(handler.handle(view_batch(["a", "b"], 2)))
+    assert not handler.committed
+    asyncio.run(handler.handle(view_batch(["a", "c"], 4)))
+    assert handler.committed and states.persisted == [["a", "b"], ["a", "b", "c"]]
+
+
+def test_without_a_commit_interval_every_batch_persists_its_states() -> None:
+    states = CountingStates()
+    handler = deferring_handler(states, seconds=0.0, max_users=100, now=[0.0])
+    for offset, users in enumerate((["a"], ["a", "b"])):
+        asyncio.run(handler.handle(view_batch(users, 10 * offset)))
+        assert handler.committed
+    assert states.persisted == [["a"], ["a", "b"]]
+
+
+class FakeRecord:
+    def __init__(self, offset: int) -> None:
+        self.message = Message("t", 0, offset, b"u")
+        self.message.serialized_value_size = 10  # type: ignore[attr-defined]
+
+
+class FakeStream:
+    """What ``take_batches`` uses of a Faust stream: records handed to its processor by a
+    feeder task (in bursts, each waiting for its gate), acks recorded."""
+
+    def __init__(self, bursts: list[list[FakeRecord]], gates: list[asyncio.Event]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.bursts, self.gates = bursts, gates
+        self.should_stop = False
+        self.current_event: FakeRecord | None = None
+        self.processors: list[Any] = []
+        self.acked: list[int] = []
+        self.channel = self
+        self.enable_acks = True
+        self.log = None
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+    def add_processor(self, processor: Any) -> None:
+        self.processors.append(processor)
+
+    def _enable_passive(self, channel: Any) -> None:
+        self.feeder = self.loop.create_task(self._feed())
+
+    async def _feed(self) -> None:
+        for burst, gate in zip(self.bursts, self.gates, strict=True):
+            await gate.wait()
+            for record in burst:
+                self.current_event = record
+                for processor in self.processors:
+                    await processor(record)
+
+    async def wait_for_stopped(self, event: asyncio.Event, timeout: float) -> None:  # noqa: ASYNC109 (Faust's)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def wait(self, event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def ack(self, event: FakeRecord) -> None:
+        self.acked.append(event.message.offset)
+
+
+def test_handled_batches_stay_unacked_until_their_states_are_committed() -> None:
+    """Batches whose states wait are acked together once committed: after a batch that
+    committed, or when a gather finds nothing (the idle commit); a batch abandoned after
+    them is not acked."""
+    from stream.batching import take_batches
+
+    async def run() -> tuple[list[list[int]], list[int], int]:
+        gates = [asyncio.Event() for _ in range(3)]
+        stream = FakeStream([[FakeRecord(2 * b), FakeRecord(2 * b + 1)] for b in range(3)], gates)
+        state = {"committed": True, "commits": 0}
+
+        async def commit() -> None:
+            state["commits"] += 1
+            state["committed"] = True
+            gates[2].set()  # the third burst comes after the idle commit
+
+        seen: list[list[int]] = []
+        acked_then: list[list[int]] = []
+        gates[0].set()
+        async for batch in take_batches(
+            stream, 2, lambda: 1 << 20, lambda since: 0.02,
+            committed=lambda: bool(state["committed"]), commit=commit,
+        ):  # fmt: skip
+            seen.append([event.message.offset for event in batch])
+            acked_then.append(list(stream.acked))
+            state["committed"] = False  # this batch's states wait
+            if len(seen) == 1:
+                gates[1].set()  # the next burst arrives at once: no idle gap
+            if len(seen) == 3:
+                break  # abandoned
+        stream.feeder.cancel()
+        assert acked_then == [[], [], [0, 1, 2, 3]]
+        return seen, stream.acked, int(state["commits"])
+
+    seen, acked, commits = asyncio.run(asyncio.wait_for(run(), 10.0))  # a hang fails
+    assert seen == [[0, 1], [2, 3], [4, 5]]
+    assert acked == [0, 1, 2, 3] and commits == 1
+
+
+def test_a_stopping_stream_commits_and_acks_what_was_handled() -> None:
+    from stream.batching import take_batches
+
+    async def run() -> tuple[list[int], int]:
+        gate = asyncio.Event()
+        stream = FakeStream([[FakeRecord(0), FakeRecord(1)]], [gate])
+        state = {"committed": True, "commits": 0}
+
+        async def commit() -> None:
+            state["commits"] += 1
+            state["committed"] = True
+
+        gate.set()
+        async for _ in take_batches(
+            stream, 2, lambda: 1 << 20, lambda since: 0.02,
+            committed=lambda: bool(state["committed"]), commit=commit,
+        ):  # fmt: skip
+            state["committed"] = False
+            stream.should_stop = True
+        stream.feeder.cancel()
+        return stream.acked, int(state["commits"])
+
+    assert asyncio.run(asyncio.wait_for(run(), 10.0)) == ([0, 1], 1)

@@ -387,3 +387,16 @@ def test_items_decode_each_user_as_it_is_reached_and_forgets_meanwhile_do_not_di
         store.forget(name, 0)
     assert dict([first, *pairs]) == states  # the users held when the walk started
     assert len(store) == 0
+
+
+def test_reads_count_the_states_found_still_decoded() -> None:
+    """``recent_reads``: reads of a state changed and not yet persisted (held) or among the
+    latest persisted (kept decoded); a record decoded afresh or an unknown user is not."""
+    store = _decoding_store(Changelog(), keep=1)
+    states = {name: _state(name, 0, ("r1", 1_000 * n)) for n, name in enumerate("ab", 1)}
+    asyncio.run(store.persist(states))  # "b" kept decoded, "a" only as its record
+    store.hold({"c": _state("c", 0, ("r1", 5_000))})
+    for user_id in ("a", "b", "c", "nobody"):
+        store.get(user_id)
+    assert (store.reads, store.recent_reads) == (4, 2)
+    assert store.uncommitted == 1 and list(store.uncommitted_states()) == ["c"]
