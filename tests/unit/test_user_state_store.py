@@ -400,3 +400,19 @@ def test_reads_count_the_states_found_still_decoded() -> None:
         store.get(user_id)
     assert (store.reads, store.recent_reads) == (4, 2)
     assert store.uncommitted == 1 and list(store.uncommitted_states()) == ["c"]
+
+
+def test_a_new_users_waiting_state_is_held_and_leaves_with_its_partition() -> None:
+    """A user whose state has no record yet (changed, waiting for the commit) counts as
+    held, is listed by the walks over held users, and is dropped, not persisted later, when
+    its partition moves away."""
+    store = _decoding_store(Changelog(), keep=10)
+    asyncio.run(store.persist({"old": _state("old", 0, ("r1", 1_000))}))
+    asyncio.run(store.ensure_recovered([1]))  # as before a batch of partition 1
+    new = _state("new", 1, ("r2", 2_000))
+    store.hold({"new": new})
+    assert len(store) == 2 and sorted(store.user_ids()) == ["new", "old"]
+    assert [user for user, _ in store.items([1])] == ["new"]
+    assert dict(store.items())["new"] is new
+    store.release([1])
+    assert store.uncommitted == 0 and store.user_ids() == ["old"] and len(store) == 1
