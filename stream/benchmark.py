@@ -600,14 +600,42 @@ def stage_cpu_per_event(
     >>> stage_cpu_per_event(before, after, 10_000)
     {'slice': 50.0, 'redis': 10.0}
     """
-    name = "appetence_batch_stage_cpu_seconds_total"
-    spent: dict[str, float] = {}
+    spent = _grown_by_label(before, after, "appetence_batch_stage_cpu_seconds_total", "stage")
+    return {stage: round(seconds / max(events, 1) * 1e6, 1) for stage, seconds in spent.items()}
+
+
+def gc_pause_per_event(
+    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    events: int,
+) -> dict[str, float]:
+    """The workers' garbage-collector pauses between two scrapes, by generation
+    (``appetence_gc_pause_seconds``), in µs per event.
+
+    >>> name = "appetence_gc_pause_seconds_sum"
+    >>> before = [{name: [({"generation": "0"}, 0.1), ({"generation": "2"}, 0.0)]}]
+    >>> after = [{name: [({"generation": "0"}, 0.12), ({"generation": "2"}, 0.05)]}]
+    >>> gc_pause_per_event(before, after, 10_000)
+    {'0': 2.0, '2': 5.0}
+    """
+    paused = _grown_by_label(before, after, "appetence_gc_pause_seconds_sum", "generation")
+    return {generation: round(s / max(events, 1) * 1e6, 1) for generation, s in paused.items()}
+
+
+def _grown_by_label(
+    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    name: str,
+    label: str,
+) -> dict[str, float]:
+    """How much the series ``name`` grew between two scrapes of the workers, by ``label``."""
+    grown: dict[str, float] = {}
     for samples, sign in ((after, 1.0), (before, -1.0)):
         for scraped in samples:
             for labels, value in scraped.get(name, []):
-                stage = labels.get("stage", "")
-                spent[stage] = spent.get(stage, 0.0) + sign * value
-    return {stage: round(seconds / max(events, 1) * 1e6, 1) for stage, seconds in spent.items()}
+                key = labels.get(label, "")
+                grown[key] = grown.get(key, 0.0) + sign * value
+    return grown
 
 
 def added_population(template: list[Event], number: int, prefix: str = "m") -> list[Event]:
@@ -912,6 +940,8 @@ def _offer_live(
         # loop's by stage of handling
         f"{prefix}_worker_cpu_microseconds_per_event": round(cpu_handling / len(live) * 1e6, 1),
         f"{prefix}_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(live)),
+        # of the workers' time, the garbage collector's pauses, by generation
+        f"{prefix}_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(live)),
     }
 
 
@@ -956,6 +986,7 @@ def _drain_paced(
         "paced_mean_events_per_batch": round(per_batch, 1),
         "paced_users_per_event": round(users_per_event(paced, round(per_batch)), 3),
         "paced_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(paced)),
+        "paced_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(paced)),
     }
 
 
@@ -1090,6 +1121,8 @@ def bench_pipeline(
                 # the batch loop's CPU by stage of handling, µs per event (the rest of the
                 # workers' CPU: Faust, aiokafka, the consumer's thread)
                 drain_stage_cpu_microseconds_per_event=stage_cpu_per_event([], samples, events),
+                # the garbage collector's pauses in it (start-up's included: a few ms)
+                drain_gc_pause_microseconds_per_event=gc_pause_per_event([], samples, events),
             )
             # what the drain's batches paid the per-user cost on (the paced drain's below)
             results["drain_users_per_event"] = round(

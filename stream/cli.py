@@ -75,6 +75,7 @@ def worker() -> None:
 
     from processors.pipeline import compile_kernels
     from stream.app import create_app
+    from stream.metrics import GcPauseTimer
 
     settings = _settings()
     _tune_gc(settings)
@@ -86,6 +87,7 @@ def worker() -> None:
         err=True,
     )
     built = create_app(settings)
+    GcPauseTimer(built.metrics.gc_pause_seconds).install()  # for the process's lifetime
     faust.Worker(
         built.app, loglevel=settings.log_level, redirect_stdouts=False
     ).execute_from_commandline()

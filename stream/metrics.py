@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from processors.events import REJECT_REASONS
@@ -20,6 +25,11 @@ BATCH_STAGES = (
     "decode", "recovery", "slice", "output", "audiences", "redis", "changelog", "other",
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+#: Seconds: a young collection takes well under a millisecond, a full one over a worker's
+#: whole heap tens to hundreds of them.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: The cyclic collector's generations (``gc.callbacks``' ``info["generation"]``).
+GC_GENERATIONS = ("0", "1", "2")
 
 
 class Metrics:
@@ -274,6 +284,16 @@ class Metrics:
             "When this worker last finished a batch of events (slates written): freshness",
             registry=registry,
         )
+        self.gc_pause_seconds = Histogram(
+            "appetence_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector in this process, by generation: the "
+            "batch loop stands still while it runs (APPETENCE_GC_YOUNG_THRESHOLD)",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        for generation in GC_GENERATIONS:
+            self.gc_pause_seconds.labels(generation=generation)
         self.users_forgotten = Counter(
             "appetence_users_forgotten_total",
             "Forget requests applied by this worker (state, visitor memory, audiences, Redis)",
@@ -305,6 +325,49 @@ class Metrics:
             self.redis_writes.labels(result=result)
         for event_type in ("pageview", "click", "impression"):
             self.events_consumed.labels(type=event_type)
+
+
+class GcPauseTimer:
+    """Times each run of the cyclic garbage collector into a histogram by generation, as a
+    ``gc.callbacks`` entry (``install`` / ``remove``; one per process: the callbacks are the
+    interpreter's).
+
+    Each generation's child is looked up once, here: the callback runs inside whatever
+    allocation triggered the collection, so it only adds to values (no label lookup, no
+    allocation under a lock a scrape might hold).
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> metrics = Metrics(CollectorRegistry())
+    >>> ticks = iter([1.0, 1.25])
+    >>> timer = GcPauseTimer(metrics.gc_pause_seconds, clock=lambda: next(ticks))
+    >>> timer("start", {"generation": 2}); timer("stop", {"generation": 2})
+    >>> metrics.registry.get_sample_value("appetence_gc_pause_seconds_sum", {"generation": "2"})
+    0.25
+    """
+
+    def __init__(self, histogram: Histogram, clock: Callable[[], float] = time.perf_counter):
+        self._children = [histogram.labels(generation=g) for g in GC_GENERATIONS]
+        self._clock = clock
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+        elif self._started is not None:
+            pause = self._clock() - self._started
+            self._started = None
+            generation = info.get("generation", 0)
+            if 0 <= generation < len(self._children):
+                self._children[generation].observe(pause)
+
+    def install(self) -> GcPauseTimer:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+        return self
+
+    def remove(self) -> None:
+        while self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 class CollectorMetrics:
