@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,9 +93,42 @@ class SliceConfig:
     max_expiring_users: int = 5_000
 
 
+#: The steps of ``SliceProcessor.process_batch`` whose time it reports when given a clock:
+#: applying the events (the user states, loyalty's observation, popularity, the next-click
+#: model's learning queued), scoring loyalty once per user, expiring pending labels, the
+#: users' interest tops (with the batch's popularity snapshot), their profiles, the recipe
+#: and product slates (the next-click model's queued learning runs at their first read), the
+#: banners' user contexts, and ranking the banners and writing their slates.
+SLICE_PHASES = (
+    "apply", "loyalty", "expiry", "tops", "profiles", "slates", "banner_contexts", "banners",
+)  # fmt: skip
+
+
+class _PhaseLaps:
+    """Charges the time of ``clock`` since the last lap to a phase (``SLICE_PHASES``)."""
+
+    __slots__ = ("_clock", "_last", "spent")
+
+    def __init__(self, clock: Callable[[], float], spent: dict[str, float]) -> None:
+        self._clock, self.spent = clock, spent
+        spent.update(dict.fromkeys(SLICE_PHASES, 0.0))
+        self._last = clock()
+
+    def __call__(self, phase: str) -> None:
+        now = self._clock()
+        self.spent[phase] += now - self._last
+        self._last = now
+
+
+def _no_lap(phase: str) -> None:
+    pass
+
+
 @dataclass(slots=True)
 class BatchResult:
     touched: dict[str, UserState] = field(default_factory=dict)
+    #: Seconds of the caller's clock spent in each of ``SLICE_PHASES`` (empty without one).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     #: user_id -> Redis field ("recipes", "products") -> slate
     slates: dict[str, dict[str, AnySlate]] = field(default_factory=dict)
     #: user_id -> the ``profile`` field, for every touched user
@@ -156,12 +189,16 @@ class SliceProcessor:
         events: Iterable[tuple[int, Event]],
         states: StateLookup,
         now_ms: int,
+        clock: Callable[[], float] | None = None,
     ) -> BatchResult:
         """Apply ``(partition, event)`` pairs in order; one slate per touched user.
 
         ``states`` is only read; the caller persists ``result.touched`` (coalesced).
+        ``clock``: where the batch's time goes, by ``SLICE_PHASES``, is measured with it
+        (``result.phase_seconds``; the worker passes its thread's CPU clock).
         """
         result = BatchResult()
+        lap = _no_lap if clock is None else _PhaseLaps(clock, result.phase_seconds)
         config = self.config
         unscored: dict[str, tuple[int, bool]] = {}  # user -> (ts, late) of its unscored event
         for partition, event in events:
@@ -212,12 +249,15 @@ class SliceProcessor:
                     event.ts,
                     session_id=visitor_id(state, config.assembly.neighbour_scope),
                 )
+        lap("apply")
         for user_id, (ts, late) in unscored.items():
             loyalty = result.touched[user_id].loyalty
             if loyalty is not None:  # always: observed in this batch
                 score(loyalty, ts, late, config.loyalty, self.loyalty)
                 self.expiry.schedule(user_id, loyalty)
+        lap("loyalty")
         self.expire_labels(states, result)
+        lap("expiry")
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
         banner_users: list[tuple[UserState, UserContext]] = []
         requests = []
@@ -227,11 +267,13 @@ class SliceProcessor:
         # each user's categories and tags, ranked once for the slates, the profile and the
         # banners (the slates' top categories are the profile's first ones, ties included)
         tops = [interest_tops(state) for state, _ in requests]
+        lap("tops")
         # the profiles now, while the states and their tops are in the caches (after the
         # slates' arrays they are not)
         profiles = profiles_of(
             [state for state, _ in requests], tops, config.loyalty.win_back_threshold
         )
+        lap("profiles")
         top = config.assembly.top_categories
         built = assemble_slates_many(
             requests,
@@ -243,6 +285,7 @@ class SliceProcessor:
             self.popular_lists,
             [user_tops.categories[:top] for user_tops in tops] if top <= PROFILE_TOP else None,
         )
+        lap("slates")
         for (state, _), by_type, user_tops in zip(requests, built, tops, strict=True):
             slates = result.slates[state.user_id] = {
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
@@ -250,6 +293,7 @@ class SliceProcessor:
             if self.catalog.banners:
                 context = self._user_context(state, slates, now_ms, user_tops)
                 banner_users.append((state, context))
+        lap("banner_contexts")
         result.profiles = {
             state.user_id: profile for (state, _), profile in zip(requests, profiles, strict=True)
         }
@@ -261,6 +305,7 @@ class SliceProcessor:
                 result.slates[state.user_id]["banners"] = self._banner_slate(
                     state, user, banners, now_ms, scores
                 )
+        lap("banners")
         return result
 
     def _observe_loyalty(

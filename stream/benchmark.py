@@ -26,7 +26,7 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
-from processors.pipeline import SliceConfig, SliceProcessor, compile_kernels
+from processors.pipeline import SLICE_PHASES, SliceConfig, SliceProcessor, compile_kernels
 from processors.simulator import SimulationConfig, TrafficModel
 from processors.slates import encode_slate
 from processors.user_state import UserState
@@ -272,6 +272,7 @@ def bench_batch_cost(
     now = int(time.time() * 1000)
     points = []
     shares: list[tuple[float, float]] = []  # (the slice, its output) µs per event, per size
+    phase_points: list[dict[str, float]] = []  # the slice by phase, µs per event, per size
     for size in sizes:
         processor = SliceProcessor(settings.slice_config())
         for record in catalog:
@@ -283,12 +284,15 @@ def bench_batch_cost(
             states.update(processor.process_batch(batch, states, now).touched)
         in_slice = in_output = 0.0
         touched = 0
+        phases = dict.fromkeys(SLICE_PHASES, 0.0)
         for start in range(warm_up, warm_up + measured, size):
             end = min(start + size, warm_up + measured)
             batch = [(0, event) for event in events[start:end]]
             began = time.process_time()
-            result = processor.process_batch(batch, states, now)
+            result = processor.process_batch(batch, states, now, time.process_time)
             sliced = time.process_time()
+            for phase, seconds in result.phase_seconds.items():
+                phases[phase] += seconds
             for user_id, slates in result.slates.items():
                 for slate in slates.values():
                     encode_slate(slate)
@@ -301,6 +305,17 @@ def bench_batch_cost(
             touched += len(result.touched)
         points.append((size, (in_slice + in_output) / measured * 1e6, touched / measured))
         shares.append((in_slice / measured * 1e6, in_output / measured * 1e6))
+        phase_points.append({phase: spent / measured * 1e6 for phase, spent in phases.items()})
+    # each phase's cost per touched user, fitted alike: where a touched user's cost goes
+    per_user_by_phase = {
+        phase: fit_batch_cost(
+            [
+                (size, spent[phase], users)
+                for (size, _, users), spent in zip(points, phase_points, strict=True)
+            ]
+        )["per_touched_user_microseconds"]
+        for phase in SLICE_PHASES
+    }
     return {
         # what the models and states had learned first (a short run's cost is an early
         # worker's: fewer neighbours and interests per user than a worker that has run long)
@@ -315,9 +330,18 @@ def bench_batch_cost(
                 "slice_microseconds_per_event": round(in_slice, 1),
                 "output_microseconds_per_event": round(in_output, 1),
                 "touched_users_per_event": round(users, 3),
+                # the slice by its phases (``SLICE_PHASES``)
+                "slice_phase_microseconds_per_event": {
+                    phase: round(spent, 1) for phase, spent in by_phase.items()
+                },
             }
-            for (size, per_event, users), (in_slice, in_output) in zip(points, shares, strict=True)
+            for (size, per_event, users), (in_slice, in_output), by_phase in zip(
+                points, shares, phase_points, strict=True
+            )
         ],
+        "batch_cost_per_touched_user_by_phase_microseconds": {
+            phase: round(cost, 1) for phase, cost in per_user_by_phase.items()
+        },
         **{f"batch_cost_{name}": round(value, 3) for name, value in fit_batch_cost(points).items()},
     }
 
@@ -620,6 +644,23 @@ def gc_pause_per_event(
     """
     paused = _grown_by_label(before, after, "appetence_gc_pause_seconds_sum", "generation")
     return {generation: round(s / max(events, 1) * 1e6, 1) for generation, s in paused.items()}
+
+
+def slice_phase_per_event(
+    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
+    events: int,
+) -> dict[str, float]:
+    """The workers' slice stage between two scrapes, by phase of the processors
+    (``appetence_slice_phase_cpu_seconds_total``), in µs per event.
+
+    >>> name = "appetence_slice_phase_cpu_seconds_total"
+    >>> after = [{name: [({"phase": "slates"}, 0.3), ({"phase": "apply"}, 0.1)]}]
+    >>> slice_phase_per_event([], after, 10_000)
+    {'slates': 30.0, 'apply': 10.0}
+    """
+    spent = _grown_by_label(before, after, "appetence_slice_phase_cpu_seconds_total", "phase")
+    return {phase: round(s / max(events, 1) * 1e6, 1) for phase, s in spent.items()}
 
 
 def _grown_by_label(
@@ -942,6 +983,9 @@ def _offer_live(
         f"{prefix}_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(live)),
         # of the workers' time, the garbage collector's pauses, by generation
         f"{prefix}_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(live)),
+        f"{prefix}_slice_phase_cpu_microseconds_per_event": slice_phase_per_event(
+            first, last, len(live)
+        ),
     }
 
 
@@ -987,6 +1031,9 @@ def _drain_paced(
         "paced_users_per_event": round(users_per_event(paced, round(per_batch)), 3),
         "paced_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(paced)),
         "paced_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(paced)),
+        "paced_slice_phase_cpu_microseconds_per_event": slice_phase_per_event(
+            first, last, len(paced)
+        ),
     }
 
 
@@ -1123,6 +1170,9 @@ def bench_pipeline(
                 drain_stage_cpu_microseconds_per_event=stage_cpu_per_event([], samples, events),
                 # the garbage collector's pauses in it (start-up's included: a few ms)
                 drain_gc_pause_microseconds_per_event=gc_pause_per_event([], samples, events),
+                drain_slice_phase_cpu_microseconds_per_event=slice_phase_per_event(
+                    [], samples, events
+                ),
             )
             # what the drain's batches paid the per-user cost on (the paced drain's below)
             results["drain_users_per_event"] = round(

@@ -234,7 +234,9 @@ class EventHandler:
             self.processor.schedule_pending(self.states.items(recovered))
         clock.lap("recovery")  # ~0 but after a rebalance: partitions read from the changelog
         reads, recent_reads = self.states.reads, self.states.recent_reads
-        result = self.processor.process_batch(decoded, self.states, now_ms)
+        result = self.processor.process_batch(decoded, self.states, now_ms, time.thread_time)
+        for phase, seconds in result.phase_seconds.items():
+            metrics.slice_phase_cpu_seconds.labels(phase=phase).inc(seconds)
         reads = self.states.reads - reads
         recurring = (self.states.recent_reads - recent_reads) / reads if reads else 1.0
         # Changed, persisted once Redis has the batch's writes (now or with a later batch's

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from processors.events import REJECT_REASONS
+from processors.pipeline import SLICE_PHASES
 
 #: Seconds; fine around the 250 ms event->Redis target (docs/operations.md), where a quantile
 #: read as its bucket's upper bound would otherwise jump from 0.25 to 0.5 s, and between 1 and
@@ -84,6 +85,18 @@ class Metrics:
         )
         for stage in BATCH_STAGES:
             self.batch_stage_cpu_seconds.labels(stage=stage)
+        self.slice_phase_cpu_seconds = Counter(
+            "appetence_slice_phase_cpu_seconds",
+            "CPU time of the slice stage (appetence_batch_stage_cpu_seconds_total{stage="
+            '"slice"}) by phase of the processors: apply (the events into the user states and '
+            "models), loyalty (scoring), expiry (pending labels), tops (interest), profiles, "
+            "slates (recipe and product, with the next-click model's learning), "
+            "banner_contexts, banners",
+            ["phase"],
+            registry=registry,
+        )
+        for phase in SLICE_PHASES:
+            self.slice_phase_cpu_seconds.labels(phase=phase)
         self.event_to_redis_seconds = Histogram(
             "appetence_event_to_redis_seconds",
             "From the Kafka record timestamp to the Redis write that reflects it",

@@ -187,3 +187,45 @@ def test_scoring_loyalty_once_per_user_per_batch_equals_scoring_every_event(
     assert batched[1] == every[1] and len(batched[1]) > 100
     scores = {msgspec.msgpack.decode(b)["return_probability"] for b in batched[0].values()}
     assert len(scores) > 10  # the trained models do score users differently
+
+
+def test_a_clock_times_every_phase_once_per_batch_and_changes_no_result() -> None:
+    """Given a clock, a batch reports the time of each of ``SLICE_PHASES`` (one lap each, in
+    order); without one it reports none; the slates, profiles and states are the same."""
+    import msgspec
+
+    from processors.pipeline import SLICE_PHASES
+    from processors.slates import encode_slate
+
+    model = TrafficModel(SimulationConfig(seed=5), start_ms=0)
+    events = [(0, e) for _, e in zip(range(1500), model.events(), strict=False)]
+
+    def run(clock: object) -> tuple[list[dict[str, float]], list[bytes]]:
+        processor = SliceProcessor(SliceConfig())
+        for record in model.catalog_records():
+            processor.apply_catalog(record)
+        states: dict[str, UserState] = {}
+        phases, outputs = [], []
+        for i in range(0, len(events), 500):
+            result = processor.process_batch(events[i : i + 500], states, 10**12, clock)  # type: ignore[arg-type]
+            states.update(result.touched)
+            phases.append(result.phase_seconds)
+            outputs.append(
+                msgspec.msgpack.encode(
+                    (
+                        {u: {k: encode_slate(s) for k, s in v.items()}
+                         for u, v in result.slates.items()},
+                        result.profiles,
+                        result.touched,
+                    )
+                )
+            )  # fmt: skip
+        return phases, outputs
+
+    ticks = iter(range(10**6))
+    timed_phases, timed = run(lambda: float(next(ticks)))
+    untimed_phases, untimed = run(None)
+    assert timed == untimed
+    assert untimed_phases == [{}, {}, {}]
+    assert timed_phases == [dict.fromkeys(SLICE_PHASES, 1.0)] * 3
+    assert any("banners" in slates for slates in msgspec.msgpack.decode(timed[-1])[0].values())
