@@ -610,57 +610,44 @@ def _drain_breakdown(
     }
 
 
-def stage_cpu_per_event(
+#: The per-event breakdowns the bench reports for each of its phases: the key's suffix ->
+#: (the workers' labelled counter, its label).
+BREAKDOWNS = {
+    # the batch loop's CPU by stage of handling (the rest of the workers' CPU: Faust,
+    # aiokafka, the consumer's thread)
+    "stage_cpu_microseconds_per_event": ("appetence_batch_stage_cpu_seconds_total", "stage"),
+    # the slice stage by phase of the processors
+    "slice_phase_cpu_microseconds_per_event": ("appetence_slice_phase_cpu_seconds_total", "phase"),
+    # the garbage collector's pauses, by generation
+    "gc_pause_microseconds_per_event": ("appetence_gc_pause_seconds_sum", "generation"),
+}
+
+
+def breakdowns(
     before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
     after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
     events: int,
-) -> dict[str, float]:
-    """The workers' batch-handling CPU between two scrapes, by stage
-    (``appetence_batch_stage_cpu_seconds_total``), in µs per event.
+) -> dict[str, dict[str, float]]:
+    """The workers' ``BREAKDOWNS`` between two scrapes, each in µs per event by its label.
 
     >>> name = "appetence_batch_stage_cpu_seconds_total"
     >>> before = [{name: [({"stage": "slice"}, 1.0), ({"stage": "redis"}, 0.5)]}]
     >>> after = [{name: [({"stage": "slice"}, 1.5), ({"stage": "redis"}, 0.6)]}]
-    >>> stage_cpu_per_event(before, after, 10_000)
-    {'slice': 50.0, 'redis': 10.0}
+    >>> after[0]["appetence_gc_pause_seconds_sum"] = [({"generation": "0"}, 0.02)]
+    >>> spent = breakdowns(before, after, 10_000)
+    >>> spent["stage_cpu_microseconds_per_event"], spent["gc_pause_microseconds_per_event"]
+    ({'slice': 50.0, 'redis': 10.0}, {'0': 2.0})
+    >>> spent["slice_phase_cpu_microseconds_per_event"]
+    {}
     """
-    spent = _grown_by_label(before, after, "appetence_batch_stage_cpu_seconds_total", "stage")
-    return {stage: round(seconds / max(events, 1) * 1e6, 1) for stage, seconds in spent.items()}
-
-
-def gc_pause_per_event(
-    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
-    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
-    events: int,
-) -> dict[str, float]:
-    """The workers' garbage-collector pauses between two scrapes, by generation
-    (``appetence_gc_pause_seconds``), in µs per event.
-
-    >>> name = "appetence_gc_pause_seconds_sum"
-    >>> before = [{name: [({"generation": "0"}, 0.1), ({"generation": "2"}, 0.0)]}]
-    >>> after = [{name: [({"generation": "0"}, 0.12), ({"generation": "2"}, 0.05)]}]
-    >>> gc_pause_per_event(before, after, 10_000)
-    {'0': 2.0, '2': 5.0}
-    """
-    paused = _grown_by_label(before, after, "appetence_gc_pause_seconds_sum", "generation")
-    return {generation: round(s / max(events, 1) * 1e6, 1) for generation, s in paused.items()}
-
-
-def slice_phase_per_event(
-    before: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
-    after: Sequence[Mapping[str, list[tuple[dict[str, str], float]]]],
-    events: int,
-) -> dict[str, float]:
-    """The workers' slice stage between two scrapes, by phase of the processors
-    (``appetence_slice_phase_cpu_seconds_total``), in µs per event.
-
-    >>> name = "appetence_slice_phase_cpu_seconds_total"
-    >>> after = [{name: [({"phase": "slates"}, 0.3), ({"phase": "apply"}, 0.1)]}]
-    >>> slice_phase_per_event([], after, 10_000)
-    {'slates': 30.0, 'apply': 10.0}
-    """
-    spent = _grown_by_label(before, after, "appetence_slice_phase_cpu_seconds_total", "phase")
-    return {phase: round(s / max(events, 1) * 1e6, 1) for phase, s in spent.items()}
+    per_event = 1e6 / max(events, 1)
+    return {
+        key: {
+            value: round(seconds * per_event, 1)
+            for value, seconds in _grown_by_label(before, after, name, label).items()
+        }
+        for key, (name, label) in BREAKDOWNS.items()
+    }
 
 
 def _grown_by_label(
@@ -978,14 +965,9 @@ def _offer_live(
         f"{prefix}_worker_cpu_share": round(worker_cpu / offer_seconds / max(len(urls), 1), 3),
         f"{prefix}_load_generator_cpu_share": round(generator_cpu / offer_seconds, 3),
         # the workers' CPU per event until they had handled the traffic, and of it the batch
-        # loop's by stage of handling
+        # loop's by stage, the slice's by phase and the collector's pauses (``BREAKDOWNS``)
         f"{prefix}_worker_cpu_microseconds_per_event": round(cpu_handling / len(live) * 1e6, 1),
-        f"{prefix}_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(live)),
-        # of the workers' time, the garbage collector's pauses, by generation
-        f"{prefix}_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(live)),
-        f"{prefix}_slice_phase_cpu_microseconds_per_event": slice_phase_per_event(
-            first, last, len(live)
-        ),
+        **{f"{prefix}_{key}": spent for key, spent in breakdowns(first, last, len(live)).items()},
     }
 
 
@@ -1029,11 +1011,7 @@ def _drain_paced(
         "paced_worker_cpu_microseconds_per_event": round(cpu / len(paced) * 1e6, 1),
         "paced_mean_events_per_batch": round(per_batch, 1),
         "paced_users_per_event": round(users_per_event(paced, round(per_batch)), 3),
-        "paced_stage_cpu_microseconds_per_event": stage_cpu_per_event(first, last, len(paced)),
-        "paced_gc_pause_microseconds_per_event": gc_pause_per_event(first, last, len(paced)),
-        "paced_slice_phase_cpu_microseconds_per_event": slice_phase_per_event(
-            first, last, len(paced)
-        ),
+        **{f"paced_{key}": spent for key, spent in breakdowns(first, last, len(paced)).items()},
     }
 
 
@@ -1165,14 +1143,9 @@ def bench_pipeline(
                 # Where the drain's time went: batch sizes the workers took, and the share of the
                 # drain inside process-and-write (the rest: Faust, fetching, committing).
                 **_drain_breakdown(samples, drain_seconds * workers),
-                # the batch loop's CPU by stage of handling, µs per event (the rest of the
-                # workers' CPU: Faust, aiokafka, the consumer's thread)
-                drain_stage_cpu_microseconds_per_event=stage_cpu_per_event([], samples, events),
-                # the garbage collector's pauses in it (start-up's included: a few ms)
-                drain_gc_pause_microseconds_per_event=gc_pause_per_event([], samples, events),
-                drain_slice_phase_cpu_microseconds_per_event=slice_phase_per_event(
-                    [], samples, events
-                ),
+                # the batch loop's CPU by stage, the slice's by phase and the collector's
+                # pauses (start-up's included: a few ms), µs per event
+                **{f"drain_{key}": spent for key, spent in breakdowns([], samples, events).items()},
             )
             # what the drain's batches paid the per-user cost on (the paced drain's below)
             results["drain_users_per_event"] = round(

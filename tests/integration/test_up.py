@@ -83,6 +83,8 @@ def test_up_demo_serves_slates_metrics_and_kcat_events_then_stops_cleanly(tmp_pa
             "appetence_redis_writes_total",
             "appetence_batch_processing_seconds",
             'appetence_batch_stage_cpu_seconds_total{stage="slice"}',
+            'appetence_slice_phase_cpu_seconds_total{phase="slates"}',
+            'appetence_gc_pause_seconds_count{generation="0"}',
             "appetence_consumer_lag_messages",
         ):
             assert name in metrics

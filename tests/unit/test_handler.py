@@ -22,7 +22,7 @@ from processors.events import (
     PageView,
     encode_event,
 )
-from processors.pipeline import SliceConfig, SliceProcessor
+from processors.pipeline import SLICE_PHASES, SliceConfig, SliceProcessor
 from stream.batching import MIN_GATHER_SECONDS, BatchBudget, batch_window, gather
 from stream.handler import EventHandler
 from stream.metrics import BATCH_STAGES, Metrics
@@ -328,6 +328,17 @@ def test_a_handled_batch_charges_its_cpu_to_the_stages_of_handling() -> None:
     assert stages["slice"] > 0.0 and stages["decode"] > 0.0 and stages["output"] > 0.0
     assert stages["slice"] > stages["decode"]  # 300 events' slates against their decoding
     assert sum(stages.values()) <= thread_cpu
+    # the slice stage, split by the processors' phases on the same clock
+    exported = {
+        phase: registry.get_sample_value(
+            "appetence_slice_phase_cpu_seconds_total", {"phase": phase}
+        )
+        for phase in SLICE_PHASES
+    }
+    assert None not in exported.values(), exported
+    phases = {phase: float(seconds or 0.0) for phase, seconds in exported.items()}
+    assert phases["apply"] > 0.0 and phases["slates"] > 0.0
+    assert sum(phases.values()) <= stages["slice"]
 
 
 async def _gather_arrivals(

@@ -192,6 +192,8 @@ def test_scoring_loyalty_once_per_user_per_batch_equals_scoring_every_event(
 def test_a_clock_times_every_phase_once_per_batch_and_changes_no_result() -> None:
     """Given a clock, a batch reports the time of each of ``SLICE_PHASES`` (one lap each, in
     order); without one it reports none; the slates, profiles and states are the same."""
+    from collections.abc import Callable
+
     import msgspec
 
     from processors.pipeline import SLICE_PHASES
@@ -200,14 +202,14 @@ def test_a_clock_times_every_phase_once_per_batch_and_changes_no_result() -> Non
     model = TrafficModel(SimulationConfig(seed=5), start_ms=0)
     events = [(0, e) for _, e in zip(range(1500), model.events(), strict=False)]
 
-    def run(clock: object) -> tuple[list[dict[str, float]], list[bytes]]:
+    def run(clock: Callable[[], float] | None) -> tuple[list[dict[str, float]], list[bytes]]:
         processor = SliceProcessor(SliceConfig())
         for record in model.catalog_records():
             processor.apply_catalog(record)
         states: dict[str, UserState] = {}
         phases, outputs = [], []
         for i in range(0, len(events), 500):
-            result = processor.process_batch(events[i : i + 500], states, 10**12, clock)  # type: ignore[arg-type]
+            result = processor.process_batch(events[i : i + 500], states, 10**12, clock)
             states.update(result.touched)
             phases.append(result.phase_seconds)
             outputs.append(
