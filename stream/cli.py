@@ -63,7 +63,8 @@ def _tune_gc(settings: Settings) -> None:
     """The worker holds millions of long-lived objects (the models, the encoded states) and
     allocates a batch's worth of short-lived ones: fewer, larger young collections cut the
     collector's share of the slice from ~6% to under 1% and its longest pause from ~0.2 s to
-    ~0.05 s (docs/benchmarks.md)."""
+    ~0.05 s; at 200,000 instead of 50,000, most of a batch's objects are gone before one
+    comes (docs/benchmarks.md)."""
     if settings.gc_young_threshold:
         gc.set_threshold(settings.gc_young_threshold, 20, 100)
 

@@ -108,7 +108,10 @@ class Settings(BaseSettings):
     batch_catch_up_seconds: float = Field(0.5, gt=0.0, le=10.0)
     batch_catch_up_after_seconds: float = Field(2.0, ge=0.0)
     # The worker's young-generation GC threshold (Python's default is 700); 0: the default.
-    gc_young_threshold: int = Field(50_000, ge=0)
+    # 200,000 rather than 50,000: most of a batch's objects are gone before a collection
+    # comes, so the collector's pauses fell from ~5% of the worker's CPU to none at half the
+    # dense drain rate (docs/benchmarks.md, thirty-third session).
+    gc_young_threshold: int = Field(200_000, ge=0)
     # After a batch, free C-heap pages go back to the OS (glibc malloc_trim) at most this
     # often: RSS follows the held state instead of the largest batch (stream/memory.py). 0: off.
     memory_release_seconds: float = Field(1.0, ge=0.0)
