@@ -83,8 +83,6 @@ class Metrics:
             ["stage"],
             registry=registry,
         )
-        for stage in BATCH_STAGES:
-            self.batch_stage_cpu_seconds.labels(stage=stage)
         self.slice_phase_cpu_seconds = Counter(
             "appetence_slice_phase_cpu_seconds",
             "CPU time of the slice stage (appetence_batch_stage_cpu_seconds_total{stage="
@@ -95,8 +93,6 @@ class Metrics:
             ["phase"],
             registry=registry,
         )
-        for phase in SLICE_PHASES:
-            self.slice_phase_cpu_seconds.labels(phase=phase)
         self.event_to_redis_seconds = Histogram(
             "appetence_event_to_redis_seconds",
             "From the Kafka record timestamp to the Redis write that reflects it",
@@ -305,8 +301,6 @@ class Metrics:
             buckets=GC_PAUSE_BUCKETS,
             registry=registry,
         )
-        for generation in GC_GENERATIONS:
-            self.gc_pause_seconds.labels(generation=generation)
         self.users_forgotten = Counter(
             "appetence_users_forgotten_total",
             "Forget requests applied by this worker (state, visitor memory, audiences, Redis)",
@@ -338,6 +332,13 @@ class Metrics:
             self.redis_writes.labels(result=result)
         for event_type in ("pageview", "click", "impression"):
             self.events_consumed.labels(type=event_type)
+        # every stage, phase and generation exported from the start, 0 until it spends any
+        for stage in BATCH_STAGES:
+            self.batch_stage_cpu_seconds.labels(stage=stage)
+        for phase in SLICE_PHASES:
+            self.slice_phase_cpu_seconds.labels(phase=phase)
+        for generation in GC_GENERATIONS:
+            self.gc_pause_seconds.labels(generation=generation)
 
 
 class GcPauseTimer:

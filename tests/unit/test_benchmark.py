@@ -130,39 +130,3 @@ def test_the_fitted_slope_weighs_every_reading() -> None:
     assert abs(least_squares_slope([0, 1, 2, 3], [0.0, 10.0, 2.0, 3.0]) - 0.1) < 1e-12
     assert least_squares_slope([4], [1.0]) == 0.0
     assert least_squares_slope([5, 5], [1.0, 2.0]) == 0.0
-
-
-def test_gc_pause_timer_times_real_collections_and_comes_off() -> None:
-    """The timer, installed, sees the interpreter's own collections by generation; removed,
-    it sees no more."""
-    import gc
-
-    from prometheus_client import CollectorRegistry
-
-    from stream.metrics import GcPauseTimer, Metrics
-
-    metrics = Metrics(CollectorRegistry())
-
-    def full_collections() -> float:
-        value = metrics.registry.get_sample_value(
-            "appetence_gc_pause_seconds_count", {"generation": "2"}
-        )
-        assert value is not None
-        return value
-
-    timer = GcPauseTimer(metrics.gc_pause_seconds).install()
-    try:
-        timer.install()  # twice: still one callback
-        assert gc.callbacks.count(timer) == 1
-        gc.collect()
-        gc.collect()
-        assert full_collections() == 2.0
-        paused = metrics.registry.get_sample_value(
-            "appetence_gc_pause_seconds_sum", {"generation": "2"}
-        )
-        assert paused is not None and paused > 0.0
-    finally:
-        timer.remove()
-    gc.collect()
-    assert full_collections() == 2.0
-    assert timer not in gc.callbacks

@@ -1,0 +1,52 @@
+"""The worker's metrics that are more than a declaration."""
+
+from __future__ import annotations
+
+import gc
+
+from prometheus_client import CollectorRegistry
+
+from processors.pipeline import SLICE_PHASES
+from stream.metrics import BATCH_STAGES, GC_GENERATIONS, GcPauseTimer, Metrics
+
+
+def test_every_stage_phase_and_generation_is_exported_from_the_start() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    for name, label, values in (
+        ("appetence_batch_stage_cpu_seconds_total", "stage", BATCH_STAGES),
+        ("appetence_slice_phase_cpu_seconds_total", "phase", SLICE_PHASES),
+        ("appetence_gc_pause_seconds_count", "generation", GC_GENERATIONS),
+    ):
+        for value in values:
+            assert registry.get_sample_value(name, {label: value}) == 0.0, (name, value)
+
+
+def test_gc_pause_timer_times_real_collections_and_comes_off() -> None:
+    """The timer, installed, sees the interpreter's own collections by generation; removed,
+    it sees no more."""
+    metrics = Metrics(CollectorRegistry())
+
+    def full_collections() -> float:
+        value = metrics.registry.get_sample_value(
+            "appetence_gc_pause_seconds_count", {"generation": "2"}
+        )
+        assert value is not None
+        return value
+
+    timer = GcPauseTimer(metrics.gc_pause_seconds).install()
+    try:
+        timer.install()  # twice: still one callback
+        assert gc.callbacks.count(timer) == 1
+        gc.collect()
+        gc.collect()
+        assert full_collections() == 2.0
+        paused = metrics.registry.get_sample_value(
+            "appetence_gc_pause_seconds_sum", {"generation": "2"}
+        )
+        assert paused is not None and paused > 0.0
+    finally:
+        timer.remove()
+    gc.collect()
+    assert full_collections() == 2.0
+    assert timer not in gc.callbacks
