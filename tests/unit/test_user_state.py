@@ -17,6 +17,7 @@ from processors.user_state import (
     apply_event,
     decode_user_state,
     dedup_key,
+    dedup_slack,
     encode_user_state,
     segment_of,
 )
@@ -43,6 +44,25 @@ def test_dedup_memory_is_bounded() -> None:
     for i in range(100):
         apply_event(state, click(i, 1000 + i * 1000), CONFIG)
     assert len(state.seen_event_ids) <= 2 * CONFIG.dedup_max_ids
+
+
+def test_a_user_past_the_dedup_cap_keeps_the_newest_ids_and_is_pruned_once_per_slack() -> None:
+    """A user sending more ids than the window holds (a bot, a shared anonymous id): every
+    one of the newest ``dedup_max_ids`` ids is still a duplicate after each event, the window
+    never holds more than ``dedup_slack`` extra, and it is rebuilt once per ``dedup_slack``
+    events, not on every event (each rebuild sorts the whole window)."""
+    state = UserState(user_id="u", partition=0)
+    cap, slack = CONFIG.dedup_max_ids, dedup_slack(CONFIG.dedup_max_ids)
+    rebuilds, window = 0, state.seen_event_ids
+    events = [click(i, 1_000 + i) for i in range(100)]  # all inside the 10 s window
+    for at, event in enumerate(events):
+        assert apply_event(state, event, CONFIG)
+        assert len(state.seen_event_ids) <= cap + slack
+        rebuilds += state.seen_event_ids is not window
+        window = state.seen_event_ids
+        for newest in events[max(0, at + 1 - cap) : at + 1]:
+            assert dedup_key(newest.event_id) in state.seen_event_ids
+    assert rebuilds == (100 - cap) // (slack + 1)
 
 
 def uuid_click(i: int) -> Click:
