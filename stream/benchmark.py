@@ -172,28 +172,72 @@ def _in_plain_python(function: Callable[..., _T], *args: Any) -> _T:
             os.environ[SWITCH] = previous
 
 
-def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
+def _run_slice(
+    events: list[Event], batch_size: int
+) -> tuple[float, float, int, dict[str, UserState], SliceProcessor]:
     """The worker's processors as configured by default, with the simulator's catalog (so
-    banner slates are built too), in batches as the agent takes them."""
+    banner slates are built too), over ``events`` in batches as the agent takes them:
+    (seconds, of which applying the events (CPU), slates encoded, the users' states, the
+    processor)."""
     processor = SliceProcessor(load_settings().slice_config())
     for record in _model().catalog_records():
         processor.apply_catalog(record)
     states: dict[str, UserState] = {}
     now = int(time.time() * 1000)
-    slates = 0
+    slates, applying = 0, 0.0
     started = time.perf_counter()
     for i in range(0, len(events), batch_size):
-        result = processor.process_batch([(0, e) for e in events[i : i + batch_size]], states, now)
+        batch = [(0, e) for e in events[i : i + batch_size]]
+        result = processor.process_batch(batch, states, now, time.thread_time)
+        applying += result.phase_seconds["apply"]
         states.update(result.touched)
         for user_slates in result.slates.values():
             for slate in user_slates.values():
                 encode_slate(slate)
                 slates += 1
-    seconds = time.perf_counter() - started
+    return time.perf_counter() - started, applying, slates, states, processor
+
+
+#: The share of events ``bench_slice`` also runs under one user id: a site that sends one id
+#: for every anonymous visitor, or a bot. That user is past every per-user cap (the dedup
+#: window's 256 ids, its history) within seconds, so a cap that costs more once reached
+#: shows here (the dedup window once cost ~32 µs per such event, against ~4).
+SHARED_USER_SHARE = 0.2
+SHARED_USER_ID = "anonymous"
+
+
+def with_shared_user(events: list[Event], share: float = SHARED_USER_SHARE) -> list[Event]:
+    """The events with every (1 / ``share``)-th one's user replaced by ``SHARED_USER_ID``.
+
+    >>> events = with_shared_user(_events(10), share=0.5)
+    >>> [event.user_id == SHARED_USER_ID for event in events[:4]]
+    [True, False, True, False]
+    """
+    every = round(1 / share)
+    return [
+        msgspec.structs.replace(event, user_id=SHARED_USER_ID) if at % every == 0 else event
+        for at, event in enumerate(events)
+    ]
+
+
+def bench_slice(events: list[Event], batch_size: int = 500) -> dict[str, float]:
+    """The slice in-process (``_run_slice``), on the simulator's events and on the same
+    events with a fifth of them from one shared user id (``with_shared_user``)."""
+    seconds, applying, slates, states, processor = _run_slice(events, batch_size)
+    shared_seconds, shared_applying, *_ = _run_slice(with_shared_user(events), batch_size)
     state_bytes = sum(len(pack_user_state(state)) for state in states.values())
+    per_event = 1e6 / max(len(events), 1)
     return {
         "slice_events_per_second": _rate(len(events), seconds),
         "slates_per_second": _rate(slates, seconds),
+        # a fifth of the events from one user: about as fast (fewer users to build slates
+        # for), unless a per-user cap costs more once reached; the events' application (the
+        # per-user state, where the caps are) about as costly per event
+        "slice_events_per_second_with_shared_user": _rate(len(events), shared_seconds),
+        "slice_apply_microseconds_per_event": round(applying * per_event, 1),
+        "slice_apply_microseconds_per_event_with_shared_user": round(
+            shared_applying * per_event, 1
+        ),
         "users": len(states),
         # What a user costs in the changelog (and, decoded, roughly in memory).
         "user_state_bytes_per_user": round(state_bytes / max(len(states), 1)),

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from processors.events import PageView
 from stream.benchmark import (
+    SHARED_USER_ID,
     _envelopes,
     _events,
     _model,
@@ -17,6 +20,7 @@ from stream.benchmark import (
     paced_stream,
     profile_slice,
     users_per_event,
+    with_shared_user,
 )
 from stream.topics import partition_for
 
@@ -33,6 +37,18 @@ def test_the_profile_names_processor_functions_with_shares_of_the_slice() -> Non
 def test_the_slice_stage_counts_users_and_their_state_size() -> None:
     result = bench_slice(_events(300), batch_size=100)
     assert result["users"] > 10 and result["user_state_bytes_per_user"] > 100
+    assert result["slice_apply_microseconds_per_event"] > 0
+    assert result["slice_apply_microseconds_per_event_with_shared_user"] > 0
+    assert result["slice_events_per_second_with_shared_user"] > 0
+
+
+def test_the_shared_user_run_moves_every_fifth_event_to_one_user_and_keeps_the_rest() -> None:
+    events = _events(50)
+    shared = with_shared_user(events)
+    assert [e.user_id == SHARED_USER_ID for e in shared] == [i % 5 == 0 for i in range(50)]
+    assert [msgspec.structs.replace(e, user_id="x") for e in shared] == [
+        msgspec.structs.replace(e, user_id="x") for e in events
+    ]
 
 
 def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
