@@ -474,6 +474,24 @@ class CooccurrenceModel:
         if len(self.item_counts) > 2 * config.max_items:
             self._drop_rare_items()
 
+    def learn_pending(self) -> None:
+        """Apply what ``learn_one`` queued now, instead of at the next read (which would
+        otherwise do it): a caller that times its steps charges the learning to itself.
+
+        >>> model = CooccurrenceModel(CooccurrenceConfig())
+        >>> model.learn_one(["a"], "b", session_id="s")
+        >>> model.pending_clicks()
+        1
+        >>> model.learn_pending()
+        >>> model.pending_clicks(), model.votes("a")
+        (0, [('b', 1.1)])
+        """
+        self._learn()
+
+    def pending_clicks(self) -> int:
+        """Clicks ``learn_one`` queued that the tables do not hold yet."""
+        return len(self._clicks.items)
+
     def _learn(self) -> None:
         """Apply the pending clicks and visits to the tables, in the order learned
         (``row_kernel.learn_clicks`` and ``learn_visits``; the pools grown between calls)."""

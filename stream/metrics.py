@@ -87,9 +87,9 @@ class Metrics:
             "appetence_slice_phase_cpu_seconds",
             "CPU time of the slice stage (appetence_batch_stage_cpu_seconds_total{stage="
             '"slice"}) by phase of the processors: apply (the events into the user states and '
-            "models), loyalty (scoring), expiry (pending labels), tops (interest), profiles, "
-            "slates (recipe and product, with the next-click model's learning), "
-            "banner_contexts, banners",
+            "models), learn (the next-click model's tables), loyalty (scoring), expiry (pending "
+            "labels), tops (interest), profiles, slates (recipe and product), banner_contexts, "
+            "banners",
             ["phase"],
             registry=registry,
         )

@@ -231,3 +231,23 @@ def test_a_clock_times_every_phase_once_per_batch_and_changes_no_result() -> Non
     assert untimed_phases == [{}, {}, {}]
     assert timed_phases == [dict.fromkeys(SLICE_PHASES, 1.0)] * 3
     assert any("banners" in slates for slates in msgspec.msgpack.decode(timed[-1])[0].values())
+
+
+def test_the_next_click_models_learning_is_timed_as_its_own_phase() -> None:
+    """The clicks the events queued are learned in the "learn" phase, right after "apply",
+    not at the slates' first read of the model (whose time would then include it)."""
+    from processors.pipeline import SLICE_PHASES
+
+    model = TrafficModel(SimulationConfig(seed=5), start_ms=0)
+    events = [(0, e) for _, e in zip(range(500), model.events(), strict=False)]
+    processor = SliceProcessor(SliceConfig())
+    pending: list[int] = []  # the model's queued clicks at each reading of the clock
+
+    def clock() -> float:
+        pending.append(processor.cooccurrence.pending_clicks())
+        return float(len(pending))
+
+    processor.process_batch(events, {}, 10**12, clock)
+    at_lap = dict(zip(SLICE_PHASES, pending[1:], strict=True))  # the first reading: the start
+    assert at_lap["apply"] > 0
+    assert at_lap["learn"] == 0
