@@ -37,6 +37,11 @@ SCORE_DECIMALS = 6
 _SCALE = 10.0**SCORE_DECIMALS
 
 
+#: Up to this many scores ``round`` them one by one: the arrays' set-up (~13 µs) costs more
+#: than ``round``'s ~0.4 µs a score below ~35 scores.
+_ROUND_ONE_BY_ONE = 24
+
+
 def round_scores(
     scores: Sequence[float] | np.ndarray, decimals: int = SCORE_DECIMALS
 ) -> list[float]:
@@ -55,6 +60,8 @@ def round_scores(
     """
     if not 0 <= decimals <= SCORE_DECIMALS:
         raise ValueError(f"decimals must be 0..{SCORE_DECIMALS}, not {decimals}")
+    if len(scores) <= _ROUND_ONE_BY_ONE:  # a small batch's few banners: no array set-up
+        return [round(float(score), decimals) for score in scores]
     values = np.asarray(scores, dtype=np.float64)
     scale = _SCALE if decimals == SCORE_DECIMALS else 10.0**decimals
     with np.errstate(all="ignore"):  # inf and huge values: ``round`` below decides those

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.ranking import largest
-from processors.slates import round_scores
+from processors.slates import _ROUND_ONE_BY_ONE, round_scores
 
 # few distinct scores: many ties, which is where the two could part
 scores = st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, float("inf")])
@@ -36,6 +36,14 @@ def test_round_scores_is_round_to_six_decimals_exactly(scores):
     rounded = round_scores(scores)
     expected = [round(score, 6) for score in scores]
     assert [repr(x) for x in rounded] == [repr(x) for x in expected]  # -0.0 apart from 0.0
+
+
+@given(st.lists(slate_scores, min_size=_ROUND_ONE_BY_ONE + 1, max_size=80))
+def test_round_scores_over_arrays_is_round_to_six_decimals_exactly(scores):
+    """Past ``_ROUND_ONE_BY_ONE`` scores the arrays do it (below it ``round`` itself)."""
+    rounded = round_scores(scores)
+    expected = [round(score, 6) for score in scores]
+    assert [repr(x) for x in rounded] == [repr(x) for x in expected]
 
 
 @given(st.lists(slate_scores, max_size=30), st.integers(0, 6))
