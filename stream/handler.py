@@ -114,6 +114,7 @@ class EventHandler:
         #: waiting states commit at once
         self.rebalancing = rebalancing
         self._uncommitted_since: float | None = None  # when the oldest waiting batch ended
+        self._long_sessions: set[str] = set()  # users already logged for a long session
 
     @property
     def committed(self) -> bool:
@@ -126,6 +127,34 @@ class EventHandler:
     #: not come back within a few batches (a real site's visitors mostly) gain nothing from
     #: waiting, and the waiting states cost memory and cache.
     MIN_RECURRING_SHARE = 0.5
+
+    #: A session of more events than this is no visitor's: the user id is shared (a site's
+    #: one id for every anonymous visitor) or a bot's. Logged once per user (up to
+    #: ``LONG_SESSIONS_LOGGED`` users per process); the gauge shows it all along.
+    LONG_SESSION_EVENTS = 2_000
+    LONG_SESSIONS_LOGGED = 100
+
+    def _watch_sessions(self, touched: Mapping[str, UserState]) -> None:
+        """The longest current session among the batch's users (the gauge), and a warning
+        the first time a user's passes ``LONG_SESSION_EVENTS``."""
+        if not touched:
+            return
+        user_id, state = max(touched.items(), key=lambda item: item[1].session_events)
+        self.metrics.longest_session_events.set(state.session_events)
+        logged = self._long_sessions
+        if (
+            state.session_events > self.LONG_SESSION_EVENTS
+            and user_id not in logged
+            and len(logged) < self.LONG_SESSIONS_LOGGED
+        ):
+            logged.add(user_id)
+            log.warning(
+                "user %r has %d events in its current session: an id many visitors share, or "
+                "a bot's? Its recommendations mean little (docs/operations.md"
+                "#appetenceshareduserid)",
+                user_id,
+                state.session_events,
+            )
 
     def _commit_due(self, recurring_share: float = 1.0) -> bool:
         if (
@@ -311,6 +340,7 @@ class EventHandler:
             metrics.events_consumed.labels(type=event_type).inc(count)
         metrics.events_duplicate.inc(result.duplicates)
         metrics.sequence_gaps.inc(result.seq_gaps)
+        self._watch_sessions(result.touched)
         metrics.records_consumed.inc(len(batch))
         metrics.batch_records.observe(len(batch))
         metrics.batch_events.observe(len(decoded))

@@ -153,6 +153,13 @@ class Metrics:
             "Users whose state this worker holds",
             registry=registry,
         )
+        self.longest_session_events = Gauge(
+            "appetence_longest_session_events",
+            "The most events in one user's current session among the latest batch's users: a "
+            "user id many visitors share (one id for every anonymous visitor) or a bot's has a "
+            "session that never ends",
+            registry=registry,
+        )
         self.user_state_bytes = Gauge(
             "appetence_user_state_bytes",
             "Size of the user states this worker holds (encoded, as on the changelog)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -339,6 +340,37 @@ def test_a_handled_batch_charges_its_cpu_to_the_stages_of_handling() -> None:
     phases = {phase: float(seconds or 0.0) for phase, seconds in exported.items()}
     assert phases["apply"] > 0.0 and phases["slates"] > 0.0
     assert sum(phases.values()) <= stages["slice"]
+
+
+def test_a_user_whose_session_never_ends_shows_in_the_gauge_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One id with more events in a session than ``LONG_SESSION_EVENTS`` (an id many
+    visitors share): the gauge shows its session, and a warning names it once."""
+    handler = outage_handler(DownRedis(failures=0), stopping=False)
+    handler.LONG_SESSION_EVENTS = 50  # (a class constant: set on this instance)
+    registry = handler.metrics.registry
+    offset = 0
+
+    def batch(users: list[str]) -> list[FaustEvent]:
+        nonlocal offset
+        events = [
+            PageView(event_id=f"e{offset + i}", ts=1_000 + offset + i, user_id=user)
+            for i, user in enumerate(users)
+        ]
+        offset += len(users)
+        return [FaustEvent(Message("t", 0, offset + i, b"u"), encode_event(e))
+                for i, e in enumerate(events)]  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="stream.handler"):
+        asyncio.run(handler.handle(batch(["anonymous"] * 30 + ["u1", "u2"])))
+        assert registry.get_sample_value("appetence_longest_session_events") == 30
+        assert not caplog.records
+        for _ in range(3):
+            asyncio.run(handler.handle(batch(["anonymous"] * 30 + ["u3"])))
+    assert registry.get_sample_value("appetence_longest_session_events") == 120
+    warnings = [r.getMessage() for r in caplog.records if "current session" in r.getMessage()]
+    assert len(warnings) == 1 and "'anonymous' has 60 events" in warnings[0]
 
 
 async def _gather_arrivals(
