@@ -25,7 +25,8 @@ from processors.ranking import largest
 _RESCALE_EXPONENT = 200.0
 
 
-class DecayedCounter(msgspec.Struct, kw_only=True):
+# gc=False: not scanned by the cyclic collector, as UserState (processors/user_state.py)
+class DecayedCounter(msgspec.Struct, kw_only=True, gc=False):
     """A bounded map of key -> forward-decayed score.
 
     At most ``max_keys`` keys are kept: when the map grows past ``2 * max_keys`` the

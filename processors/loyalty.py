@@ -96,7 +96,8 @@ class Signals(msgspec.Struct, frozen=True, kw_only=True):
     banner_click: bool = False
 
 
-class PendingLabel(msgspec.Struct, kw_only=True):
+# gc=False: not scanned by the cyclic collector, as UserState (processors/user_state.py)
+class PendingLabel(msgspec.Struct, kw_only=True, gc=False):
     """A question asked at ``ts`` that event time will answer by ``deadline``.
 
     A ``returns`` question is asked again at each check-in of ``recency_checkpoints_hours``
@@ -113,7 +114,8 @@ class PendingLabel(msgspec.Struct, kw_only=True):
     step: int = 0
 
 
-class ResolvedExample(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: not scanned by the cyclic collector, as UserState (processors/user_state.py)
+class ResolvedExample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A label that event time answered, with what was predicted before it was known."""
 
     target: str
@@ -130,7 +132,8 @@ class ResolvedExample(msgspec.Struct, frozen=True, kw_only=True):
         return self.recency_hours == 0.0
 
 
-class LoyaltyState(msgspec.Struct, kw_only=True):
+# gc=False: not scanned by the cyclic collector, as UserState (processors/user_state.py)
+class LoyaltyState(msgspec.Struct, kw_only=True, gc=False):
     """Per-user, bounded (a few hundred bytes): session bookkeeping and pending labels."""
 
     first_ts: int = -1

@@ -33,7 +33,8 @@ from processors.user_state import UserState
 SESSION_SHARE = 0.7
 
 
-class Profile(msgspec.Struct, frozen=True):
+# gc=False: not scanned by the cyclic collector, as UserState (processors/user_state.py)
+class Profile(msgspec.Struct, frozen=True, gc=False):
     """The ``profile`` field of the user hash."""
 
     top_categories: list[tuple[str, float]]  # long-term (days), strongest = 1.0
