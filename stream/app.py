@@ -33,7 +33,7 @@ from stream.follower import follow_topic
 from stream.forget_service import ForgetService
 from stream.handler import EventHandler
 from stream.loyalty_learner import SNAPSHOT_KEY, LoyaltyLearner
-from stream.memory import MemoryReleaser, glibc_malloc_trim
+from stream.memory import CollectorBetweenBatches, MemoryReleaser, glibc_malloc_trim
 from stream.metrics import Metrics
 from stream.topics import aiokafka_client_options
 
@@ -253,6 +253,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         settings.partitions,
     )
     memory = MemoryReleaser(glibc_malloc_trim(), settings.memory_release_seconds)
+    collector = CollectorBetweenBatches(settings.gc_between_batches)
     handler = EventHandler(
         decoder=EventDecoder(settings.decode_limits()),
         processor=processor,
@@ -384,7 +385,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             commit=handler.commit_when_due,
         ):
             started = time.process_time()
-            await handler.handle(batch)
+            with collector.during_batch():
+                await handler.handle(batch)
             budget.observe(
                 sum(event.message.serialized_value_size or 0 for event in batch),
                 time.process_time() - started,

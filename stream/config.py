@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     # comes, so the collector's pauses fell from ~5% of the worker's CPU to none at half the
     # dense drain rate (docs/benchmarks.md, thirty-third session).
     gc_young_threshold: int = Field(200_000, ge=0)
+    # The collector held off while a batch is handled: its young collections run between
+    # batches, once the batch's objects are freed, not over a batch's work in progress
+    # (stream/memory.py; the drain of site-paced traffic: ~5% of the worker's CPU).
+    gc_between_batches: bool = True
     # After a batch, free C-heap pages go back to the OS (glibc malloc_trim) at most this
     # often: RSS follows the held state instead of the largest batch (stream/memory.py). 0: off.
     memory_release_seconds: float = Field(1.0, ge=0.0)

@@ -1,4 +1,4 @@
-"""The worker's metrics that are more than a declaration."""
+"""The worker's metrics that are more than a declaration, and the collector they time."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import gc
 from prometheus_client import CollectorRegistry
 
 from processors.pipeline import SLICE_PHASES
+from stream.memory import CollectorBetweenBatches
 from stream.metrics import BATCH_STAGES, GC_GENERATIONS, GcPauseTimer, Metrics
 
 
@@ -50,3 +51,49 @@ def test_gc_pause_timer_times_real_collections_and_comes_off() -> None:
     gc.collect()
     assert full_collections() == 2.0
     assert timer not in gc.callbacks
+
+
+def test_the_collector_waits_for_the_batch_then_collects_at_the_next_allocation() -> None:
+    """No young collection runs inside a batch however much it allocates; the first
+    allocations after it run the one that was due (its survivors only are scanned then)."""
+    young: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            young.append(1)
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(1_000, 20, 100)
+    gc.callbacks.append(count)
+    kept: list[list[int]] = []
+    try:
+        gc.collect()
+        pause = CollectorBetweenBatches()
+        with pause.during_batch():
+            before = len(young)
+            kept.extend([i] for i in range(20_000))  # 20x the threshold, tracked
+            inside = len(young) - before
+        assert inside == 0
+        assert gc.isenabled()
+        kept.extend([i] for i in range(10))
+        assert len(young) > before  # due since the batch: run once it was over
+        # off: collections run inside the batch as usual
+        pause.enabled = False
+        with pause.during_batch():
+            before = len(young)
+            kept.extend([i] for i in range(20_000))
+            inside = len(young) - before
+        assert inside > 0
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
+
+
+def test_the_collector_stays_off_when_something_else_turned_it_off() -> None:
+    gc.disable()
+    try:
+        with CollectorBetweenBatches().during_batch():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
