@@ -9,6 +9,7 @@ after a drain in ~4,600-event batches, 5 KB with ``malloc_trim`` after each batc
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -107,7 +108,9 @@ class CollectorBetweenBatches:
     reference counting; what the collector finds then is what outlives batches. Objects
     counted while it was off make the first allocation after the batch run the
     collection, when the young generation is past its threshold. Cyclic garbage a batch makes
-    waits for the batch's end; memory is not otherwise held longer.
+    waits for the batch's end; a batch held up for longer than ``max_seconds`` (Redis down:
+    the batch waits for its writes) turns the collector back on, so that the worker's other
+    tasks meanwhile (the fetcher, timers, scrapes) do not pile up garbage for the outage.
 
     >>> pause = CollectorBetweenBatches()
     >>> with pause.during_batch():
@@ -117,8 +120,9 @@ class CollectorBetweenBatches:
     True
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, max_seconds: float = 5.0) -> None:
         self.enabled = enabled
+        self.max_seconds = max_seconds
 
     @contextmanager
     def during_batch(self) -> Iterator[None]:
@@ -128,6 +132,14 @@ class CollectorBetweenBatches:
             return
         gc.disable()
         try:
+            resume: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                self.max_seconds, gc.enable
+            )
+        except RuntimeError:  # no event loop (a synchronous caller): nothing can hold it up
+            resume = None
+        try:
             yield
         finally:
+            if resume is not None:
+                resume.cancel()
             gc.enable()

@@ -97,3 +97,23 @@ def test_the_collector_stays_off_when_something_else_turned_it_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_batch_held_up_longer_than_its_limit_turns_the_collector_back_on() -> None:
+    """A batch waiting on Redis through an outage must not keep the collector off for the
+    whole outage: after ``max_seconds`` it is on again, and still on after the batch."""
+    import asyncio
+
+    async def batch(pause: CollectorBetweenBatches, waits: float) -> tuple[bool, bool]:
+        with pause.during_batch():
+            before = gc.isenabled()
+            await asyncio.sleep(waits)
+            after = gc.isenabled()
+        return before, after
+
+    held_up = asyncio.run(batch(CollectorBetweenBatches(max_seconds=0.05), waits=0.2))
+    assert held_up == (False, True)
+    assert gc.isenabled()
+    quick = asyncio.run(batch(CollectorBetweenBatches(max_seconds=5.0), waits=0.01))
+    assert quick == (False, False)
+    assert gc.isenabled()
