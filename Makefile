@@ -3,7 +3,7 @@
 # and can make a venv, else python3 on PATH. Distributions build CPython with PGO and LTO;
 # pyenv, for one, builds without unless asked: the worker drained 7-33% more events per
 # second, at 9-22% less CPU per event, on Debian's 3.11 than on a plain pyenv 3.11
-# (docs/benchmarks.md, twenty-first session).
+# (docs/benchmarks-history.md, twenty-first session).
 PYTHON ?= $(or $(shell for p in /usr/bin/python3 python3; do \
 	$$p -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 \
 	&& { echo $$p; break; }; done),python3)

@@ -5,7 +5,7 @@ msgspec structs, spread over a dozen modules with no function above a tenth of i
 (docs/benchmarks.md). Cython compiles those modules *as they are* (pure Python mode: the
 ``.py`` files are the only source; their annotations type the locals) into extensions that
 run the same code without the interpreter's dispatch loop: 10-27% less CPU per event in the
-slice, in A/B runs on this machine (docs/benchmarks.md, twenty-third session).
+slice, in A/B runs on this machine (docs/benchmarks-history.md, twenty-third session).
 
 ``appetence compiled build`` (``make`` runs it) compiles each module of ``MODULES``
 into ``stream/compiled_modules/`` with a manifest of the source each was built from (its

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # The worker's young-generation GC threshold (Python's default is 700); 0: the default.
     # 200,000 rather than 50,000: most of a batch's objects are gone before a collection
     # comes, so the collector's pauses fell from ~5% of the worker's CPU to none at half the
-    # dense drain rate (docs/benchmarks.md, thirty-third session).
+    # dense drain rate (docs/benchmarks-history.md, thirty-third session).
     gc_young_threshold: int = Field(200_000, ge=0)
     # The collector held off while a batch is handled: its young collections run between
     # batches, once the batch's objects are freed, not over a batch's work in progress
