@@ -18,6 +18,7 @@ a batch is rejected alone, with its original bytes and a machine-readable reason
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, TypeAlias
 
@@ -233,6 +234,20 @@ def encode_event(event: Event) -> bytes:
 def encode_batch(events: list[Event]) -> bytes:
     """Encode a batch envelope: a JSON array of events bound for one partition."""
     return _encoder.encode(events)
+
+
+def merge_envelopes(envelopes: Sequence[bytes]) -> bytes:
+    """One batch envelope holding the events of ``envelopes`` (each ``encode_batch``'s
+    output: a JSON array with no space around its brackets), in order, without decoding them.
+
+    >>> merge_envelopes([b'[{"a":1}]', b'[{"b":2},{"c":3}]'])
+    b'[{"a":1},{"b":2},{"c":3}]'
+    >>> merge_envelopes([b'[{"a":1}]', b'[]'])
+    b'[{"a":1}]'
+    """
+    if len(envelopes) == 1:
+        return envelopes[0]
+    return b"[" + b",".join(inner for envelope in envelopes if (inner := envelope[1:-1])) + b"]"
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -948,9 +948,12 @@ def _offer_live(
     urls: list[str],
     handled: float,
     worker_pids: Sequence[int] = (),
+    record_events: int = 0,
 ) -> dict[str, Any]:
     """Produce ``seconds`` of ``source``'s next events live at ``offered`` events/s (as the
-    collector and the simulator produce: one envelope per partition per 20 ms tick), wait until
+    collector and the simulator produce: one envelope per partition per 20 ms tick; with
+    ``record_events`` > 0, records of at most that many events, 1: a record per event as a
+    site's keyed single-event producers send), wait until
     the workers have handled them, and report event->Redis latency (histogram upper bounds)
     and the batches the workers took meanwhile. On this 2-core machine the load generator
     (this process) shares the CPU with the workers, the broker and Redis: the CPU each took
@@ -964,10 +967,12 @@ def _offer_live(
     generator_cpu = time.process_time()  # (the events were generated above, before the offer)
     worker_cpu = cpu_at_start = sum(_cpu_seconds(pid) for pid in worker_pids)
     started = time.monotonic()
+    records = 0
     for index in range(0, len(live), per_tick):
         due = live[index : index + per_tick]
-        for partition, value in _envelopes(due, settings.partitions):
+        for partition, value in _envelopes(due, settings.partitions, record_events or 100):
             producer.send(settings.events_topic, value=value, partition=partition)
+            records += 1
         ahead = (index + len(due)) / offered - (time.monotonic() - started)
         if ahead > 0:
             time.sleep(ahead)
@@ -995,6 +1000,7 @@ def _offer_live(
     return {
         f"{prefix}_offered_events_per_second": round(offered, 1),
         f"{prefix}_events": len(live),
+        f"{prefix}_records": records,
         f"{prefix}_p50_seconds_upper_bound": quantile(window, 0.5),
         f"{prefix}_p99_seconds_upper_bound": quantile(window, 0.99),
         # of which before the batch's handling (fetching, waiting for the worker)
@@ -1066,6 +1072,7 @@ def bench_pipeline(
     latency_seconds: float = 20.0,
     live_rates: Sequence[float] = (),
     paced: int = 0,
+    live_record_events: int = 0,
 ) -> dict[str, Any]:
     """The full pipeline (decode, every processor, coalesced pipelined Redis writes) draining
     ``events`` preloaded simulated events with ``workers`` processes; the consume-and-decode
@@ -1210,6 +1217,8 @@ def bench_pipeline(
             offers = [(max(50.0, rate * share), name) for share, name in HALF_AND_QUARTER]
             offers += [(float(r), f"live_{r:g}") for r in live_rates]
             for offered, prefix in offers:
+                # (the --live-rates offers in records of --live-record-events, if given)
+                per_record = live_record_events if prefix.startswith("live_") else 0
                 results.update(
                     _offer_live(
                         offered,
@@ -1221,6 +1230,7 @@ def bench_pipeline(
                         urls,
                         handled,
                         [p.popen.pid for p in procs],
+                        per_record,
                     )
                 )
                 handled += results[f"{prefix}_events"]
@@ -1345,6 +1355,7 @@ def run_benchmarks(
     live_seconds: float = 20.0,
     item_scale_events: int = 0,
     paced_events: int = 0,
+    live_record_events: int = 0,
 ) -> dict[str, Any]:
     """Every stage; ``sessions`` (a real click log) feeds the co-occurrence benchmarks,
     else the simulator's click sessions do. ``item_scale_events`` > 0: also the item-level
@@ -1376,7 +1387,15 @@ def run_benchmarks(
     if e2e:
         log_dir = Path(tempfile.mkdtemp(prefix="appetence-bench-"))
         results.update(
-            bench_pipeline(e2e_events, workers, log_dir, live_seconds, live_rates, paced_events)
+            bench_pipeline(
+                e2e_events,
+                workers,
+                log_dir,
+                live_seconds,
+                live_rates,
+                paced_events,
+                live_record_events,
+            )
         )
     if item_scale_events > 0:
         results.update(bench_item_tables(item_scale_events))

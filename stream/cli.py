@@ -701,6 +701,14 @@ def bench(
     live_seconds: Annotated[
         float, typer.Option(help="Seconds of live traffic at each offered rate")
     ] = 20.0,
+    live_record_events: Annotated[
+        int,
+        typer.Option(
+            help="Offer the --live-rates in Kafka records of at most this many events (1: a "
+            "record per event, as a site's keyed single-event producers send); 0: one envelope "
+            "per partition per 20 ms, as the collector and the simulator send"
+        ),
+    ] = 0,
     item_scale_events: Annotated[
         int,
         typer.Option(
@@ -732,6 +740,8 @@ def bench(
         raise typer.BadParameter(f"--live-rates: {error}") from error
     if paced_events < 0:
         raise typer.BadParameter("--paced-events must be 0 or more")
+    if live_record_events < 0:
+        raise typer.BadParameter("--live-record-events must be 0 or more")
     if any(rate <= 0 for rate in rates) or live_seconds <= 0:
         raise typer.BadParameter("--live-rates and --live-seconds must be positive")
     results = run_benchmarks(
@@ -745,6 +755,7 @@ def bench(
         live_seconds=live_seconds,
         item_scale_events=item_scale_events,
         paced_events=paced_events,
+        live_record_events=live_record_events,
     )
     if as_json:
         typer.echo(json.dumps(results))

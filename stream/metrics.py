@@ -429,6 +429,12 @@ class CollectorMetrics:
             "Requests refused with 503 because the producer buffer was full",
             registry=registry,
         )
+        self.records = Counter(
+            "appetence_collector_records_total",
+            "Event records (batch envelopes) produced to Kafka: accepted events over records is "
+            "how many events a worker's per-record cost is shared by",
+            registry=registry,
+        )
         self.produce_errors = Counter(
             "appetence_collector_produce_errors_total",
             "Requests refused with 503 because Kafka did not acknowledge in time",

@@ -18,7 +18,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path) -> None:
     results = bench_pipeline(
-        2_000, 1, tmp_path, latency_seconds=2.0, live_rates=(150,), paced=1_000
+        2_000,
+        1,
+        tmp_path,
+        latency_seconds=2.0,
+        live_rates=(150,),
+        paced=1_000,
+        live_record_events=1,
     )
     assert results["pipeline_events"] == 2_000
     assert 0 < results["pipeline_events_per_second"] < results["ceiling_events_per_second"]
@@ -44,6 +50,9 @@ def test_the_pipeline_bench_measures_the_drain_and_each_live_rate(tmp_path: Path
         assert results[f"{prefix}_busy_share"] > 0
     assert results["live_150_offered_events_per_second"] == 150.0
     assert results["live_150_events"] == 300
+    # the --live-rates offers in a record per event; the half and quarter rates in envelopes
+    assert results["live_150_records"] == 300
+    assert 0 < results["latency_records"] < results["latency_events"]
     # memory per added user, and how much the item-level tables grew alongside
     populations = len(results["rss_bytes_per_added_user"])
     assert populations == len(results["item_table_entries_per_added_user"]) >= 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import shutil
 import sys
 import threading
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ import redis
 from kafka import KafkaConsumer
 
 from stream.embedded import EmbeddedStack, ManagedProcess, free_port, spawn, wait_for_port
-from stream.topics import kafka_client_options
+from stream.topics import kafka_client_options, partition_for
 
 from .conftest import WorkerHandle
 
@@ -164,6 +166,55 @@ def test_rate_limit_answers_429_and_a_full_buffer_503(worker: WorkerHandle, tmp_
         status, reply, headers = post(f"{url}/v1/events", big.encode())
         assert status == 503 and headers["Retry-After"] == "1"
         assert reply == {"error": "producer buffer full"}
+    finally:
+        proc.stop()
+
+
+def test_concurrent_requests_share_an_envelope_per_partition_on_their_users_partitions(
+    worker: WorkerHandle, tmp_path: Path
+) -> None:
+    """Twenty single-event requests from twenty visitors at once, as a site's visitors send
+    them: fewer records than requests reach the events topic (one per partition gathered
+    within the linger), every event on the partition Kafka's partitioner gives its user,
+    and the worker consumes them all."""
+    worker.start()
+    settings = worker.settings
+    url, proc = start_collector(worker, tmp_path, collector_linger_ms="300")
+    try:
+        bodies = [json.dumps(event(f"v{n}", f"v{n}-1", "carbonara")).encode() for n in range(20)]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            statuses = [
+                status for status, _, _ in pool.map(lambda b: post(f"{url}/v1/events", b), bodies)
+            ]
+        assert statuses == [202] * 20
+        with urllib.request.urlopen(f"{url}/metrics") as response:
+            text = response.read().decode()
+        sent = re.search(r"^appetence_collector_records_total (\S+)$", text, re.MULTILINE)
+        assert sent is not None
+        records_sent = float(sent.group(1))
+        consumer = KafkaConsumer(
+            settings.events_topic,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=5000,
+            **kafka_client_options(settings),
+        )
+        records = list(consumer)
+        consumer.close()
+        placed = [
+            (record.partition, item["user_id"])
+            for record in records
+            for item in json.loads(record.value)
+        ]
+        assert sorted(user for _, user in placed) == sorted(f"v{n}" for n in range(20))
+        assert all(
+            partition == partition_for(user, settings.partitions) for partition, user in placed
+        )
+        assert len(records) == records_sent < 20  # shared envelopes
+        worker.wait_for(
+            lambda: worker.metric("appetence_events_consumed_total") >= 20,
+            timeout=60,
+            what="the visitors' events",
+        )
     finally:
         proc.stop()
 
