@@ -91,6 +91,7 @@ class EnvelopeCoalescer:
         self.linger, self.max_bytes, self._sent = linger, max_bytes, sent
         self._gathering: dict[int, _Gathering] = {}
         self._order: dict[int, asyncio.Lock] = {}  # per partition: sends in gathering order
+        self._producing: set[asyncio.Future[None]] = set()  # sent, not yet acknowledged
 
     async def add(self, user: str, envelope: bytes) -> Awaitable[None]:
         """Queue ``user``'s envelope; returns what completes once Kafka acknowledged it."""
@@ -123,6 +124,8 @@ class EnvelopeCoalescer:
         self._sent()
         lock = self._order.setdefault(partition, asyncio.Lock())
         task = asyncio.ensure_future(self._produce(partition, gathering, lock))
+        self._producing.add(task)
+        task.add_done_callback(self._producing.discard)
         task.add_done_callback(_retrieve)
 
     async def _produce(self, partition: int, gathering: _Gathering, lock: asyncio.Lock) -> None:
@@ -139,9 +142,16 @@ class EnvelopeCoalescer:
             gathering.acked.set_result(None)
 
     def flush_all(self) -> None:
-        """Send every gathering now (at shutdown)."""
+        """Send every gathering now."""
         for partition in list(self._gathering):
             self._flush(partition)
+
+    async def drain(self, wait_seconds: float) -> None:
+        """At shutdown, before the producer stops: send every gathering and wait up to
+        ``wait_seconds`` for what was sent to be acknowledged (or to fail)."""
+        self.flush_all()
+        if self._producing:
+            await asyncio.wait(set(self._producing), timeout=wait_seconds)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -371,5 +381,6 @@ async def serve(settings: Settings) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
-        app["state"].coalescer.flush_all()  # (what requests cut short left gathered)
+        # what requests cut short left gathered goes out before the producer stops
+        await app["state"].coalescer.drain(PRODUCE_TIMEOUT_SECONDS)
         await producer.stop()

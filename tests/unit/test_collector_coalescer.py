@@ -154,6 +154,18 @@ def test_a_request_that_gives_up_does_not_cancel_the_others() -> None:
     asyncio.run(run())
 
 
+def test_draining_sends_what_is_gathered_and_waits_for_its_acknowledgement() -> None:
+    async def run() -> tuple[int, bool]:
+        producer = RecordingProducer()
+        coalescer = _coalescer(producer, linger=60.0)
+        wait = await coalescer.add("u1", _envelope("u1", "a"))
+        asyncio.get_running_loop().call_later(0.05, producer.acknowledge)
+        await coalescer.drain(wait_seconds=5.0)
+        return len(producer.sent), wait.done()
+
+    assert asyncio.run(run()) == (1, True)
+
+
 def test_without_linger_each_envelope_goes_at_once_keyed_by_its_user() -> None:
     async def run() -> RecordingProducer:
         producer = RecordingProducer()

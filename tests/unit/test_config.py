@@ -37,6 +37,12 @@ def test_settings_are_frozen() -> None:
         ("APPETENCE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "APPETENCE_KAFKA_SASL_MECHANISM"),
         ("APPETENCE_NOT_A_SETTING", "1", "APPETENCE_NOT_A_SETTING"),
         ("APPETENCE_BATCH_MAX_SECONDS", "3", "APPETENCE_BATCH_MAX_SECONDS"),  # session: 10 s
+        # an envelope the workers would dead-letter as too large (records: 1 MiB)
+        (
+            "APPETENCE_COLLECTOR_ENVELOPE_MAX_BYTES",
+            str(2 * 1024 * 1024),
+            "APPETENCE_COLLECTOR_ENVELOPE_MAX_BYTES",
+        ),
     ],
 )
 def test_misconfiguration_names_the_variable(
