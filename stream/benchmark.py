@@ -1130,7 +1130,7 @@ def bench_pipeline(
             # CPU over the drain, from the last poll before its first batch (as the RSS
             # baseline): the workers' own per event, which depends far less than the wall
             # clock on how much of the two cores the broker and Redis take (also measured)
-            _, worker_cpu_from, stack_cpu_from = next(
+            cpu_window_from, worker_cpu_from, stack_cpu_from = next(
                 (sample for sample in reversed(cpu_history) if sample[0] <= first),
                 cpu_history[0] if cpu_history else (first, 0.0, 0.0),
             )
@@ -1151,6 +1151,11 @@ def bench_pipeline(
             rate = events / drain_seconds
             worker_cpu = sum(_cpu_seconds(p.popen.pid) for p in procs) - worker_cpu_from
             stack_cpu = sum(_cpu_seconds(p.popen.pid) for p in stack.processes) - stack_cpu_from
+            # The CPU was read over a window a little wider than the drain (from the poll
+            # before its first batch to now): shares of a core divide by that window, so a
+            # short drain's edges (start-up before the first batch, the poll's lag after the
+            # last) do not lift them past what the processes could use.
+            cpu_window = max(time.monotonic() - cpu_window_from, drain_seconds)
             peak_rss = sum(_rss_kib(p.popen.pid, "VmHWM") for p in procs)
             time.sleep(2.5)  # the state-size gauges refresh every 2 s
             # Drained and idle: what the workers hold now, without the drain's transients
@@ -1166,8 +1171,8 @@ def bench_pipeline(
                 worker_cpu_microseconds_per_event=round(worker_cpu / events * 1e6, 1),
                 # of one core per worker (CPU time comes in 10 ms ticks, and a worker's helper
                 # threads can take it a little past 1)
-                worker_cpu_share_of_drain=round(worker_cpu / drain_seconds / workers, 3),
-                broker_and_redis_cpu_share_of_drain=round(stack_cpu / drain_seconds, 3),
+                worker_cpu_share_of_drain=round(worker_cpu / cpu_window / workers, 3),
+                broker_and_redis_cpu_share_of_drain=round(stack_cpu / cpu_window, 3),
                 peak_rss_mib=round(peak_rss / 1024, 1),
                 rss_growth_mib=round((peak_rss - baseline_rss) / 1024, 1),
                 users_in_state=users,
