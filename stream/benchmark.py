@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
+from processors import cooccurrence as cooccurrence_module
+from processors import slate_kernel
 from processors.events import DecodeLimits, Event, EventDecoder, encode_batch, encode_event
 from processors.pipeline import SLICE_PHASES, SliceConfig, SliceProcessor, compile_kernels
 from processors.simulator import SimulationConfig, TrafficModel
@@ -388,6 +391,89 @@ def bench_batch_cost(
         },
         **{f"batch_cost_{name}": round(value, 3) for name, value in fit_batch_cost(points).items()},
     }
+
+
+#: The numba kernels the slates call (``processors.slate_kernel``; the first three through
+#: ``processors.cooccurrence``), as ``bench_slate_kernels`` times them.
+SLATE_KERNELS = (
+    "first_hop", "second_hop", "strongest_voters", "group_candidates", "popular_rows",
+    "merge_rows", "write_slates",
+)  # fmt: skip
+
+
+@contextmanager
+def timed_kernels(spent: dict[str, float]) -> Iterator[None]:
+    """Within it, each ``SLATE_KERNELS`` call adds its thread CPU seconds to ``spent`` (the
+    module attributes the callers look up are wrapped, and restored on exit)."""
+    patched = []
+    for module in (slate_kernel, cooccurrence_module):
+        for name in SLATE_KERNELS:
+            original = vars(module).get(name)
+            if original is None:
+                continue
+
+            def timed(*args: Any, _kernel: Any = original, _name: str = name) -> Any:
+                began = time.thread_time()
+                try:
+                    return _kernel(*args)
+                finally:
+                    spent[_name] = spent.get(_name, 0.0) + time.thread_time() - began
+
+            setattr(module, name, timed)
+            patched.append((module, name, original))
+    try:
+        yield
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
+
+
+def bench_slate_kernels(
+    events: list[Event],
+    sizes: Sequence[int] = (100, 300, 1_000, 3_000),
+    warm_up: int = 10_000,
+    per_size: int = 6_000,
+) -> dict[str, Any]:
+    """How much of a touched user's slates the compiled kernels themselves take, per batch
+    size: the slice over ``per_size`` events per size after ``warm_up`` events, in
+    batches of that size, each kernel's CPU per touched user (and the slates phase's, and
+    the whole slice's, for scale). What compiling the rest of the per-user path could not
+    remove (docs/benchmarks.md)."""
+    warm_up = min(warm_up, len(events) // 2)
+    per_size = min(per_size, (len(events) - warm_up) // max(len(sizes), 1))
+    if per_size <= 0:
+        return {}
+    processor = SliceProcessor(load_settings().slice_config())
+    for record in _model().catalog_records():
+        processor.apply_catalog(record)
+    states: dict[str, UserState] = {}
+    now = int(time.time() * 1000)
+    for start in range(0, warm_up, 5_000):
+        batch = [(0, event) for event in events[start : min(start + 5_000, warm_up)]]
+        states.update(processor.process_batch(batch, states, now).touched)
+    by_size: dict[str, dict[str, float]] = {}
+    at = warm_up
+    for size in sizes:
+        spent: dict[str, float] = {}
+        users, slates, sliced = 0, 0.0, 0.0
+        with timed_kernels(spent):
+            for start in range(at, at + per_size, size):
+                batch = [(0, event) for event in events[start : min(start + size, at + per_size)]]
+                began = time.thread_time()
+                result = processor.process_batch(batch, states, now, time.thread_time)
+                sliced += time.thread_time() - began
+                slates += result.phase_seconds["slates"]
+                states.update(result.touched)
+                users += len(result.touched)
+        at += per_size
+        per_user = {name: spent.get(name, 0.0) / max(users, 1) * 1e6 for name in SLATE_KERNELS}
+        by_size[str(size)] = {
+            **{name: round(value, 1) for name, value in per_user.items()},
+            "all_kernels": round(sum(per_user.values()), 1),
+            "slates_phase": round(slates / max(users, 1) * 1e6, 1),
+            "slice": round(sliced / max(users, 1) * 1e6, 1),
+        }
+    return {"slate_kernels_per_touched_user_microseconds": by_size}
 
 
 def _click_stream(sessions: list[list[str]]) -> list[tuple[list[str], str]]:
@@ -1382,6 +1468,7 @@ def run_benchmarks(
     results.update(bench_decode(simulated))
     results.update(bench_slice(simulated))
     results.update(bench_batch_cost(simulated))
+    results.update(bench_slate_kernels(simulated))
     if profile:
         results["slice_profile"] = profile_slice(simulated[:20_000])
     click_sessions = sessions if sessions is not None else simulated_sessions(simulated)

@@ -7,18 +7,22 @@ import json
 
 import msgspec
 
+from processors import cooccurrence, slate_kernel
 from processors.events import PageView
 from stream.benchmark import (
     SHARED_USER_ID,
+    SLATE_KERNELS,
     _envelopes,
     _events,
     _model,
     added_population,
     bench_batch_cost,
+    bench_slate_kernels,
     bench_slice,
     least_squares_slope,
     paced_stream,
     profile_slice,
+    timed_kernels,
     users_per_event,
     with_shared_user,
 )
@@ -70,6 +74,35 @@ def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
         "batch_cost_per_touched_user_microseconds",
         "batch_cost_per_batch_milliseconds",
     }
+
+
+def test_the_slate_kernels_are_timed_inside_the_slates_phase_and_then_unwrapped() -> None:
+    """Every kernel the slates call is timed at every size (a renamed kernel would read 0),
+    their sum is part of the slates phase, itself part of the slice; afterwards the modules
+    hold the kernels themselves again."""
+    originals = [getattr(slate_kernel, name) for name in SLATE_KERNELS]
+    result = bench_slate_kernels(_events(2_000), sizes=(20, 300), warm_up=600, per_size=600)
+    by_size = result["slate_kernels_per_touched_user_microseconds"]
+    assert list(by_size) == ["20", "300"]
+    for point in by_size.values():
+        assert all(point[name] > 0 for name in SLATE_KERNELS)
+        assert abs(point["all_kernels"] - sum(point[name] for name in SLATE_KERNELS)) <= 0.5
+        assert point["all_kernels"] <= point["slates_phase"] + 1.0
+        assert point["slates_phase"] <= point["slice"] + 0.1
+    assert [getattr(slate_kernel, name) for name in SLATE_KERNELS] == originals
+    assert cooccurrence.first_hop is slate_kernel.first_hop
+
+
+def test_the_kernel_timing_restores_the_kernels_when_the_timed_code_fails() -> None:
+    spent: dict[str, float] = {}
+    original = slate_kernel.write_slates
+    try:
+        with timed_kernels(spent):
+            assert slate_kernel.write_slates is not original
+            raise RuntimeError("the timed code failed")
+    except RuntimeError:
+        pass
+    assert slate_kernel.write_slates is original
 
 
 def test_a_batch_size_above_the_events_measured_is_reported_as_what_was_timed() -> None:
