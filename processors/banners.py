@@ -41,15 +41,19 @@ from impressions), and banners the user already clicked today are demoted.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+
+from processors.profile import SESSION_SHARE
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,9 +418,51 @@ def rank_banners(
     return rank_banners_many(BannerTable(banners), [user], ctr, config, generator, now_ms)[0]
 
 
+@dataclass(slots=True)
+class BannerUsers:
+    """A batch's users as banner ranking reads them: one list per field, entry ``i`` the
+    ``i``-th user's (what ``UserContext`` holds per user, gathered as columns by the caller in
+    its one pass over the users, so that no object is made per user).
+
+    The users' category interests are either given (``interests``: category -> 0..1, as
+    ``UserContext.interests``) or blended here from their normalised session and long-term
+    tops (``session_categories`` and ``categories``: ``profile.blended_interests``, as arrays
+    over the batch, the same numbers)."""
+
+    segments: list[str] = field(default_factory=list)
+    locations: list[str | None] = field(default_factory=list)
+    #: (tag, weight) pairs; only the tags count (a tag matches or not)
+    tags: list[Sequence[tuple[str, float]]] = field(default_factory=list)
+    impressions_today: list[Mapping[str, int]] = field(default_factory=list)
+    clicked_today: list[Collection[str]] = field(default_factory=list)
+    win_back: list[bool] = field(default_factory=list)
+    #: the user's slates' item ids, slate by slate, best first (the recipe slate first)
+    slate_items: list[Sequence[Sequence[str]]] = field(default_factory=list)
+    interests: list[Sequence[tuple[str, float]]] | None = None
+    session_categories: list[Sequence[tuple[str, float]]] = field(default_factory=list)
+    categories: list[Sequence[tuple[str, float]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    @classmethod
+    def of(cls, users: Sequence[UserContext]) -> BannerUsers:
+        """The columns of ``UserContext``s."""
+        return cls(
+            segments=[user.segment for user in users],
+            locations=[user.location for user in users],
+            tags=[[(tag, 1.0) for tag in user.tags] for user in users],
+            impressions_today=[user.impressions_today for user in users],
+            clicked_today=[user.clicked_today for user in users],
+            win_back=[user.win_back for user in users],
+            slate_items=[[user.slate_items] for user in users],
+            interests=[list(user.interests.items()) for user in users],
+        )
+
+
 def rank_banners_many(
     table: BannerTable,
-    users: Sequence[UserContext],
+    users: Sequence[UserContext] | BannerUsers,
     ctr: CtrStats,
     config: BannerConfig,
     rng: np.random.Generator,
@@ -426,69 +472,167 @@ def rank_banners_many(
     Thompson sample per (user, banner) from the banner's posterior in the user's segment,
     times the relevance lift (``eligible``, ``content_match``, ``recipe_overlap`` and
     ``relevance_lift`` as array operations over the batch's users and the banners)."""
+    columns = users if isinstance(users, BannerUsers) else BannerUsers.of(users)
     if not len(table):
-        return [[] for _ in users]
+        return [[] for _ in range(len(columns))]
     active = (table.active_from <= now_ms) & (now_ms < table.active_to)
     step = max(1, _MAX_CELLS // len(table))
     out: list[list[RankedBanner]] = []
-    for start in range(0, len(users), step):
-        out.extend(
-            _rank_chunk(table, users[start : start + step], active, ctr, config, rng, now_ms)
-        )
+    for start in range(0, len(columns), step):
+        gathered = _gather(table, columns, start, min(start + step, len(columns)))
+        out.extend(_rank_chunk(table, gathered, active, ctr, config, rng, now_ms))
     return out
+
+
+class _Gathered(NamedTuple):
+    """A chunk of users' banner inputs as (users x table rows or columns) arrays."""
+
+    interests: npt.NDArray[np.float64]
+    tags: npt.NDArray[np.float64]
+    locations: npt.NDArray[np.float64]
+    impressions: npt.NDArray[np.float64]
+    clicked: npt.NDArray[np.bool_]
+    win_back: npt.NDArray[np.bool_]
+    hits: npt.NDArray[np.float64]
+    via: list[dict[int, str]]
+    segments: list[str]
+    segment_of: npt.NDArray[np.intp]
+
+
+def _cells(
+    lists: Sequence[Iterable[tuple[str, float]]], code: Callable[[str], int | None]
+) -> tuple[list[int], list[int], list[float]]:
+    """The (row, column, value) cells of per-row (key, value) lists whose key has a column."""
+    rows: list[int] = []
+    columns: list[int] = []
+    values: list[float] = []
+    for i, pairs in enumerate(lists):
+        for key, value in pairs:
+            if (k := code(key)) is not None:
+                rows.append(i)
+                columns.append(k)
+                values.append(value)
+    return rows, columns, values
+
+
+def _dense(
+    shape: tuple[int, int], cells: tuple[list[int], list[int], list[float]]
+) -> npt.NDArray[np.float64]:
+    out = np.zeros(shape)
+    out[cells[0], cells[1]] = cells[2]
+    return out
+
+
+def _blended(
+    table: BannerTable,
+    session: Sequence[Iterable[tuple[str, float]]],
+    long_term: Sequence[Iterable[tuple[str, float]]],
+) -> npt.NDArray[np.float64]:
+    """``blended_interests`` of each row's session and long-term tops, over the table's
+    categories: the same sums and quotients, elementwise (the peak is over every category
+    of the user's, the table's or not)."""
+    codes = dict(table.categories)  # the table's categories first, then the others seen
+    code = functools.partial(_code_of, codes)
+    session_cells = _cells(session, code)
+    long_cells = _cells(long_term, code)
+    shape = (len(session), len(codes))
+    blended = SESSION_SHARE * _dense(shape, session_cells) + (1.0 - SESSION_SHARE) * _dense(
+        shape, long_cells
+    )
+    peak = blended.max(axis=1, initial=0.0)[:, None]
+    interests = blended[:, : len(table.categories)]
+    out: npt.NDArray[np.float64] = np.zeros_like(interests)
+    np.divide(interests, peak, out=out, where=peak > 0.0)
+    return out
+
+
+def _code_of(codes: dict[str, int], key: str) -> int:
+    return codes.setdefault(key, len(codes))
+
+
+def _gather(table: BannerTable, users: BannerUsers, start: int, stop: int) -> _Gathered:
+    count, n = stop - start, len(table)
+    part = slice(start, stop)
+    if users.interests is not None:
+        interests = _dense(
+            (count, len(table.categories)), _cells(users.interests[part], table.categories.get)
+        )
+    else:
+        interests = _blended(table, users.session_categories[part], users.categories[part])
+    tags = np.zeros((count, len(table.tags)))
+    tag_rows, tag_columns, _ = _cells(users.tags[part], table.tags.get)
+    tags[tag_rows, tag_columns] = 1.0  # a tag matches or not, whatever its weight
+    locations = np.zeros((count, len(table.locations)))
+    location_row = table.locations.get
+    for i, location in enumerate(users.locations[part]):
+        if location is not None and (k := location_row(location)) is not None:
+            locations[i, k] = 1.0
+    column = table.column.get
+    impressions = _dense(
+        (count, n), _cells([shown.items() for shown in users.impressions_today[part]], column)
+    )
+    clicked = np.zeros((count, n), bool)
+    for i, banner_ids in enumerate(users.clicked_today[part]):
+        for banner_id in banner_ids:
+            if (j := column(banner_id)) is not None:
+                clicked[i, j] = True
+    segments: dict[str, int] = {}
+    segment_of = np.array(
+        [segments.setdefault(segment, len(segments)) for segment in users.segments[part]],
+        dtype=np.intp,
+    )
+    hits = np.zeros((count, n))
+    via: list[dict[int, str]] = []
+    linked_by_item = table.linked_by_item
+    is_linked = linked_by_item.__contains__
+    hit_rows: list[int] = []
+    hit_columns: list[int] = []
+    for i, slates in enumerate(users.slate_items[part]):
+        best: dict[int, str] = {}  # banner column -> its best-ranked linked item in the slates
+        if linked_by_item:
+            # distinct, in slate order; the few linked ones picked out in C (a slate holds
+            # ~20 items, a few of them linked to a banner)
+            counted: set[str] = set()
+            for ids in slates:
+                for item in filter(is_linked, ids):
+                    if item in counted:
+                        continue
+                    counted.add(item)
+                    for j in linked_by_item[item]:
+                        hit_rows.append(i)
+                        hit_columns.append(j)
+                        best.setdefault(j, item)
+        via.append(best)
+    np.add.at(hits, (hit_rows, hit_columns), 1.0)
+    return _Gathered(
+        interests,
+        tags,
+        locations,
+        impressions,
+        clicked,
+        np.array(users.win_back[part], dtype=bool),
+        hits,
+        via,
+        list(segments),
+        segment_of,
+    )
 
 
 def _rank_chunk(
     table: BannerTable,
-    users: Sequence[UserContext],
+    users: _Gathered,
     active: npt.NDArray[np.bool_],
     ctr: CtrStats,
     config: BannerConfig,
     rng: np.random.Generator,
     now_ms: int,
 ) -> list[list[RankedBanner]]:
-    count, n = len(users), len(table)
-    interests = np.zeros((count, len(table.categories)))
-    tags = np.zeros((count, len(table.tags)))
-    locations = np.zeros((count, len(table.locations)))
-    impressions = np.zeros((count, n))
-    clicked = np.zeros((count, n), bool)
-    win_back = np.zeros(count, bool)
-    hits = np.zeros((count, n))
-    via: list[dict[int, str]] = []
-    segments: dict[str, int] = {}
-    segment_of = np.empty(count, np.intp)
-    category_row, tag_row, location_row = table.categories.get, table.tags.get, table.locations.get
-    column, linked_by_item = table.column.get, table.linked_by_item
-    is_linked = linked_by_item.__contains__
-    for i, user in enumerate(users):
-        for category, interest in user.interests.items():
-            if (k := category_row(category)) is not None:
-                interests[i, k] = interest
-        for tag in user.tags:
-            if (k := tag_row(tag)) is not None:
-                tags[i, k] = 1.0
-        if user.location is not None and (k := location_row(user.location)) is not None:
-            locations[i, k] = 1.0
-        for banner_id, shown in user.impressions_today.items():
-            if (j := column(banner_id)) is not None:
-                impressions[i, j] = shown
-        for banner_id in user.clicked_today:
-            if (j := column(banner_id)) is not None:
-                clicked[i, j] = True
-        win_back[i] = user.win_back
-        segment_of[i] = segments.setdefault(user.segment, len(segments))
-        best: dict[int, str] = {}  # banner column -> its best-ranked linked item in the slate
-        if linked_by_item:
-            # distinct, in slate order; the few linked ones picked out in C (a slate holds
-            # ~30 distinct items, ~4 of them linked to a banner)
-            for item in filter(is_linked, dict.fromkeys(user.slate_items)):
-                for j in linked_by_item[item]:
-                    hits[i, j] += 1.0
-                    best.setdefault(j, item)
-        via.append(best)
+    count = len(users.via)
+    interests, tags, locations = users.interests, users.tags, users.locations
+    impressions, clicked, win_back = users.impressions, users.clicked, users.win_back
+    hits, via, segment_of = users.hits, users.via, users.segment_of
     # (segments, banners, alpha and beta)
-    posteriors = ctr.posteriors(table.ids, list(segments), config, now_ms)
+    posteriors = ctr.posteriors(table.ids, users.segments, config, now_ms)
     samples = rng.beta(posteriors[segment_of, :, 0], posteriors[segment_of, :, 1])
     explore = rng.random(count) < config.exploration_share
     content = (

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,9 +32,9 @@ from processors import row_kernel, slate_kernel
 from processors.banners import (
     BannerConfig,
     BannerTable,
+    BannerUsers,
     CtrStats,
     RankedBanner,
-    UserContext,
     rank_banners_many,
 )
 from processors.catalog import Catalog, CatalogItem, CatalogRecord
@@ -56,7 +56,6 @@ from processors.profile import (
     PROFILE_TOP,
     InterestTops,
     Profile,
-    blended_interests,
     interest_tops,
     profiles_of,
 )
@@ -265,7 +264,9 @@ class SliceProcessor:
         self.expire_labels(states, result)
         lap("expiry")
         ranked = self.popularity.snapshot(2 * config.assembly.size + config.user.history_size)
-        banner_users: list[tuple[UserState, UserContext]] = []
+        banner_users = BannerUsers()  # the touched users as banner ranking reads them
+        banner_states: list[UserState] = []
+        day = now_ms // DAY_MS
         requests = []
         for state in result.touched.values():
             types = {"recipe"} | {item.item_type for item in state.recent}
@@ -292,24 +293,27 @@ class SliceProcessor:
             [user_tops.categories[:top] for user_tops in tops] if top <= PROFILE_TOP else None,
         )
         lap("slates")
+        ranks_banners = bool(self.catalog.banners)
         for (state, _), by_type, user_tops in zip(requests, built, tops, strict=True):
             slates = result.slates[state.user_id] = {
                 SLATE_FIELDS[slate_type]: slate for slate_type, slate in by_type.items()
             }
-            if self.catalog.banners:
-                context = self._user_context(state, slates, now_ms, user_tops)
-                banner_users.append((state, context))
+            if ranks_banners:
+                self._add_banner_user(banner_users, state, slates, day, user_tops)
+                banner_states.append(state)
         lap("banner_contexts")
         result.profiles = {
             state.user_id: profile for (state, _), profile in zip(requests, profiles, strict=True)
         }
-        if banner_users:
-            rankings = self.rank_banners(banner_users, now_ms)
+        if banner_states:
+            rankings = self.rank_banners(banner_states, banner_users, now_ms)
             # every banner's score rounded at once (``round`` per score costs more)
             scores = iter(round_scores([entry.score for ranked in rankings for entry in ranked]))
-            for (state, user), banners in zip(banner_users, rankings, strict=True):
+            for state, impressions, banners in zip(
+                banner_states, banner_users.impressions_today, rankings, strict=True
+            ):
                 result.slates[state.user_id]["banners"] = self._banner_slate(
-                    state, user, banners, now_ms, scores
+                    state, impressions, banners, now_ms, scores
                 )
         lap("banners")
         return result
@@ -359,37 +363,44 @@ class SliceProcessor:
             if state.loyalty is not None and state.loyalty.pending:
                 self.expiry.schedule(user_id, state.loyalty)
 
-    def _user_context(
-        self, state: UserState, slates: dict[str, AnySlate], now_ms: int, tops: InterestTops
-    ) -> UserContext:
-        day = now_ms // DAY_MS
+    def _add_banner_user(
+        self,
+        users: BannerUsers,
+        state: UserState,
+        slates: dict[str, AnySlate],
+        day: int,
+        tops: InterestTops,
+    ) -> None:
+        """Add the user to the batch's ``BannerUsers`` (what ``UserContext`` says of them:
+        their current interest blended from the session's and the long-term tops, their
+        strongest tags, today's impressions and clicks, their slates' items)."""
         today = state.banner_day == day
-        return UserContext(
-            interests=blended_interests(tops.session_categories, tops.categories),
-            tags=frozenset(tag for tag, _ in tops.tags),
-            location=state.location,
-            segment=state.segment or "na",
-            slate_items=[item for slate in slates.values() for item in item_ids(slate)],
-            day=day,
-            impressions_today=state.banner_impressions if today else {},
-            clicked_today=frozenset(state.banners_clicked if today else ()),
-            win_back=state.loyalty is not None
-            and win_back(state.loyalty, self.config.loyalty.win_back_threshold),
+        users.session_categories.append(tops.session_categories)
+        users.categories.append(tops.categories)
+        users.tags.append(tops.tags)
+        users.locations.append(state.location)
+        users.segments.append(state.segment or "na")
+        users.slate_items.append([item_ids(slate) for slate in slates.values()])
+        users.impressions_today.append(state.banner_impressions if today else {})
+        users.clicked_today.append(state.banners_clicked if today else ())
+        loyalty = state.loyalty
+        users.win_back.append(
+            loyalty is not None and win_back(loyalty, self.config.loyalty.win_back_threshold)
         )
 
     def rank_banners(
-        self, users: list[tuple[UserState, UserContext]], now_ms: int
+        self, states: list[UserState], users: BannerUsers, now_ms: int
     ) -> list[list[RankedBanner]]:
-        """Rank the banners for a batch's users at once. Reproducible: the Thompson samples are
-        seeded by the users and their states' versions, so a replayed batch yields the same
-        slates."""
+        """Rank the banners for a batch's users (``states``, as ``users``) at once.
+        Reproducible: the Thompson samples are seeded by the users and their states' versions,
+        so a replayed batch yields the same slates."""
         if self._banner_table is None or self._banner_table[0] != self.catalog.banner_revision:
             table = BannerTable(self.catalog.banners.values())
             self._banner_table = (self.catalog.banner_revision, table)
-        seed = zlib.crc32("\n".join(f"{s.user_id}:{s.version}" for s, _ in users).encode())
+        seed = zlib.crc32("\n".join(f"{s.user_id}:{s.version}" for s in states).encode())
         return rank_banners_many(
             self._banner_table[1],
-            [user for _, user in users],
+            users,
             self.ctr,
             self.config.banners,
             np.random.default_rng(seed),
@@ -399,14 +410,14 @@ class SliceProcessor:
     def _banner_slate(
         self,
         state: UserState,
-        user: UserContext,
+        impressions: Mapping[str, int],
         ranked: list[RankedBanner],
         now_ms: int,
         rounded: Iterator[float],
     ) -> Slate:
         """The user's banners, best first, each with its explanation and today's remaining cap
-        (``rounded``: the banners' rounded scores, in order, taken from a batch-wide list)."""
-        impressions = user.impressions_today
+        (``impressions``: the user's impressions today; ``rounded``: the banners' rounded
+        scores, in order, taken from a batch-wide list)."""
         banners = self.catalog.banners
         items = []
         for entry in ranked:

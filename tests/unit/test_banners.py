@@ -14,6 +14,7 @@ from processors.banners import (
     Banner,
     BannerConfig,
     BannerTable,
+    BannerUsers,
     CtrStats,
     UserContext,
     content_match,
@@ -23,6 +24,7 @@ from processors.banners import (
     recipe_overlap,
     relevance_lift,
 )
+from processors.profile import blended_interests
 
 CONFIG = BannerConfig()
 
@@ -235,3 +237,72 @@ def test_ranking_a_batch_at_once_follows_the_rules_of_one_banner_at_a_time(
                 expected *= config.clicked_demotion
             assert entry.score == pytest.approx(expected)
             assert 0.0 < entry.ctr_sample < 1.0
+
+
+def _tops(names: list[str], weights: list[float]) -> list[tuple[str, float]]:
+    """A normalised top list as ``profile.interest_tops`` makes one: distinct keys,
+    strongest first, the first 1.0."""
+    pairs = sorted(zip(dict.fromkeys(names), weights, strict=False), key=lambda p: -p[1])
+    return [(key, weight / pairs[0][1]) for key, weight in pairs] if pairs else []
+
+
+_TOPS = st.builds(
+    _tops,
+    st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=5),
+    st.lists(st.floats(0.01, 1.0), min_size=5, max_size=5),
+)
+
+
+@settings(max_examples=150)
+@given(
+    banners=_BANNERS,
+    users=st.lists(
+        st.tuples(_TOPS, _TOPS, _TOPS, st.lists(st.lists(_NAMES, max_size=4), max_size=3)),
+        min_size=1,
+        max_size=4,
+    ),
+    seed=st.integers(0, 99),
+)
+def test_users_given_as_columns_rank_exactly_as_their_user_contexts(
+    banners: list[Banner],
+    users: list[tuple[list[tuple[str, float]], ...]],
+    seed: int,
+) -> None:
+    """``BannerUsers`` (what the slice gathers: the interests blended from the session's
+    and the long-term tops as arrays, the slates' items slate by slate) ranks every user
+    exactly as the ``UserContext`` holding ``blended_interests`` and the joined items does:
+    the same banners, scores and explanations, to the bit."""
+    columns = BannerUsers()
+    contexts = []
+    for position, (session, long_term, tags, slates) in enumerate(users):
+        segment, location = ("s1", "s2")[position % 2], ("a", None)[position % 2]
+        impressions, clicked = {"x": position}, ["y"] if position else []
+        columns.session_categories.append(session)
+        columns.categories.append(long_term)
+        columns.tags.append(tags)
+        columns.locations.append(location)
+        columns.segments.append(segment)
+        columns.slate_items.append(slates)
+        columns.impressions_today.append(impressions)
+        columns.clicked_today.append(clicked)
+        columns.win_back.append(position % 3 == 0)
+        contexts.append(
+            UserContext(
+                interests=blended_interests(session, long_term),
+                tags=frozenset(tag for tag, _ in tags),
+                location=location,
+                segment=segment,
+                slate_items=[item for ids in slates for item in ids],
+                impressions_today=impressions,
+                clicked_today=frozenset(clicked),
+                win_back=position % 3 == 0,
+            )
+        )
+    table, config = BannerTable(banners), BannerConfig(size=len(banners) + 1)
+    by_columns = rank_banners_many(
+        table, columns, CtrStats(), config, np.random.default_rng(seed), 1_000
+    )
+    by_contexts = rank_banners_many(
+        table, contexts, CtrStats(), config, np.random.default_rng(seed), 1_000
+    )
+    assert by_columns == by_contexts
