@@ -595,10 +595,12 @@ class CooccurrenceModel:
         length = len(session)
         decay = self.config.session_knn_position_decay
         out: list[tuple[str, float]] = []
+        done: list[str] = []  # (a list: a few items, ``in`` compares in C)
         for position in range(length - 1, max(length - 4, -1), -1):
             item = session[position]
-            if any(item == done for done, _ in out):
+            if item in done:
                 continue
+            done.append(item)
             out.append(
                 (
                     item,
@@ -808,10 +810,12 @@ class CooccurrenceModel:
         recent first): 1, ``recency_decay``, ``recency_decay``², ..."""
         config = self.config
         out: list[tuple[str, float]] = []
+        done: list[str] = []  # (a list: a few items, ``in`` compares in C)
         weight = 1.0
         for item in reversed(session[-config.recent_items :] if config.recent_items else []):
-            if any(item == done for done, _ in out):
+            if item in done:
                 continue
+            done.append(item)
             out.append((item, weight))
             weight *= config.recency_decay
         return out

@@ -81,10 +81,10 @@ class InterestTops(NamedTuple):
 def _normalised(counter: DecayedCounter | None, top: int) -> Weights:
     """``counter.normalised_top(top)`` ([] for no counter), its sort inlined (four per user
     and batch: the calls cost more than the sorts of a few keys)."""
-    if not counter:
+    if counter is None or not counter.scores:
         return []
     best = sorted(counter.scores.items(), key=_weight, reverse=True)[:top]
-    if not best:
+    if not best:  # top 0
         return []
     peak = best[0][1]
     return [(key, weight / peak) for key, weight in best]
