@@ -210,7 +210,9 @@ def popular_rows(
         for at in range(count):
             slot[rows[at]] = -1
             order[at], ranks[at] = at, name_rank[rows[at]]
-        sort_rows(order[:count], score, ranks, scratch)
+        # only the best ``size`` are kept: those sorted, the rest not (the order is total,
+        # rows being distinct items, so this is the full sort's head exactly)
+        top_rows(order[:count], score, ranks, size, scratch)
         kept = min(count, size)
         base = group * size
         for at in range(kept):
@@ -372,10 +374,16 @@ def merge_rows(
                 rows += 1
             for at in range(rows):
                 order[at], ranks[at] = at, name_rank[r_item[at]]
-            sort_rows(order[:rows], r_total, ranks, scratch)
+            # the best rows sorted first, the rest only if the slate is not full by then
+            # (rows are distinct items: the order is total, so this is the full sort's order)
+            ordered = min(rows, 2 * size)
+            top_rows(order[:rows], r_total, ranks, ordered, scratch)
             kept = 0
             first = written
             for at in range(rows):
+                if at == ordered:  # skipped rows (capped categories) ran past the head
+                    sort_rows(order[at:rows], r_total, ranks, scratch)
+                    ordered = rows
                 row = order[at]
                 item = r_item[row]
                 category = r_category[row]

@@ -403,3 +403,29 @@ def test_a_tie_at_the_end_of_the_ranked_head_is_broken_by_id_over_all_candidates
     ranked = processor.popularity.snapshot(2 + config.user.history_size)
     assert [item.id for item in slate.items] == ["b"]
     assert slate.items == reference_slate(processor, result.touched["me"], "recipe", ranked)
+
+
+def test_rows_past_the_sorted_head_are_ranked_when_the_category_cap_skips_the_head() -> None:
+    # a is followed by eight pasta items (strong: many visitors) and, weaker, by one soup,
+    # cake, tea and bread item each (each followed by fewer visitors, so by distinct scores,
+    # given in an order that is not theirs). With one item per category and three items, the
+    # slate takes one pasta item and then the best two of the others, which rank below the
+    # sorted head of 2 x size rows: they are found only by ranking the rest too.
+    config = SliceConfig(
+        assembly=AssemblyConfig(size=3, max_per_category=1, popularity_weight=0.0),
+        cooccurrence=dataclasses.replace(SliceConfig().cooccurrence, bridge_weight=0.0),
+    )
+    processor = SliceProcessor(config)
+    followers = [(f"p{k}", "pasta", 6) for k in range(8)]
+    followers += [("s1", "soup", 2), ("c1", "cake", 4), ("t1", "tea", 1), ("b1", "bread", 3)]
+    events: list[Event] = []
+    for item, category, visitors in followers:
+        for v in range(visitors):
+            user = f"h-{item}-{v}"
+            events += [click(len(events), user, "a"), click(len(events) + 1, user, item, category)]
+    events.append(click(len(events), "me", "a"))
+    result = processor.process_batch([(0, e) for e in events], {}, 10**8)
+    slate = result.slates["me"]["recipes"]
+    ranked = processor.popularity.snapshot(2 * 3 + config.user.history_size)
+    assert [item.id for item in slate.items][1:] == ["c1", "b1"]
+    assert slate.items == reference_slate(processor, result.touched["me"], "recipe", ranked)
