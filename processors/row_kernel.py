@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processors.slate_kernel import _compiled, add_vote, bridge_votes
+from processors.slate_kernel import _compiled, _inlined, add_vote, bridge_votes
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -169,7 +169,7 @@ def space_for(bumps: int, keep: int) -> int:
     return bumps * (2 * keep + 1)
 
 
-@_compiled
+@_inlined
 def bump(table: Any, row: int, col: int, amount: float, keep: int) -> None:
     """``table[row][col] += amount``; a row past ``2 * keep`` entries keeps its ``keep``
     largest, largest first, ties in the order they were added (the dict version's
@@ -205,7 +205,7 @@ def bump(table: Any, row: int, col: int, amount: float, keep: int) -> None:
         length[row] = keep
 
 
-@_compiled
+@_inlined
 def learn_click(rules: Any, pairs: Any, window: Any, item: int, weight: float, keep: int) -> None:
     """One click's rule and pair updates (``click_evidence``'s, in its order): ``window`` is
     the session's last ``steps`` items before it, oldest first."""
@@ -219,7 +219,7 @@ def learn_click(rules: Any, pairs: Any, window: Any, item: int, weight: float, k
         bump(pairs, item, previous, weight, keep)
 
 
-@_compiled
+@_inlined
 def learn_visit(covisits: Any, earlier: Any, item: int, weight: float, keep: int) -> None:
     """A visitor's new item: co-visited with each of the visitor's earlier items (both ways),
     and one more visitor of the item itself."""
