@@ -266,8 +266,8 @@ class CtrStats:
 
 
 class UserContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """What banner ranking knows of one user (one per touched user and batch: a struct,
-    ~10x cheaper to make than a frozen dataclass, and not tracked by the collector)."""
+    """What banner ranking knows of one user (the rules one user at a time, the evaluation;
+    the slice hands a batch's users over as ``BannerUsers`` columns instead)."""
 
     interests: Mapping[str, float] = msgspec.field(default_factory=dict)  # category -> 0..1
     tags: frozenset[str] = frozenset()
@@ -281,8 +281,8 @@ class UserContext(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class RankedBanner(msgspec.Struct, frozen=True, gc=False):
-    """One ranked banner of a user's slate (a few per touched user and batch: see
-    ``UserContext``)."""
+    """One ranked banner of a user's slate (a few per touched user and batch: a struct,
+    ~10x cheaper to make than a frozen dataclass, and not tracked by the collector)."""
 
     banner_id: str
     score: float

@@ -48,13 +48,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 FULL = os.environ.get("FAULT_INTENSITY") == "full"
 KILLS = 10 if FULL else 2
 REDIS_OUTAGE_SECONDS = 60 if FULL else 8
-RESULTS = Path(os.environ.get("FAULT_RESULTS", "")) if FULL else None
+# (unset or empty: results printed only; ``Path("")`` would be the working directory)
+RESULTS = Path(os.environ["FAULT_RESULTS"]) if FULL and os.environ.get("FAULT_RESULTS") else None
 
 
 def record(name: str, **values: object) -> None:
-    """Append a measured result (full runs) for docs/reliability.md."""
+    """Append a measured result (full runs, ``FAULT_RESULTS`` set) for docs/reliability.md."""
     print(f"[fault result] {name}: {json.dumps(values)}")
-    if RESULTS is not None and str(RESULTS):
+    if RESULTS is not None:
         with RESULTS.open("a") as handle:
             handle.write(json.dumps({"test": name, **values}) + "\n")
 
