@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processors.slate_kernel import _compiled, _inlined, add_vote, bridge_votes
+from processors.slate_kernel import (
+    _compiled,
+    _inlined,
+    add_vote,
+    bridge_votes,
+    largest_positions,
+)
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -295,7 +301,7 @@ def rule_votes(
 @_compiled
 def top(items: Any, votes: Any, limit: int) -> tuple[Any, Any]:
     """The ``limit`` largest votes, largest first, ties in the order given."""
-    order = np.argsort(-votes, kind="mergesort")[: max(limit, 0)]
+    order = largest_positions(votes, limit)
     return items[order], votes[order]
 
 
@@ -323,8 +329,8 @@ def visitor_votes(
     if visitors <= 0.0:  # decayed to nothing
         return np.empty(0, dtype=np.int64), np.empty(0)
     factor = min(visitors / latest_weight, cap) / visitors
-    order = np.argsort(-row_vals, kind="mergesort")[: max(limit, 0)]
-    return row_cols[order].copy(), row_vals[order] * factor
+    order = largest_positions(row_vals, limit)
+    return row_cols[order], row_vals[order] * factor
 
 
 @_compiled

@@ -783,6 +783,40 @@ def group_candidates(
 
 
 @_inlined
+def largest_positions(values: Any, limit: int) -> Any:
+    """The positions of the ``limit`` largest ``values``, largest first, ties by position:
+    ``np.argsort(-values, kind="mergesort")[:limit]`` for values that are not NaN, by
+    insertion into the kept head (a vote list keeps ~50 of a row's hundreds: a full stable
+    sort of the row cost more than the selection).
+
+    >>> import numpy as np
+    >>> largest_positions(np.array([0.5, 2.0, 0.5, 3.0, 2.0]), 4).tolist()
+    [3, 1, 4, 0]
+    >>> largest_positions(np.array([1.0, 2.0]), 5).tolist(), len(largest_positions(np.ones(3), 0))
+    ([1, 0], 0)
+    """
+    count = min(max(limit, 0), len(values))
+    out = np.empty(count, dtype=np.int64)
+    if count == 0:
+        return out
+    filled = 0
+    for at in range(len(values)):
+        value = values[at]
+        if filled == count:
+            if not value > values[out[count - 1]]:  # a tie stays behind the earlier one
+                continue
+            place = count - 1
+        else:
+            place = filled
+            filled += 1
+        while place > 0 and value > values[out[place - 1]]:
+            out[place] = out[place - 1]
+            place -= 1
+        out[place] = at
+    return out
+
+
+@_inlined
 def add_vote(scratch: Any, items: Any, votes: Any, count: int, item: int, share: float) -> int:
     """Add ``share`` to ``item``'s sum among the ``count`` summed so far (``scratch[item]``:
     its place, -1 before it has one: then it takes the next); returns how many are summed.
@@ -823,7 +857,7 @@ def bridge_votes(items: Any, votes: Any, split: int, limit: int, scratch: Any) -
             count = add_vote(scratch, summed_items, sums, count, items[at], votes[at] / peak)
     for at in range(count):
         scratch[summed_items[at]] = -1
-    order = np.argsort(-sums[:count], kind="mergesort")[: max(limit, 0)]
+    order = largest_positions(sums[:count], limit)
     return summed_items[order], sums[order]
 
 

@@ -83,3 +83,18 @@ def test_the_top_rows_are_the_first_of_a_full_sort(scores: list[float], count: i
     slate_kernel.top_rows(top, score, rank, count, np.empty(len(scores), dtype=np.int64))
     assert top[:count].tolist() == full[:count].tolist()
     assert sorted(top.tolist()) == list(range(len(scores)))  # the rest kept, none lost
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]) | st.floats(0.0, 10.0), max_size=200),
+    st.integers(-1, 80),
+)
+def test_the_largest_positions_are_the_head_of_a_stable_sort(
+    values: list[float], limit: int
+) -> None:
+    """The vote lists' selection (``largest_positions``) is the stable sort's head it replaced:
+    ``np.argsort(-values, kind="mergesort")[:limit]``, ties in position order."""
+    array = np.array(values, dtype=np.float64)
+    expected = np.argsort(-array, kind="mergesort")[: max(limit, 0)]
+    assert slate_kernel.largest_positions(array, limit).tolist() == expected.tolist()
