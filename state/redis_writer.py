@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import hiredis
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import DataError, NoScriptError, RedisError
 
@@ -28,9 +29,9 @@ FORGET_SCRIPT = (Path(__file__).with_name("forget_user.lua")).read_text()
 DECILES = range(1, 11)
 
 
-@dataclass(frozen=True, slots=True)
-class FieldWrite:
-    """One versioned field value bound for one user's hash."""
+class FieldWrite(msgspec.Struct, frozen=True, gc=False):
+    """One versioned field value bound for one user's hash (a struct: four per touched user
+    and batch, ~80 ns each to make against ~400 for a frozen dataclass)."""
 
     field: str
     version: int
