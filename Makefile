@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# numba's cache notices a change in a kernel's own file only, not in the helpers it inlines
+# or calls from the other one (row_kernel's from slate_kernel): both files' caches go first.
 $(KERNELS): $(STAMP) processors/slate_kernel.py processors/row_kernel.py
 	@echo "compiling the numba kernels (once per change of processors/slate_kernel.py or row_kernel.py, ~30 s)"
+	rm -f processors/__pycache__/slate_kernel.*.nb[ic] processors/__pycache__/row_kernel.*.nb[ic]
 	$(BIN)/python -c 'from processors.pipeline import compile_kernels; compile_kernels()'
 	touch $(KERNELS)
 
