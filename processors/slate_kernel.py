@@ -63,23 +63,35 @@ def _first(rank_a: int, score_a: float, rank_b: int, score_b: float) -> bool:
     return rank_a < rank_b
 
 
+#: ``sort_rows``' runs sorted by insertion before it merges them (the merge passes of runs of
+#: 1 to 16 rows cost more than inserting within runs of 32: the three kernels that sort
+#: ~12% less, docs/benchmarks-history.md, thirty-eighth session)
+_RUN = 32
+
+
 @_compiled
 def sort_rows(order: Any, score: Any, rank: Any, scratch: Any) -> None:
     """Sort ``order`` (row ids) in place: the rows best first (``score[row]`` descending),
-    ties by ``rank[row]`` (ascending). Insertion sort for a few dozen rows, merge sort
-    (stable) beyond, with ``scratch`` (at least as long as ``order``) as its buffer."""
+    ties by ``rank[row]`` (ascending). Insertion sort for a few dozen rows; beyond, runs of
+    ``_RUN`` sorted by insertion, then merged (stable) with ``scratch`` (at least as long as
+    ``order``) as the buffer."""
     count = len(order)
-    if count <= 32:
-        for i in range(1, count):
+    if count < 2:
+        return
+    run = count if count <= 32 else _RUN
+    for start in range(0, count, run):  # runs sorted by insertion (all of a few dozen rows)
+        end = min(start + run, count)
+        for i in range(start + 1, end):
             row = order[i]
             j = i - 1
-            while j >= 0 and _first(rank[row], score[row], rank[order[j]], score[order[j]]):
+            while j >= start and _first(rank[row], score[row], rank[order[j]], score[order[j]]):
                 order[j + 1] = order[j]
                 j -= 1
             order[j + 1] = row
+    if count <= run:
         return
     merged = scratch[:count]
-    width = 1
+    width = run
     while width < count:
         for low in range(0, count, 2 * width):
             mid, high = min(low + width, count), min(low + 2 * width, count)
