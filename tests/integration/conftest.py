@@ -63,7 +63,11 @@ class WorkerHandle:
 
     def start(self) -> ManagedProcess:
         ensure_topics(self.settings)
-        proc = spawn_worker(self.env, self.log_dir / f"worker-{len(self.processes)}.log")
+        index = len(self.processes)
+        # Faust's directory under the test's tmp_path: a SIGKILLed worker cannot remove the
+        # temporary one it makes by default, and the fault tests kill workers by the dozen
+        env = {"APPETENCE_DATA_DIR": str(self.log_dir / f"faust-{index}"), **self.env}
+        proc = spawn_worker(env, self.log_dir / f"worker-{index}.log")
         self.processes.append(proc)
         return proc
 
