@@ -71,10 +71,17 @@ def _envelopes(events: list[Event], partitions: int, size: int = 100) -> list[tu
     return records
 
 
+#: The samples ``_handled`` adds up: what the bench polls for, several times a second, while
+#: workers drain (only these: the whole page would cost the workers ~5 ms of CPU a poll).
+HANDLED_SAMPLES = ("appetence_events_consumed_total", "appetence_events_rejected_total")
+
+
+#: When a worker's last batch ended (``time.time()``).
+LAST_BATCH = "appetence_last_batch_timestamp_seconds"
+
+
 def _handled(samples: dict[str, list[tuple[dict[str, str], float]]]) -> float:
-    return total(samples, "appetence_events_consumed_total") + total(
-        samples, "appetence_events_rejected_total"
-    )
+    return sum(total(samples, name) for name in HANDLED_SAMPLES)
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -709,13 +716,13 @@ def _latency_window(
 ) -> list[tuple[float, float]]:
     merged: dict[float, float] = {}
     for url in metrics_urls:
-        for bound, count in buckets(scrape(url), name):
+        for bound, count in buckets(scrape(url, names=[f"{name}_bucket"]), name):
             merged[bound] = merged.get(bound, 0.0) + count
     return sorted(merged.items())
 
 
 def _handled_all(metrics_urls: list[str]) -> float:
-    return sum(_handled(scrape(url)) for url in metrics_urls)
+    return sum(_handled(scrape(url, names=HANDLED_SAMPLES)) for url in metrics_urls)
 
 
 def _drain_breakdown(
@@ -1133,7 +1140,7 @@ def _drain_paced(
             raise TimeoutError(f"paced drain: {done - handled} of {len(paced)} events in 900 s")
         time.sleep(0.1)
     last = [scrape(url) for url in urls]
-    seconds = max(total(x, "appetence_last_batch_timestamp_seconds") for x in last) - started
+    seconds = max(total(x, LAST_BATCH) for x in last) - started
     cpu = sum(_cpu_seconds(pid) for pid in worker_pids) - cpu_from
 
     def grown(name: str) -> float:
@@ -1231,8 +1238,7 @@ def bench_pipeline(
             # Until the last batch ended (the workers' clock, as the wall clock here): a poll
             # every 0.1 s, and its scrapes, noticed it up to ~0.15 s later, a few % of a drain.
             drain_seconds = (
-                max(total(scrape(url), "appetence_last_batch_timestamp_seconds") for url in urls)
-                - first_wall
+                max(total(scrape(url, names=[LAST_BATCH]), LAST_BATCH) for url in urls) - first_wall
             )
             rate = events / drain_seconds
             worker_cpu = sum(_cpu_seconds(p.popen.pid) for p in procs) - worker_cpu_from

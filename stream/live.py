@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,8 +16,14 @@ from rich.panel import Panel
 from rich.table import Table
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples by name from a Prometheus text endpoint ({} if unreachable)."""
+def scrape(
+    url: str, timeout: float = 2.0, names: Iterable[str] = ()
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples by name from a Prometheus text endpoint ({} if unreachable); only the samples
+    ``names`` (as ``name[]`` query parameters, which the worker's page and prometheus_client's
+    own honour) when given: a fraction of the page's cost to the worker."""
+    if names:
+        url += ("&" if "?" in url else "?") + urlencode([("name[]", name) for name in names])
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             text = response.read().decode()
@@ -51,6 +58,18 @@ def quantile(bucket_deltas: list[tuple[float, float]], q: float) -> float | None
     return None
 
 
+#: The samples the live view reads (``appetence_last_batch_timestamp_seconds``, unlabelled,
+#: has a sample from the start: whether the worker is up before its first event, when its
+#: labelled counters have none yet).
+LIVE_SAMPLES = (
+    "appetence_events_consumed_total",
+    "appetence_events_rejected_total",
+    "appetence_event_to_redis_seconds_bucket",
+    "appetence_redis_writes_total",
+    "appetence_last_batch_timestamp_seconds",
+)
+
+
 @dataclass
 class LiveState:
     metrics_url: str
@@ -65,7 +84,7 @@ class LiveState:
 
     def poll(self) -> dict[str, object]:
         now = time.monotonic()
-        current = scrape(self.metrics_url)
+        current = scrape(self.metrics_url, names=LIVE_SAMPLES)
         interval = max(1e-6, now - self.previous_at)
         consumed = total(current, "appetence_events_consumed_total")
         rejected = total(current, "appetence_events_rejected_total")

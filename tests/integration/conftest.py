@@ -72,7 +72,7 @@ class WorkerHandle:
         return proc
 
     def metric(self, name: str) -> float:
-        return total(scrape(self.metrics_url), name)
+        return total(scrape(self.metrics_url, names=[name]), name)
 
     def wait_for(self, predicate: object, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

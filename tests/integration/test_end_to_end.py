@@ -21,6 +21,7 @@ from processors.pipeline import SliceProcessor
 from processors.simulator import SimulationConfig
 from processors.slates import decode_slate
 from processors.user_state import UserState
+from stream.live import scrape
 from stream.simulate import run_simulation
 from stream.topics import kafka_client_options, make_producer
 
@@ -111,6 +112,12 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
         what="the last batch's bookkeeping",
     )
     assert worker.metric("appetence_events_consumed_total") == EVENTS
+    # ``name[]`` restricts the page to those samples (what the pollers ask for), same values
+    consumed = "appetence_events_consumed_total"
+    last_batch = "appetence_last_batch_timestamp_seconds"
+    restricted = scrape(worker.metrics_url, names=[consumed, last_batch])
+    assert sorted(restricted) == [consumed, last_batch]
+    assert restricted[consumed] == scrape(worker.metrics_url)[consumed]
     # Each record's event->Redis splits into its wait before the batch and the batch's handling.
     records = worker.metric("appetence_event_to_redis_seconds_count")
     assert records == worker.metric("appetence_event_wait_seconds_count") > 0
