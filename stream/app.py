@@ -165,7 +165,9 @@ def _wire_shared_model(
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Appetence:
-    registry = registry or CollectorRegistry()
+    # collectors that declare no names (the process collector) still answer a restricted
+    # page's ``name[]`` (metrics_page)
+    registry = registry or CollectorRegistry(support_collectors_without_names=True)
     metrics = Metrics(registry)
     _limit_fetch_wait(settings.kafka_fetch_max_wait_ms)
     # Nothing durable lives in Faust's directory (tables are in memory, recovered from
@@ -442,9 +444,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # ``?name[]=<sample name>`` (repeatable) restricts the page to those samples, as
         # prometheus_client's own exposition does: the whole page costs the worker ~5 ms of
         # CPU (generate_latest, ~350 series), which a poller asking several times a second
-        # for one counter (the bench, the tests) would take from the batches. (The process_*
-        # samples are never among them: prometheus_client's process collector declares no
-        # names to restrict by.)
+        # for one counter (the bench, the tests) would take from the batches.
         names = request.query.getall("name[]", [])
         source = registry.restricted_registry(names) if names else registry
         # aiohttp rejects a charset in content_type=, so the header is set directly.

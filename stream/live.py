@@ -60,7 +60,8 @@ def quantile(bucket_deltas: list[tuple[float, float]], q: float) -> float | None
 
 #: The samples the live view reads (``appetence_last_batch_timestamp_seconds``, unlabelled,
 #: has a sample from the start: whether the worker is up before its first event, when its
-#: labelled counters have none yet).
+#: labelled counters have none yet; a worker of the same version answers a process_* sample
+#: too, but this one does not depend on how its registry was made).
 LIVE_SAMPLES = (
     "appetence_events_consumed_total",
     "appetence_events_rejected_total",

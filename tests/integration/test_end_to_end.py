@@ -21,7 +21,7 @@ from processors.pipeline import SliceProcessor
 from processors.simulator import SimulationConfig
 from processors.slates import decode_slate
 from processors.user_state import UserState
-from stream.live import scrape
+from stream.live import scrape, total
 from stream.simulate import run_simulation
 from stream.topics import kafka_client_options, make_producer
 
@@ -115,8 +115,10 @@ def test_simulated_traffic_reaches_redis_bad_events_dead_letter_and_replay_is_id
     # ``name[]`` restricts the page to those samples (what the pollers ask for), same values
     consumed = "appetence_events_consumed_total"
     last_batch = "appetence_last_batch_timestamp_seconds"
-    restricted = scrape(worker.metrics_url, names=[consumed, last_batch])
-    assert sorted(restricted) == [consumed, last_batch]
+    rss = "process_resident_memory_bytes"  # from a collector that declares no names
+    restricted = scrape(worker.metrics_url, names=[consumed, last_batch, rss])
+    assert sorted(restricted) == [consumed, last_batch, rss]
+    assert total(restricted, rss) > 0
     assert restricted[consumed] == scrape(worker.metrics_url)[consumed]
     # Each record's event->Redis splits into its wait before the batch and the batch's handling.
     records = worker.metric("appetence_event_to_redis_seconds_count")
