@@ -303,6 +303,92 @@ def fit_batch_cost(points: Sequence[tuple[int, float, float]]) -> dict[str, floa
     }
 
 
+#: What the latency target asks of a worker at half its max rate (docs/benchmarks.md, "What
+#: the two remaining targets need"): batches of 100 ms of traffic, handled while the worker is
+#: busy at most 70% of the time (above it queues, and the batches, grow: p99 in seconds).
+HALF_RATE_BATCH_SECONDS = 0.1
+HALF_RATE_BUSY_LIMIT = 0.7
+#: A worker's CPU outside its batches (Faust's and aiokafka's timers and fetch round trips),
+#: as a share of a core: an idle worker's ~3-4% (docs/benchmarks-history.md, thirty-ninth
+#: session), rounded up.
+BACKGROUND_CORE_SHARE = 0.05
+
+
+def half_rate_busy(
+    cost: Mapping[str, float],
+    users_at: Callable[[int], float],
+    drain_batch: int,
+    background: float = BACKGROUND_CORE_SHARE,
+    per_user: float | None = None,
+) -> float:
+    """The share of its time a worker with the fitted ``cost`` (``fit_batch_cost``; its per
+    touched user cost replaced by ``per_user`` when given) is busy at half its max rate, in
+    ``HALF_RATE_BATCH_SECONDS`` batches. The max rate is its drain's in ``drain_batch``-event
+    batches; ``users_at(n)``: touched users per event in ``n``-event batches of the traffic.
+    Mostly the costs' ratios count: a worker twice as fast at everything drains twice as
+    fast and is offered twice the half rate; only its 100 ms batches, twice as large, touch
+    fewer users per event (below, where they touch as many, it is exactly as busy).
+
+    >>> cost = {"per_event_microseconds": 20.0, "per_touched_user_microseconds": 200.0,
+    ...         "per_batch_milliseconds": 0.0}
+    >>> def users(n): return 1.0 if n < 5_000 else 0.1  # a user's events coalesce in drains
+    >>> round(half_rate_busy(cost, users, 10_000, background=0.0), 3)
+    2.75
+    >>> faster = {name: value / 2 for name, value in cost.items()}
+    >>> half_rate_busy(faster, users, 10_000, background=0.0) == half_rate_busy(
+    ...     cost, users, 10_000, background=0.0)
+    True
+    >>> round(half_rate_busy(cost, lambda n: 0.5, 10_000, background=0.0), 3)  # no coalescing
+    0.5
+    """
+    per_event = cost["per_event_microseconds"]
+    user = cost["per_touched_user_microseconds"] if per_user is None else per_user
+    batch = cost["per_batch_milliseconds"] * 1000.0
+
+    def microseconds_per_event(size: int) -> float:
+        return per_event + user * users_at(size) + batch / size
+
+    drain_rate = (1.0 - background) / microseconds_per_event(drain_batch) * 1e6
+    half = drain_rate / 2
+    size = max(1, round(half * HALF_RATE_BATCH_SECONDS))
+    return background + half * microseconds_per_event(size) / 1e6
+
+
+def per_user_budget(
+    cost: Mapping[str, float],
+    users_at: Callable[[int], float],
+    drain_batch: int,
+    background: float = BACKGROUND_CORE_SHARE,
+    busy_limit: float = HALF_RATE_BUSY_LIMIT,
+) -> float:
+    """The highest cost per touched user (µs) at which ``half_rate_busy`` stays within
+    ``busy_limit``, the other costs as fitted: what the latency target leaves the per-user
+    work (bisection: the share only grows with the per-user cost, as half-rate batches
+    touch more users per event than drain batches). 0.0 when even none is too much.
+
+    >>> cost = {"per_event_microseconds": 20.0, "per_touched_user_microseconds": 200.0,
+    ...         "per_batch_milliseconds": 0.0}
+    >>> def users(n): return 1.0 if n < 5_000 else 0.1
+    >>> budget = per_user_budget(cost, users, 10_000, background=0.0)
+    >>> round(budget, 2), round(half_rate_busy(cost, users, 10_000, 0.0, budget), 3)
+    (9.3, 0.7)
+    """
+    low, high = 0.0, max(cost["per_touched_user_microseconds"], 1.0)
+    if half_rate_busy(cost, users_at, drain_batch, background, low) > busy_limit:
+        return 0.0
+    while half_rate_busy(cost, users_at, drain_batch, background, high) <= busy_limit:
+        low, high = high, 2 * high
+        if high > 1e9:
+            return high  # no per-user cost breaks it (no coalescing: a ratio of 1)
+    for _ in range(40):
+        middle = (low + high) / 2
+        if half_rate_busy(cost, users_at, drain_batch, background, middle) <= busy_limit:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 def bench_batch_cost(
     events: list[Event],
     sizes: Sequence[int] = COST_MODEL_BATCHES,
@@ -370,6 +456,15 @@ def bench_batch_cost(
         )["per_touched_user_microseconds"]
         for phase in SLICE_PHASES
     }
+    fitted = fit_batch_cost(points)
+    drain_batch = sizes[-1]
+    counted: dict[int, float] = {}
+
+    def users_at(size: int) -> float:  # over the events measured, as the points were
+        if size not in counted:
+            counted[size] = users_per_event(events[warm_up : warm_up + measured], size)
+        return counted[size]
+
     return {
         # what the models and states had learned first (a short run's cost is an early
         # worker's: fewer neighbours and interests per user than a worker that has run long)
@@ -396,7 +491,17 @@ def bench_batch_cost(
         "batch_cost_per_touched_user_by_phase_microseconds": {
             phase: round(cost, 1) for phase, cost in per_user_by_phase.items()
         },
-        **{f"batch_cost_{name}": round(value, 3) for name, value in fit_batch_cost(points).items()},
+        **{f"batch_cost_{name}": round(value, 3) for name, value in fitted.items()},
+        # the latency target's terms with these costs (``half_rate_busy``): the share of its
+        # time a worker is busy at half its max rate (the drain's batches taken as the
+        # largest size measured), and the per-user cost that would bring it to 0.7
+        "batch_cost_drain_batch_events": drain_batch,
+        "batch_cost_half_rate_busy_predicted": round(
+            half_rate_busy(fitted, users_at, drain_batch), 3
+        ),
+        "batch_cost_per_user_budget_microseconds": round(
+            per_user_budget(fitted, users_at, drain_batch), 1
+        ),
     }
 
 

@@ -10,6 +10,8 @@ import msgspec
 from processors import cooccurrence, slate_kernel
 from processors.events import PageView
 from stream.benchmark import (
+    BACKGROUND_CORE_SHARE,
+    HALF_RATE_BUSY_LIMIT,
     SHARED_USER_ID,
     SLATE_KERNELS,
     _envelopes,
@@ -74,6 +76,14 @@ def test_the_batch_cost_is_measured_per_size_after_the_same_warm_up() -> None:
         "batch_cost_per_touched_user_microseconds",
         "batch_cost_per_batch_milliseconds",
     }
+    # the latency target's terms, with the drain taken as the largest batch measured: the
+    # per-user budget is below the fitted cost exactly when the worker is predicted too busy
+    assert result["batch_cost_drain_batch_events"] == 300
+    busy = result["batch_cost_half_rate_busy_predicted"]
+    budget = result["batch_cost_per_user_budget_microseconds"]
+    assert busy > BACKGROUND_CORE_SHARE and budget >= 0.0
+    fitted_per_user = result["batch_cost_per_touched_user_microseconds"]
+    assert (budget < fitted_per_user) == (busy > HALF_RATE_BUSY_LIMIT)
 
 
 def test_the_slate_kernels_are_timed_inside_the_slates_phase_and_then_unwrapped() -> None:
