@@ -58,7 +58,7 @@ test-faults: $(COMPILED)
 	FAULT_INTENSITY=full FAULT_RESULTS=out/faults.jsonl $(BIN)/pytest -m faults -s tests/integration
 
 test-unit: $(COMPILED)
-	$(BIN)/pytest tests/unit processors
+	$(BIN)/pytest tests/unit processors state stream
 
 test-integration: $(COMPILED)
 	$(BIN)/pytest tests/integration
